@@ -1,0 +1,54 @@
+//! Replies to submissions: accepted with the route, or rejected with a clear error.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{ComplexityReport, RouteDecision};
+
+/// Machine-readable rejection reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The payload could not be decoded (encoding, unknown field, wrong type).
+    Malformed,
+    UnknownSchemaVersion,
+    UnsupportedContentType,
+    InvalidUtf8,
+    EmptySource,
+    SourceTooLarge,
+    UnsupportedLanguage,
+    InvalidField,
+    /// A field the fleet does not honour yet was set.
+    ReservedField,
+    /// No pool can take the job (for example `local_only` with `pool = cloud`).
+    Unroutable,
+    /// NATS or JetStream failed; the job was not queued, retry later.
+    Unavailable,
+}
+
+/// A rejected submission. Nothing was queued.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorReply {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// The reply to a request on `qe.submit`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "outcome", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SubmitReply {
+    /// The job is queued (or was already).
+    Accepted {
+        schema_version: u32,
+        job_id: String,
+        /// True when this job id was already submitted: nothing new was queued and the
+        /// route is the original one.
+        duplicate: bool,
+        route: RouteDecision,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        complexity: Option<ComplexityReport>,
+    },
+    /// Nothing was queued.
+    Rejected { schema_version: u32, error: ErrorReply },
+}

@@ -1,0 +1,13 @@
+//! What every qefleet process needs: NATS connection and provisioning, subject names,
+//! metrics, retry dispositions, shutdown, and the embedded nats-server.
+
+pub mod config;
+pub mod embedded;
+pub mod logging;
+pub mod messages;
+pub mod metrics;
+pub mod nats;
+pub mod provision;
+pub mod retry;
+pub mod shutdown;
+pub mod subjects;

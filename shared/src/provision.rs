@@ -1,0 +1,317 @@
+//! Idempotent provisioning of the fleet's streams, buckets and consumers.
+//!
+//! An existing stream whose settings differ from what the fleet needs is reported, never
+//! overwritten: changing retention or discard policy under live data is an operator's call.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self,
+    consumer::{pull, AckPolicy, DeliverPolicy},
+    kv,
+    stream::{Config as StreamConfig, DiscardPolicy, RetentionPolicy, StorageType},
+};
+use qefleet_schemas::Pool;
+
+use crate::subjects::*;
+
+/// How long JetStream remembers `Nats-Msg-Id`s to drop duplicate publishes.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// How long a worker's liveness entry lives without renewal.
+pub const WORKER_TTL: Duration = Duration::from_secs(15);
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("stream {stream} exists with settings the fleet cannot use: {differences}. Fix or delete it (`nats stream rm {stream}`) deliberately; qefleet will not overwrite it")]
+    StreamConflict { stream: String, differences: String },
+    #[error("JetStream request failed while provisioning {what}: {detail}")]
+    JetStream { what: String, detail: String },
+}
+
+fn js_err(what: &str, e: impl std::fmt::Display) -> ProvisionError {
+    ProvisionError::JetStream {
+        what: what.to_string(),
+        detail: e.to_string(),
+    }
+}
+
+/// The stream configurations the fleet needs.
+pub fn stream_configs() -> Vec<StreamConfig> {
+    let work_queue = |name: &str, subjects: &[&str]| StreamConfig {
+        name: name.to_string(),
+        subjects: subjects.iter().map(|s| s.to_string()).collect(),
+        retention: RetentionPolicy::WorkQueue,
+        storage: StorageType::File,
+        duplicate_window: DUPLICATE_WINDOW,
+        allow_direct: true,
+        ..Default::default()
+    };
+    let limits = |name: &str, subject: &str, max_age: Duration| StreamConfig {
+        name: name.to_string(),
+        subjects: vec![subject.to_string()],
+        retention: RetentionPolicy::Limits,
+        storage: StorageType::File,
+        duplicate_window: DUPLICATE_WINDOW,
+        max_age,
+        allow_direct: true,
+        ..Default::default()
+    };
+    vec![
+        work_queue(JOBS_STREAM, &[JOBS_SUBJECTS]),
+        work_queue(SUBMISSIONS_STREAM, &[SUBMIT_QUEUE_SUBJECT]),
+        work_queue(ADVISORIES_STREAM, &[MAX_DELIVERIES_ADVISORIES]),
+        // One result per job id, enforced by the server: a second publish is refused.
+        StreamConfig {
+            max_messages_per_subject: 1,
+            discard: DiscardPolicy::New,
+            discard_new_per_subject: true,
+            ..limits(RESULTS_STREAM, RESULTS_SUBJECTS, 30 * DAY)
+        },
+        limits(EVENTS_STREAM, EVENTS_SUBJECTS, 7 * DAY),
+        limits(DLQ_STREAM, DLQ_SUBJECTS, Duration::ZERO),
+    ]
+}
+
+/// Lists the settings of `existing` that differ from `wanted`, among those the fleet
+/// depends on.
+pub fn stream_differences(wanted: &StreamConfig, existing: &StreamConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |name: &str, want: String, have: String| {
+        if want != have {
+            out.push(format!("{name} is {have}, needs {want}"));
+        }
+    };
+    let mut want_subjects = wanted.subjects.clone();
+    let mut have_subjects = existing.subjects.clone();
+    want_subjects.sort();
+    have_subjects.sort();
+    check(
+        "subjects",
+        format!("{want_subjects:?}"),
+        format!("{have_subjects:?}"),
+    );
+    check(
+        "retention",
+        format!("{:?}", wanted.retention),
+        format!("{:?}", existing.retention),
+    );
+    check(
+        "storage",
+        format!("{:?}", wanted.storage),
+        format!("{:?}", existing.storage),
+    );
+    check(
+        "discard",
+        format!("{:?}", wanted.discard),
+        format!("{:?}", existing.discard),
+    );
+    check(
+        "max_msgs_per_subject",
+        wanted.max_messages_per_subject.to_string(),
+        existing.max_messages_per_subject.to_string(),
+    );
+    check(
+        "discard_new_per_subject",
+        wanted.discard_new_per_subject.to_string(),
+        existing.discard_new_per_subject.to_string(),
+    );
+    if existing.duplicate_window < wanted.duplicate_window {
+        out.push(format!(
+            "duplicate_window is {:?}, needs at least {:?}",
+            existing.duplicate_window, wanted.duplicate_window
+        ));
+    }
+    out
+}
+
+/// Creates missing streams and buckets; verifies existing ones.
+pub async fn ensure_all(js: &jetstream::Context) -> Result<(), ProvisionError> {
+    for wanted in stream_configs() {
+        ensure_stream(js, wanted).await?;
+    }
+    ensure_bucket(js, JOB_STATE_BUCKET, 30 * DAY).await?;
+    ensure_bucket(js, WORKERS_BUCKET, WORKER_TTL).await?;
+    ensure_bucket(js, CONSOLIDATIONS_BUCKET, Duration::ZERO).await?;
+    Ok(())
+}
+
+async fn ensure_stream(js: &jetstream::Context, wanted: StreamConfig) -> Result<(), ProvisionError> {
+    for _ in 0..2 {
+        match js.get_stream(&wanted.name).await {
+            Ok(mut stream) => {
+                let info = stream.info().await.map_err(|e| js_err(&wanted.name, e))?;
+                let differences = stream_differences(&wanted, &info.config);
+                if differences.is_empty() {
+                    return Ok(());
+                }
+                return Err(ProvisionError::StreamConflict {
+                    stream: wanted.name.clone(),
+                    differences: differences.join("; "),
+                });
+            }
+            Err(e) if is_stream_not_found(&e) => {
+                match js.create_stream(wanted.clone()).await {
+                    Ok(_) => {
+                        tracing::info!(stream = %wanted.name, "created stream");
+                        return Ok(());
+                    }
+                    // Another process created it in between: verify it on the next pass.
+                    Err(e) if e.to_string().contains("already in use") => continue,
+                    Err(e) => return Err(js_err(&wanted.name, e)),
+                }
+            }
+            Err(e) => return Err(js_err(&wanted.name, e)),
+        }
+    }
+    Err(js_err(&wanted.name, "stream kept changing while provisioning"))
+}
+
+fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(inner)
+            if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
+async fn ensure_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    max_age: Duration,
+) -> Result<kv::Store, ProvisionError> {
+    if let Ok(store) = js.get_key_value(bucket).await {
+        return Ok(store);
+    }
+    let created = js
+        .create_key_value(kv::Config {
+            bucket: bucket.to_string(),
+            history: 1,
+            max_age,
+            storage: StorageType::File,
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(store) => Ok(store),
+        Err(e) => js.get_key_value(bucket).await.map_err(|_| js_err(bucket, e)),
+    }
+}
+
+/// Opens a bucket created by [`ensure_all`].
+pub async fn bucket(js: &jetstream::Context, name: &str) -> Result<kv::Store, ProvisionError> {
+    js.get_key_value(name).await.map_err(|e| js_err(name, e))
+}
+
+/// Delivery settings of a pool's durable consumer.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliverySettings {
+    /// Time a delivered job may go without ack or heartbeat before it is redelivered.
+    pub ack_wait: Duration,
+    /// Deliveries before a job is dead-lettered.
+    pub max_deliver: i64,
+    /// Jobs handed out and not yet acknowledged, across the pool.
+    pub max_ack_pending: i64,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self {
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            max_ack_pending: 1000,
+        }
+    }
+}
+
+/// The durable pull consumer of a pool.
+pub fn pool_consumer_config(pool: Pool, settings: DeliverySettings) -> pull::Config {
+    pull::Config {
+        durable_name: Some(pool_consumer(pool).to_string()),
+        filter_subject: pool_filter(pool),
+        ack_policy: AckPolicy::Explicit,
+        deliver_policy: DeliverPolicy::All,
+        ack_wait: settings.ack_wait,
+        max_deliver: settings.max_deliver,
+        max_ack_pending: settings.max_ack_pending,
+        // Retries are delayed by the worker's retry policy (nak with delay); a crashed
+        // worker's job comes back after ack_wait.
+        backoff: Vec::new(),
+        ..Default::default()
+    }
+}
+
+/// Creates a durable pull consumer, or brings an existing one to `config`'s delivery
+/// settings (they are the operator's to change; the filter is not).
+pub async fn ensure_consumer(
+    js: &jetstream::Context,
+    stream: &str,
+    config: pull::Config,
+) -> Result<jetstream::consumer::PullConsumer, ProvisionError> {
+    let name = config.durable_name.clone().unwrap_or_default();
+    let what = format!("consumer {name} on {stream}");
+    let stream_handle = js.get_stream(stream).await.map_err(|e| js_err(&what, e))?;
+    match stream_handle.consumer_info(&name).await {
+        Ok(info) => {
+            let have = &info.config;
+            if have.filter_subject != config.filter_subject {
+                return Err(js_err(
+                    &what,
+                    format!(
+                        "exists with filter {:?}, needs {:?}; delete it deliberately to change it",
+                        have.filter_subject, config.filter_subject
+                    ),
+                ));
+            }
+            if have.ack_wait != config.ack_wait
+                || have.max_deliver != config.max_deliver
+                || have.max_ack_pending != config.max_ack_pending
+            {
+                tracing::info!(consumer = %name, "updating consumer delivery settings");
+                stream_handle
+                    .update_consumer(config.clone())
+                    .await
+                    .map_err(|e| js_err(&what, e))?;
+            }
+        }
+        Err(_) => {
+            if let Err(e) = stream_handle.create_consumer(config.clone()).await {
+                // A concurrent creator with the same config wins; anything else is an error.
+                tracing::debug!(consumer = %name, error = %e, "create raced; reusing");
+            }
+        }
+    }
+    stream_handle
+        .get_consumer(&name)
+        .await
+        .map_err(|e| js_err(&what, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_stream_keeps_one_result_per_job() {
+        let results = stream_configs()
+            .into_iter()
+            .find(|c| c.name == RESULTS_STREAM)
+            .expect("results stream");
+        assert_eq!(results.max_messages_per_subject, 1);
+        assert!(results.discard_new_per_subject);
+    }
+
+    #[test]
+    fn differences_name_each_setting() {
+        let wanted = stream_configs().remove(0);
+        let mut existing = wanted.clone();
+        existing.retention = RetentionPolicy::Limits;
+        existing.subjects = vec!["other.>".into()];
+        let diffs = stream_differences(&wanted, &existing);
+        assert_eq!(diffs.len(), 2, "{diffs:?}");
+        assert!(diffs[0].starts_with("subjects"));
+        assert!(diffs[1].starts_with("retention"));
+        assert!(stream_differences(&wanted, &wanted).is_empty());
+    }
+}

@@ -1,0 +1,103 @@
+//! Every stream, subject, consumer, bucket and header name of the fleet, defined once.
+
+use qefleet_schemas::{Complexity, EventKind, Pool};
+
+/// Work-queue stream of jobs, `qe.jobs.<pool>.<complexity>`.
+pub const JOBS_STREAM: &str = "QE_JOBS";
+pub const JOBS_SUBJECTS: &str = "qe.jobs.>";
+/// Fire-and-forget submissions from batch producers, validated by the scheduler.
+pub const SUBMISSIONS_STREAM: &str = "QE_SUBMISSIONS";
+pub const SUBMIT_QUEUE_SUBJECT: &str = "qe.submit.queue";
+/// Request/reply submission subject (core NATS, served by scheduler replicas).
+pub const SUBMIT_SUBJECT: &str = "qe.submit";
+/// Queue group the scheduler replicas share on [`SUBMIT_SUBJECT`].
+pub const SCHEDULER_QUEUE_GROUP: &str = "qe-scheduler";
+/// Results, one message per job id, `qe.results.<job_id>`.
+pub const RESULTS_STREAM: &str = "QE_RESULTS";
+pub const RESULTS_SUBJECTS: &str = "qe.results.>";
+/// Lifecycle events, `qe.events.<kind>`.
+pub const EVENTS_STREAM: &str = "QE_EVENTS";
+pub const EVENTS_SUBJECTS: &str = "qe.events.>";
+/// Dead letters, `qe.dlq.<pool>` (and `qe.dlq.submit` for bad batch submissions).
+pub const DLQ_STREAM: &str = "QE_DLQ";
+pub const DLQ_SUBJECTS: &str = "qe.dlq.>";
+/// Captured max-deliveries advisories for [`JOBS_STREAM`], so none is missed while no
+/// process listens.
+pub const ADVISORIES_STREAM: &str = "QE_ADVISORIES";
+pub const MAX_DELIVERIES_ADVISORIES: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.QE_JOBS.*";
+
+/// Key-value bucket of job states, keyed by job id.
+pub const JOB_STATE_BUCKET: &str = "qe_job_state";
+/// Key-value bucket of live workers, `<pool>.<worker_id>`, entries expire unless renewed.
+pub const WORKERS_BUCKET: &str = "qe_workers";
+/// Key-value bucket of consolidation markers, keyed by consolidation number.
+pub const CONSOLIDATIONS_BUCKET: &str = "qe_consolidations";
+
+/// Durable consumer of the scheduler replicas counting completions on [`RESULTS_STREAM`].
+pub const COMPLETION_COUNTER_CONSUMER: &str = "completion-counter";
+/// Durable consumer of the scheduler replicas reading [`SUBMISSIONS_STREAM`].
+pub const SUBMISSIONS_CONSUMER: &str = "submissions";
+/// Durable consumer shared by workers turning advisories into dead letters.
+pub const ADVISORY_CONSUMER: &str = "dead-letter-sweeper";
+
+pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
+pub const HEADER_DLQ_REASON: &str = "Qefleet-Dlq-Reason";
+pub const HEADER_DLQ_SUBJECT: &str = "Qefleet-Dlq-Original-Subject";
+pub const HEADER_DLQ_DELIVERIES: &str = "Qefleet-Dlq-Deliveries";
+pub const HEADER_DLQ_STREAM_SEQ: &str = "Qefleet-Dlq-Stream-Seq";
+pub const HEADER_DLQ_AT: &str = "Qefleet-Dlq-At-Ms";
+
+/// The subject a job of this pool and complexity is queued on.
+pub fn job_subject(pool: Pool, complexity: Complexity) -> String {
+    format!("qe.jobs.{pool}.{complexity}")
+}
+
+/// The consolidation job subject (maint pool).
+pub const CONSOLIDATE_SUBJECT: &str = "qe.jobs.maint.consolidate";
+
+/// Filter of the durable consumer serving a pool.
+pub fn pool_filter(pool: Pool) -> String {
+    format!("qe.jobs.{pool}.>")
+}
+
+/// Durable consumer name of a pool: the pool's name.
+pub fn pool_consumer(pool: Pool) -> &'static str {
+    pool.as_str()
+}
+
+pub fn result_subject(job_id: &str) -> String {
+    format!("qe.results.{job_id}")
+}
+
+pub fn event_subject(kind: EventKind) -> String {
+    format!("qe.events.{}", kind.as_str())
+}
+
+pub fn dlq_subject(origin: &str) -> String {
+    format!("qe.dlq.{origin}")
+}
+
+/// The pool a job subject belongs to, if it is one.
+pub fn pool_of_subject(subject: &str) -> Option<Pool> {
+    let mut parts = subject.split('.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("qe"), Some("jobs"), Some(pool)) => Pool::parse(pool),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_subjects_round_trip_to_pools() {
+        for pool in Pool::ALL {
+            for c in Complexity::ALL {
+                let s = job_subject(pool, c);
+                assert_eq!(pool_of_subject(&s), Some(pool), "{s}");
+            }
+        }
+        assert_eq!(pool_of_subject("qe.results.x"), None);
+    }
+}
