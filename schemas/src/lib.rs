@@ -9,6 +9,7 @@ mod event;
 mod job;
 mod reply;
 mod result;
+mod state;
 
 pub use codec::{ContentType, DecodeError};
 pub use event::{EventKind, JobEvent};
@@ -17,6 +18,7 @@ pub use job::{
 };
 pub use reply::{ErrorCode, ErrorReply, SubmitReply};
 pub use result::{JobResult, JobStatus, Timings, TokenUsage};
+pub use state::{ConsolidationJob, JobPhase, JobState};
 
 /// The wire schema version this build writes and accepts.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -40,5 +42,7 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("job_result.json", doc::<JobResult>()),
         ("job_event.json", doc::<JobEvent>()),
         ("submit_reply.json", doc::<SubmitReply>()),
+        ("job_state.json", doc::<JobState>()),
+        ("consolidation_job.json", doc::<ConsolidationJob>()),
     ]
 }

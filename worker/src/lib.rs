@@ -1,1 +1,15 @@
+//! The qefleet worker: pulls jobs of one pool from JetStream, runs an engine on them,
+//! publishes exactly one result per job id, and never drops a message.
 
+pub mod args;
+pub mod consolidator;
+pub mod deadletter;
+pub mod engine;
+pub mod engines;
+pub mod outbox;
+mod registry;
+mod results;
+pub mod runtime;
+
+pub use args::{PoolArg, WorkerArgs};
+pub use runtime::{run, WorkerError};

@@ -1,0 +1,250 @@
+//! The scheduler process: `run(client, args, shutdown)` serves request/reply submissions,
+//! drains the fire-and-forget submission stream and counts completions, until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, AckKind};
+use async_nats::{Client, HeaderMap};
+use futures_util::StreamExt;
+use qefleet_schemas::{codec, Strategy, SubmitReply};
+use qefleet_shared::messages::headers_for;
+use qefleet_shared::metrics::{self, Metrics};
+use qefleet_shared::provision::{self, bucket, ensure_consumer};
+use qefleet_shared::shutdown::Shutdown;
+use qefleet_shared::subjects::*;
+use tokio::task::JoinSet;
+
+use crate::liveness::Liveness;
+use crate::router::RuleRouter;
+use crate::submit::Submitter;
+use crate::validate::Limits;
+
+/// Scheduler settings; every flag is also an environment variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SchedulerArgs {
+    /// Routing strategy when a job names none.
+    #[arg(long, env = "QEFLEET_STRATEGY", value_enum, default_value = "balanced")]
+    pub strategy: StrategyArg,
+    /// Largest module source accepted, in bytes.
+    #[arg(long, env = "QEFLEET_MAX_SOURCE_BYTES", default_value_t = 512 * 1024)]
+    pub max_source_bytes: usize,
+    /// Publish one consolidation job every this many completions.
+    #[arg(long, env = "QEFLEET_CONSOLIDATE_EVERY", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub consolidate_every: u64,
+    /// Address of the /metrics endpoint (e.g. 0.0.0.0:9464); none when absent.
+    #[arg(long = "scheduler-metrics-addr", env = "QEFLEET_SCHEDULER_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl Default for SchedulerArgs {
+    fn default() -> Self {
+        Self {
+            strategy: StrategyArg::Balanced,
+            max_source_bytes: Limits::default().max_source_bytes,
+            consolidate_every: 100,
+            metrics_addr: None,
+        }
+    }
+}
+
+/// Routing strategies as command-line values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum StrategyArg {
+    Cost,
+    Quality,
+    PrivacyFirst,
+    Balanced,
+}
+
+impl From<StrategyArg> for Strategy {
+    fn from(s: StrategyArg) -> Self {
+        match s {
+            StrategyArg::Cost => Strategy::Cost,
+            StrategyArg::Quality => Strategy::Quality,
+            StrategyArg::PrivacyFirst => Strategy::PrivacyFirst,
+            StrategyArg::Balanced => Strategy::Balanced,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error(transparent)]
+    Provision(#[from] provision::ProvisionError),
+    #[error("cannot subscribe to {SUBMIT_SUBJECT}: {0}")]
+    Subscribe(String),
+    #[error("cannot serve metrics: {0}")]
+    Metrics(std::io::Error),
+}
+
+/// Runs a scheduler replica until `shutdown` fires, then drains in-flight submissions.
+pub async fn run(
+    client: Client,
+    args: SchedulerArgs,
+    shutdown: Shutdown,
+) -> Result<(), SchedulerError> {
+    let js = jetstream::new(client.clone());
+    provision::ensure_all(&js).await?;
+    let metrics = Metrics::new();
+    if let Some(addr) = args.metrics_addr {
+        let bound = metrics::serve(addr, metrics.clone(), shutdown.clone())
+            .await
+            .map_err(SchedulerError::Metrics)?;
+        tracing::info!(%bound, "scheduler metrics at /metrics");
+    }
+    let submitter = Submitter {
+        js: js.clone(),
+        job_state: bucket(&js, JOB_STATE_BUCKET).await?,
+        router: Arc::new(RuleRouter {
+            default_strategy: args.strategy.into(),
+        }),
+        liveness: Arc::new(Liveness::new(
+            bucket(&js, WORKERS_BUCKET).await?,
+            Duration::from_secs(1),
+        )),
+        limits: Limits {
+            max_source_bytes: args.max_source_bytes,
+            ..Limits::default()
+        },
+        metrics: metrics.clone(),
+    };
+    let mut tasks = JoinSet::new();
+    let requests = client
+        .queue_subscribe(SUBMIT_SUBJECT, SCHEDULER_QUEUE_GROUP.to_string())
+        .await
+        .map_err(|e| SchedulerError::Subscribe(e.to_string()))?;
+    tasks.spawn(serve_requests(
+        client.clone(),
+        requests,
+        submitter.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(drain_submission_stream(
+        js.clone(),
+        submitter.clone(),
+        shutdown.clone(),
+    ));
+    let markers = bucket(&js, CONSOLIDATIONS_BUCKET).await?;
+    let counter_shutdown = shutdown.clone();
+    let every = args.consolidate_every;
+    tasks.spawn(async move {
+        if let Err(e) =
+            crate::consolidation::run_counter(js, markers, every, metrics, counter_shutdown).await
+        {
+            tracing::error!(error = %e, "completion counter stopped");
+        }
+    });
+    tracing::info!(subject = SUBMIT_SUBJECT, "scheduler ready");
+    while tasks.join_next().await.is_some() {}
+    let _ = client.flush().await;
+    tracing::info!("scheduler stopped");
+    Ok(())
+}
+
+async fn serve_requests(
+    client: Client,
+    mut requests: async_nats::Subscriber,
+    submitter: Submitter,
+    mut shutdown: Shutdown,
+) {
+    let mut in_flight = JoinSet::new();
+    loop {
+        let request = tokio::select! {
+            _ = shutdown.wait() => break,
+            request = requests.next() => request,
+        };
+        let Some(request) = request else { break };
+        let Some(reply_to) = request.reply.clone() else {
+            tracing::warn!("submission without reply subject on {SUBMIT_SUBJECT}: use a request, or publish to {SUBMIT_QUEUE_SUBJECT} for fire-and-forget");
+            continue;
+        };
+        let submitter = submitter.clone();
+        let client = client.clone();
+        in_flight.spawn(async move {
+            let (reply, ct) = submitter
+                .submit_raw(request.headers.as_ref(), &request.payload)
+                .await;
+            let _ = client
+                .publish_with_headers(reply_to, headers_for(ct), codec::encode(&reply, ct).into())
+                .await;
+        });
+        while in_flight.try_join_next().is_some() {}
+    }
+    let _ = requests.unsubscribe().await;
+    while in_flight.join_next().await.is_some() {}
+}
+
+/// Fire-and-forget submissions: accepted ones are queued, rejected ones dead-lettered with
+/// the reason (nothing is dropped), and an unavailable JetStream means retry later.
+async fn drain_submission_stream(js: jetstream::Context, submitter: Submitter, mut shutdown: Shutdown) {
+    let consumer = match ensure_consumer(
+        &js,
+        SUBMISSIONS_STREAM,
+        pull::Config {
+            durable_name: Some(SUBMISSIONS_CONSUMER.to_string()),
+            filter_subject: SUBMIT_QUEUE_SUBJECT.to_string(),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: -1,
+            ..Default::default()
+        },
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "fire-and-forget submissions are not served");
+            return;
+        }
+    };
+    while !shutdown.is_triggered() {
+        let mut batch = match consumer
+            .fetch()
+            .max_messages(64)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+        {
+            Ok(b) => b,
+            Err(_) => {
+                tokio::select! {
+                    _ = shutdown.wait() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        };
+        while let Some(Ok(message)) = batch.next().await {
+            let (reply, _) = submitter
+                .submit_raw(message.headers.as_ref(), &message.payload)
+                .await;
+            match reply {
+                SubmitReply::Accepted { .. } => {
+                    let _ = message.ack().await;
+                }
+                SubmitReply::Rejected { error, .. }
+                    if error.code == qefleet_schemas::ErrorCode::Unavailable =>
+                {
+                    let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
+                }
+                SubmitReply::Rejected { error, .. } => {
+                    let mut headers = message.headers.clone().unwrap_or_else(HeaderMap::new);
+                    headers.insert(HEADER_DLQ_REASON, error.message.as_str());
+                    headers.insert(HEADER_DLQ_SUBJECT, message.subject.as_str());
+                    let stored = match js
+                        .publish_with_headers(dlq_subject("submit"), headers, message.payload.clone())
+                        .await
+                    {
+                        Ok(ack) => ack.await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if stored {
+                        let _ = message.ack().await;
+                    } else {
+                        let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
+                    }
+                }
+            }
+        }
+    }
+}

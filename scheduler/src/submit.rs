@@ -1,0 +1,201 @@
+//! Turning a submission into a queued job: decode, validate, analyse, route, de-duplicate
+//! by job id, publish with `Nats-Msg-Id` = job id, record the job's state.
+
+use std::sync::Arc;
+
+use async_nats::jetstream::{self, kv};
+use async_nats::HeaderMap;
+use qefleet_schemas::codec;
+use qefleet_schemas::{
+    now_unix_ms, ContentType, DecodeError, ErrorCode, ErrorReply, EventKind, JobPhase, JobSpec,
+    JobState, QueuedJob, SubmitReply, SCHEMA_VERSION,
+};
+use qefleet_shared::messages::{self, emit_event};
+use qefleet_shared::metrics::Metrics;
+use qefleet_shared::subjects::HEADER_MSG_ID;
+
+use crate::liveness::Liveness;
+use crate::router::{RouteInput, Router};
+use crate::validate::{validate, Limits};
+
+/// Shared state of the submission path.
+#[derive(Debug, Clone)]
+pub struct Submitter {
+    pub(crate) js: jetstream::Context,
+    pub(crate) job_state: kv::Store,
+    pub(crate) router: Arc<dyn Router>,
+    pub(crate) liveness: Arc<Liveness>,
+    pub(crate) limits: Limits,
+    pub(crate) metrics: Metrics,
+}
+
+fn rejected(code: ErrorCode, message: impl Into<String>) -> SubmitReply {
+    SubmitReply::Rejected {
+        schema_version: SCHEMA_VERSION,
+        error: ErrorReply {
+            code,
+            message: message.into(),
+        },
+    }
+}
+
+fn decode_error_code(e: &DecodeError) -> ErrorCode {
+    match e {
+        DecodeError::UnsupportedContentType(_) => ErrorCode::UnsupportedContentType,
+        DecodeError::MissingSchemaVersion | DecodeError::UnknownSchemaVersion(_) => {
+            ErrorCode::UnknownSchemaVersion
+        }
+        DecodeError::InvalidUtf8(_) => ErrorCode::InvalidUtf8,
+        DecodeError::Malformed { .. } => ErrorCode::Malformed,
+    }
+}
+
+impl Submitter {
+    /// Handles one raw submission. Returns the reply and the encoding it should use.
+    pub async fn submit_raw(
+        &self,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+    ) -> (SubmitReply, ContentType) {
+        let (job, ct) = match messages::decode::<JobSpec>(headers, payload) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                let ct = messages::content_type(headers).unwrap_or_default();
+                return (self.count(rejected(decode_error_code(&e), e.to_string())), ct);
+            }
+        };
+        (self.count(self.submit(job, ct).await), ct)
+    }
+
+    fn count(&self, reply: SubmitReply) -> SubmitReply {
+        if let SubmitReply::Rejected { error, .. } = &reply {
+            let code = serde_json::to_value(error.code)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            self.metrics
+                .submissions_rejected
+                .with_label_values(&[code.as_str()])
+                .inc();
+        }
+        reply
+    }
+
+    /// Validates, routes and queues a decoded job; `ct` is the encoding the job (and so its
+    /// result) travels in.
+    pub async fn submit(&self, mut job: JobSpec, ct: ContentType) -> SubmitReply {
+        let now = now_unix_ms();
+        let analysis = match validate(&job, &self.limits, now) {
+            Ok(a) => a,
+            Err(e) => return rejected(e.code, e.message),
+        };
+        let job_id = job.job_id.clone().unwrap_or_else(|| nuid::next().to_string());
+        job.job_id = Some(job_id.clone());
+        match self.existing(&job_id).await {
+            Ok(Some(state)) => return duplicate(state),
+            Ok(None) => {}
+            Err(reply) => return reply,
+        }
+        let live = self.liveness.live_pools().await;
+        let route = match self.router.route(RouteInput {
+            job: &job,
+            complexity: &analysis.report,
+            live: &live,
+        }) {
+            Ok(route) => route,
+            Err(e) => return rejected(e.code, e.message),
+        };
+        let queued = QueuedJob {
+            schema_version: SCHEMA_VERSION,
+            job,
+            complexity: analysis.report.clone(),
+            route: route.clone(),
+            submitted_at_ms: now,
+        };
+        let mut headers = messages::headers_for(ct);
+        headers.insert(HEADER_MSG_ID, job_id.as_str());
+        let published = match self
+            .js
+            .publish_with_headers(
+                route.subject.clone(),
+                headers,
+                codec::encode(&queued, ct).into(),
+            )
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        let ack = match published {
+            Ok(ack) => ack,
+            Err(e) => {
+                return rejected(
+                    ErrorCode::Unavailable,
+                    format!("JetStream did not store the job ({e}); nothing was queued, submit again"),
+                )
+            }
+        };
+        let state = JobState {
+            schema_version: SCHEMA_VERSION,
+            job_id: job_id.clone(),
+            phase: JobPhase::Queued,
+            route: route.clone(),
+            complexity: analysis.report.clone(),
+            updated_at_ms: now,
+        };
+        if ack.duplicate {
+            // A concurrent submission of the same id won the race inside the duplicate window.
+            return duplicate(state);
+        }
+        if let Err(e) = self
+            .job_state
+            .put(&job_id, codec::encode(&state, ContentType::Json).into())
+            .await
+        {
+            tracing::warn!(job_id, error = %e, "job queued but its state was not recorded");
+        }
+        self.metrics
+            .jobs_submitted
+            .with_label_values(&[route.pool.as_str(), analysis.report.class.as_str()])
+            .inc();
+        let client = self.js.client();
+        emit_event(&client, &job_id, EventKind::Submitted, None, None).await;
+        emit_event(
+            &client,
+            &job_id,
+            EventKind::Routed,
+            Some(route.pool),
+            Some(route.reasons.join("; ")),
+        )
+        .await;
+        tracing::info!(job_id, pool = %route.pool, subject = %route.subject, "job queued");
+        SubmitReply::Accepted {
+            schema_version: SCHEMA_VERSION,
+            job_id,
+            duplicate: false,
+            route,
+            complexity: Some(analysis.report),
+        }
+    }
+
+    async fn existing(&self, job_id: &str) -> Result<Option<JobState>, SubmitReply> {
+        match self.job_state.get(job_id).await {
+            Ok(Some(bytes)) => Ok(codec::decode::<JobState>(&bytes, ContentType::Json).ok()),
+            Ok(None) => Ok(None),
+            Err(e) => Err(rejected(
+                ErrorCode::Unavailable,
+                format!("cannot read job state ({e}); nothing was queued, submit again"),
+            )),
+        }
+    }
+}
+
+fn duplicate(state: JobState) -> SubmitReply {
+    SubmitReply::Accepted {
+        schema_version: SCHEMA_VERSION,
+        job_id: state.job_id,
+        duplicate: true,
+        route: state.route,
+        complexity: Some(state.complexity),
+    }
+}

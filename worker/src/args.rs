@@ -1,0 +1,85 @@
+//! Worker settings; every flag is also an environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use qefleet_shared::config::parse_duration;
+
+/// Pools a worker can serve, as command-line values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PoolArg {
+    Local,
+    Cloud,
+    Maint,
+}
+
+impl From<PoolArg> for qefleet_schemas::Pool {
+    fn from(p: PoolArg) -> Self {
+        match p {
+            PoolArg::Local => Self::Local,
+            PoolArg::Cloud => Self::Cloud,
+            PoolArg::Maint => Self::Maint,
+        }
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// Pool this worker serves.
+    #[arg(long, env = "QEFLEET_POOL", value_enum, default_value = "local")]
+    pub pool: PoolArg,
+    /// Jobs run at once by this worker.
+    #[arg(long, env = "QEFLEET_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub concurrency: u32,
+    /// A delivered job not acknowledged (or heartbeated) within this is redelivered.
+    #[arg(long, env = "QEFLEET_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    pub ack_wait: Duration,
+    /// Deliveries of a job before it is dead-lettered.
+    #[arg(long, env = "QEFLEET_MAX_DELIVER", default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..=100))]
+    pub max_deliver: i64,
+    /// First retry delay after a transient failure; doubles per attempt.
+    #[arg(long, env = "QEFLEET_RETRY_INITIAL", default_value = "1s", value_parser = parse_duration)]
+    pub retry_initial: Duration,
+    /// Longest retry delay.
+    #[arg(long, env = "QEFLEET_RETRY_MAX", default_value = "60s", value_parser = parse_duration)]
+    pub retry_max: Duration,
+    /// Time budget of a job that sets no budget.max_seconds.
+    #[arg(long, env = "QEFLEET_JOB_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    pub job_timeout: Duration,
+    /// How long a shutdown waits for in-flight jobs before leaving them to redelivery.
+    #[arg(long, env = "QEFLEET_DRAIN_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Directory of this worker's durable result outbox (one per worker).
+    #[arg(long, env = "QEFLEET_OUTBOX_DIR")]
+    pub outbox_dir: Option<PathBuf>,
+    /// Identity in the live-workers bucket; random when absent.
+    #[arg(long, env = "QEFLEET_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Python interpreter with pytest and coverage (default: .venv/bin/python, then python3).
+    #[arg(long, env = "QEFLEET_PYTHON")]
+    pub python: Option<PathBuf>,
+    /// Address of the /metrics endpoint (e.g. 0.0.0.0:9465); none when absent.
+    #[arg(long = "worker-metrics-addr", env = "QEFLEET_WORKER_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl WorkerArgs {
+    /// Defaults for a pool, as the command line would give them.
+    pub fn for_pool(pool: PoolArg) -> Self {
+        Self {
+            pool,
+            concurrency: 2,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            job_timeout: Duration::from_secs(120),
+            drain_timeout: Duration::from_secs(60),
+            outbox_dir: None,
+            worker_id: None,
+            python: None,
+            metrics_addr: None,
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! The engine seam: anything that turns a queued job into a measured test suite.
+//! Engines say whether a failure is the job's (a terminal failed result) or the
+//! infrastructure's (retry later); the runtime maps that to acknowledgements.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use qefleet_schemas::{QueuedJob, TokenUsage};
+
+/// What an engine is asked to do.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineRequest<'a> {
+    pub job: &'a QueuedJob,
+    /// Delivery attempt, 1-based.
+    pub attempt: u32,
+    /// Wall-clock time the engine may spend.
+    pub time_budget: Duration,
+}
+
+/// A generated, executed suite and its figures.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineOutput {
+    pub test_file: String,
+    pub tests_total: u32,
+    pub tests_passed: u32,
+    pub tests_failed: u32,
+    pub line_coverage: Option<f64>,
+    pub branch_coverage: Option<f64>,
+    pub mutation_score: Option<f64>,
+    pub quality_score: Option<f64>,
+    pub refinement_rounds: u32,
+    pub tokens: TokenUsage,
+    pub cost_usd: f64,
+}
+
+/// Why an engine produced no suite.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    /// The job itself cannot yield tests (module does not import, nothing to test).
+    /// Becomes a `failed` result; retrying would not help.
+    #[error("{0}")]
+    JobFailed(String),
+    /// Something around the job broke (interpreter missing, disk full, provider down).
+    /// Retried with backoff, dead-lettered when deliveries run out.
+    #[error("{0}")]
+    Transient(String),
+}
+
+pub type EngineFuture<'a> = Pin<Box<dyn Future<Output = Result<EngineOutput, EngineError>> + Send + 'a>>;
+
+/// A test generator.
+pub trait Engine: Send + Sync + std::fmt::Debug {
+    /// Name recorded on results and metrics.
+    fn name(&self) -> &str;
+    fn generate<'a>(&'a self, request: EngineRequest<'a>) -> EngineFuture<'a>;
+}

@@ -1,0 +1,239 @@
+//! Running Python for engines: the interpreter, a work dir holding the module under test,
+//! and pytest under coverage.py with a wall-clock limit.
+//!
+//! This is the first, plain runner (temp dir, timeout, killed on expiry); the sandbox with
+//! resource limits and no network comes with the measured-generation issue.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::Command;
+
+use crate::engine::EngineError;
+
+/// Environment variable naming the Python interpreter (with pytest and coverage).
+pub const PYTHON_ENV: &str = "QEFLEET_PYTHON";
+
+/// Finds the interpreter: `$QEFLEET_PYTHON`, then `.venv/bin/python` in this directory or
+/// above (or above the executable), then `python3` on PATH.
+pub fn find_python() -> PathBuf {
+    if let Some(p) = std::env::var_os(PYTHON_ENV) {
+        return PathBuf::from(p);
+    }
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        roots.extend(cwd.ancestors().map(Path::to_path_buf));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
+    }
+    roots
+        .into_iter()
+        .map(|r| r.join(".venv/bin/python"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
+/// A temp dir with the module under test written where `import <module_name>` finds it.
+#[derive(Debug)]
+pub struct Workspace {
+    dir: tempfile::TempDir,
+    pub module_file: PathBuf,
+}
+
+impl Workspace {
+    pub fn new(module_name: &str, source: &str) -> Result<Self, EngineError> {
+        let io = |e: std::io::Error| EngineError::Transient(format!("cannot prepare work dir: {e}"));
+        let dir = tempfile::Builder::new()
+            .prefix("qefleet-job-")
+            .tempdir()
+            .map_err(io)?;
+        let parts: Vec<&str> = module_name.split('.').collect();
+        let mut package = dir.path().to_path_buf();
+        for part in &parts[..parts.len().saturating_sub(1)] {
+            package.push(part);
+            std::fs::create_dir_all(&package).map_err(io)?;
+            let init = package.join("__init__.py");
+            if !init.exists() {
+                std::fs::write(&init, "").map_err(io)?;
+            }
+        }
+        let module_file = package.join(format!("{}.py", parts.last().unwrap_or(&module_name)));
+        std::fs::write(&module_file, source).map_err(io)?;
+        Ok(Self { dir, module_file })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> Result<PathBuf, EngineError> {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text)
+            .map_err(|e| EngineError::Transient(format!("cannot write {name}: {e}")))?;
+        Ok(path)
+    }
+}
+
+/// Output of a finished Python process.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `python args...` in the workspace, killing it when `limit` passes.
+pub async fn run_python(
+    python: &Path,
+    workspace: &Workspace,
+    args: &[&str],
+    limit: Duration,
+) -> Result<Finished, EngineError> {
+    let child = Command::new(python)
+        .args(args)
+        .current_dir(workspace.path())
+        .env("PYTHONPATH", workspace.path())
+        .env("PYTHONHASHSEED", "0")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            EngineError::Transient(format!(
+                "cannot run {} ({e}): run ./scripts/setup.sh or set {PYTHON_ENV}",
+                python.display()
+            ))
+        })?;
+    match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(Ok(out)) => Ok(Finished {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }),
+        Ok(Err(e)) => Err(EngineError::Transient(format!("python failed to run: {e}"))),
+        Err(_) => Err(EngineError::JobFailed(format!(
+            "time budget of {}s exhausted while running python {}",
+            limit.as_secs(),
+            args.first().copied().unwrap_or("")
+        ))),
+    }
+}
+
+/// Figures from one pytest run under coverage.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SuiteRun {
+    pub total: u32,
+    pub failed: u32,
+    pub line_coverage: Option<f64>,
+    pub branch_coverage: Option<f64>,
+}
+
+/// Runs a pytest file under coverage.py (branch mode) restricted to the module file.
+pub async fn run_suite(
+    python: &Path,
+    workspace: &Workspace,
+    test_file: &str,
+    deadline: Instant,
+) -> Result<SuiteRun, EngineError> {
+    let remaining = || deadline.saturating_duration_since(Instant::now());
+    let include = format!("--include={}", workspace.module_file.display());
+    let finished = run_python(
+        python,
+        workspace,
+        &[
+            "-m", "coverage", "run", "--branch", &include, "-m", "pytest", "-q",
+            "-p", "no:cacheprovider", "--junitxml=report.xml", test_file,
+        ],
+        remaining(),
+    )
+    .await?;
+    let report = std::fs::read_to_string(workspace.path().join("report.xml")).map_err(|_| {
+        let tail: String = finished.stdout.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
+        EngineError::Transient(format!(
+            "pytest produced no report (exit {:?}); is pytest installed for {}? {tail}{}",
+            finished.status.code(),
+            python.display(),
+            finished.stderr
+        ))
+    })?;
+    let (total, failed) = junit_counts(&report);
+    let coverage = run_python(
+        python,
+        workspace,
+        &["-m", "coverage", "json", "-q", "-o", "coverage.json"],
+        remaining(),
+    )
+    .await?;
+    let (line_coverage, branch_coverage) = if coverage.status.success() {
+        std::fs::read_to_string(workspace.path().join("coverage.json"))
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .map(|json| coverage_fractions(&json))
+            .unwrap_or((None, None))
+    } else {
+        (None, None)
+    };
+    Ok(SuiteRun {
+        total,
+        failed,
+        line_coverage,
+        branch_coverage,
+    })
+}
+
+/// `(tests, failures + errors)` from a JUnit XML report's first `<testsuite>`.
+pub fn junit_counts(xml: &str) -> (u32, u32) {
+    let Some(start) = xml.find("<testsuite ") else {
+        return (0, 0);
+    };
+    let tag = &xml[start..xml[start..].find('>').map_or(xml.len(), |e| start + e)];
+    let attr = |name: &str| -> u32 {
+        let key = format!(" {name}=\"");
+        tag.find(&key)
+            .and_then(|at| {
+                let rest = &tag[at + key.len()..];
+                rest[..rest.find('"')?].parse().ok()
+            })
+            .unwrap_or(0)
+    };
+    let total = attr("tests").saturating_sub(attr("skipped"));
+    (total, attr("failures") + attr("errors"))
+}
+
+/// Line and branch coverage fractions from `coverage json` totals.
+pub fn coverage_fractions(json: &serde_json::Value) -> (Option<f64>, Option<f64>) {
+    let totals = &json["totals"];
+    let ratio = |covered: &str, all: &str| {
+        let all = totals[all].as_f64()?;
+        let covered = totals[covered].as_f64()?;
+        Some(if all == 0.0 { 1.0 } else { covered / all })
+    };
+    (
+        ratio("covered_lines", "num_statements"),
+        ratio("covered_branches", "num_branches"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn junit_counts_subtract_skips_and_add_errors() {
+        let xml = r#"<?xml version="1.0"?><testsuites><testsuite name="pytest" errors="1" failures="2" skipped="1" tests="7" time="0.1"></testsuite></testsuites>"#;
+        assert_eq!(junit_counts(xml), (6, 3));
+        assert_eq!(junit_counts("garbage"), (0, 0));
+    }
+
+    #[test]
+    fn coverage_totals_become_fractions() {
+        let json = serde_json::json!({"totals": {"covered_lines": 3, "num_statements": 4, "covered_branches": 1, "num_branches": 2}});
+        assert_eq!(coverage_fractions(&json), (Some(0.75), Some(0.5)));
+        let none = serde_json::json!({"totals": {"covered_lines": 0, "num_statements": 0, "covered_branches": 0, "num_branches": 0}});
+        assert_eq!(coverage_fractions(&none), (Some(1.0), Some(1.0)));
+    }
+}

@@ -1,0 +1,122 @@
+//! A local, durable outbox for results: a result is written here (and fsynced) before it
+//! is published, and removed only once JetStream has stored it. A result computed while
+//! NATS is unreachable is published when it comes back; nothing computed is lost.
+
+use std::path::Path;
+
+use qefleet_schemas::ContentType;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("cannot open the result outbox at {path}: {detail}. Another worker may be using it: give each worker its own --outbox-dir")]
+    Open { path: String, detail: String },
+    #[error("result outbox write failed: {0}")]
+    Write(String),
+}
+
+/// A result waiting to be published.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingResult {
+    pub content_type: ContentType,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    db: sled::Db,
+}
+
+impl Outbox {
+    pub fn open(path: &Path) -> Result<Self, OutboxError> {
+        let db = sled::open(path).map_err(|e| OutboxError::Open {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        Ok(Self { db })
+    }
+
+    /// Stores a result durably (flushed to disk before returning).
+    pub async fn put(&self, job_id: &str, result: &PendingResult) -> Result<(), OutboxError> {
+        let mut value = Vec::with_capacity(result.payload.len() + 1);
+        value.push(match result.content_type {
+            ContentType::MsgPack => 0,
+            ContentType::Json => 1,
+        });
+        value.extend_from_slice(&result.payload);
+        self.db
+            .insert(job_id.as_bytes(), value)
+            .map_err(|e| OutboxError::Write(e.to_string()))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| OutboxError::Write(e.to_string()))?;
+        Ok(())
+    }
+
+    pub fn get(&self, job_id: &str) -> Option<PendingResult> {
+        self.db
+            .get(job_id.as_bytes())
+            .ok()
+            .flatten()
+            .and_then(|v| decode(&v))
+    }
+
+    pub fn remove(&self, job_id: &str) {
+        if let Err(e) = self.db.remove(job_id.as_bytes()) {
+            tracing::warn!(job_id, error = %e, "cannot remove published result from outbox");
+        }
+    }
+
+    /// Every pending result, oldest key order.
+    pub fn pending(&self) -> Vec<(String, PendingResult)> {
+        self.db
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| Some((String::from_utf8(k.to_vec()).ok()?, decode(&v)?)))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.db.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.db.is_empty()
+    }
+}
+
+fn decode(value: &[u8]) -> Option<PendingResult> {
+    let (tag, payload) = value.split_first()?;
+    let content_type = if *tag == 1 {
+        ContentType::Json
+    } else {
+        ContentType::MsgPack
+    };
+    Some(PendingResult {
+        content_type,
+        payload: payload.to_vec(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn results_survive_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let result = PendingResult {
+            content_type: ContentType::Json,
+            payload: b"{}".to_vec(),
+        };
+        {
+            let outbox = Outbox::open(dir.path()).expect("open");
+            outbox.put("job-1", &result).await.expect("put");
+        }
+        let outbox = Outbox::open(dir.path()).expect("reopen");
+        assert_eq!(outbox.get("job-1"), Some(result.clone()));
+        assert_eq!(outbox.pending(), vec![("job-1".to_string(), result)]);
+        outbox.remove("job-1");
+        assert!(outbox.is_empty());
+    }
+}

@@ -1,0 +1,544 @@
+//! The consumer runtime: pull jobs within a concurrency limit, heartbeat long ones, map
+//! every outcome to one acknowledgement through [`Disposition`], and drain on shutdown.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv, AckKind, Message};
+use async_nats::Client;
+use futures_util::StreamExt;
+use qefleet_schemas::{
+    codec, now_unix_ms, ConsolidationJob, ContentType, EventKind, JobPhase, JobResult, JobState,
+    JobStatus, Pool, QueuedJob, Timings, SCHEMA_VERSION,
+};
+use qefleet_shared::messages::{self, emit_event};
+use qefleet_shared::metrics::{self, Metrics};
+use qefleet_shared::provision::{self, bucket, ensure_consumer, pool_consumer_config, DeliverySettings};
+use qefleet_shared::retry::{Disposition, RetryPolicy};
+use qefleet_shared::shutdown::{self, Shutdown};
+use qefleet_shared::subjects::*;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::args::WorkerArgs;
+use crate::consolidator::Consolidator;
+use crate::deadletter::{self, Origin};
+use crate::engine::{Engine, EngineError, EngineOutput, EngineRequest};
+use crate::outbox::{Outbox, OutboxError, PendingResult};
+use crate::registry;
+use crate::results::{self, Published};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Provision(#[from] provision::ProvisionError),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error("cannot serve metrics: {0}")]
+    Metrics(std::io::Error),
+}
+
+/// What every job handler shares.
+#[derive(Debug)]
+struct Ctx {
+    js: jetstream::Context,
+    client: Client,
+    pool: Pool,
+    worker_id: String,
+    engine: Arc<dyn Engine>,
+    consolidator: Arc<dyn Consolidator>,
+    outbox: Outbox,
+    job_state: kv::Store,
+    metrics: Metrics,
+    retry: RetryPolicy,
+    max_deliver: i64,
+    ack_wait: Duration,
+    job_timeout: Duration,
+}
+
+/// Runs a worker until `shutdown` fires, then stops pulling, waits up to the drain timeout
+/// for in-flight jobs, flushes the outbox and leaves the live-workers bucket.
+pub async fn run(
+    client: Client,
+    args: WorkerArgs,
+    engine: Arc<dyn Engine>,
+    consolidator: Arc<dyn Consolidator>,
+    mut shutdown: Shutdown,
+) -> Result<(), WorkerError> {
+    let js = jetstream::new(client.clone());
+    provision::ensure_all(&js).await?;
+    let pool: Pool = args.pool.into();
+    let worker_id = args
+        .worker_id
+        .clone()
+        .unwrap_or_else(|| format!("{pool}-{}", &nuid::next().to_string()[..10]));
+    let outbox_dir = args
+        .outbox_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(".qefleet/outbox").join(pool.as_str()));
+    let outbox = Outbox::open(&outbox_dir)?;
+    let metrics = Metrics::new();
+    if let Some(addr) = args.metrics_addr {
+        let bound = metrics::serve(addr, metrics.clone(), shutdown.clone())
+            .await
+            .map_err(WorkerError::Metrics)?;
+        tracing::info!(%bound, "worker metrics at /metrics");
+    }
+    let settings = DeliverySettings {
+        ack_wait: args.ack_wait,
+        max_deliver: args.max_deliver,
+        ..DeliverySettings::default()
+    };
+    let consumer = ensure_consumer(&js, JOBS_STREAM, pool_consumer_config(pool, settings)).await?;
+    let ctx = Arc::new(Ctx {
+        js: js.clone(),
+        client: client.clone(),
+        pool,
+        worker_id: worker_id.clone(),
+        engine,
+        consolidator,
+        outbox,
+        job_state: bucket(&js, JOB_STATE_BUCKET).await?,
+        metrics,
+        retry: RetryPolicy {
+            initial: args.retry_initial,
+            max: args.retry_max,
+            multiplier: 2.0,
+        },
+        max_deliver: args.max_deliver,
+        ack_wait: args.ack_wait,
+        job_timeout: args.job_timeout,
+    });
+
+    // Background tasks stop on their own signal, fired after the drain, so the outbox
+    // flusher and liveness keep working while in-flight jobs finish.
+    let (stop_background, background_shutdown) = shutdown::channel();
+    let mut background = JoinSet::new();
+    let live_key = registry::key(pool, &worker_id);
+    let live_info = serde_json::json!({
+        "worker_id": worker_id,
+        "pool": pool,
+        "engine": ctx.engine.name(),
+        "concurrency": args.concurrency,
+        "started_at_ms": now_unix_ms(),
+    })
+    .to_string();
+    background.spawn(registry::heartbeat(
+        bucket(&js, WORKERS_BUCKET).await?,
+        live_key,
+        live_info,
+        background_shutdown.clone(),
+    ));
+    background.spawn(flush_outbox_forever(ctx.clone(), background_shutdown.clone()));
+    background.spawn(deadletter::sweep_advisories(js.clone(), background_shutdown));
+
+    tracing::info!(worker_id, %pool, engine = ctx.engine.name(), "worker ready");
+    let permits = Arc::new(Semaphore::new(args.concurrency as usize));
+    let mut in_flight = JoinSet::new();
+    while !shutdown.is_triggered() {
+        // Fetch only what we can start now, so nothing waits in a local buffer while its
+        // ack_wait runs out.
+        let free = tokio::select! {
+            _ = shutdown.wait() => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => { drop(p); permits.available_permits() }
+                Err(_) => break,
+            },
+        };
+        let batch = consumer
+            .fetch()
+            .max_messages(free.max(1))
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(error = %e, "fetch failed; NATS unavailable?");
+                tokio::select! {
+                    _ = shutdown.wait() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        };
+        while let Some(message) = batch.next().await {
+            let Ok(message) = message else { break };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let ctx = ctx.clone();
+            in_flight.spawn(async move {
+                handle(&ctx, message).await;
+                drop(permit);
+            });
+        }
+        while in_flight.try_join_next().is_some() {}
+    }
+    tracing::info!(in_flight = in_flight.len(), "draining");
+    let drained = tokio::time::timeout(args.drain_timeout, async {
+        while in_flight.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            left = in_flight.len(),
+            "drain timeout: unfinished jobs will be redelivered to another worker"
+        );
+        in_flight.abort_all();
+    }
+    flush_outbox(&ctx).await;
+    stop_background.trigger();
+    while background.join_next().await.is_some() {}
+    let _ = client.flush().await;
+    tracing::info!(worker_id, "worker stopped");
+    Ok(())
+}
+
+/// Handles one delivery from start to acknowledgement.
+async fn handle(ctx: &Ctx, message: Message) {
+    let (subject, stream_sequence, deliveries) = match message.info() {
+        Ok(info) => (
+            message.subject.to_string(),
+            info.stream_sequence,
+            info.delivered,
+        ),
+        Err(_) => (message.subject.to_string(), 0, 1),
+    };
+    let message = Arc::new(message);
+    let disposition = if ctx.pool == Pool::Maint {
+        consolidate(ctx, &message).await
+    } else {
+        run_job(ctx, &message, deliveries).await
+    };
+    let ack = match disposition {
+        Disposition::Ack => AckKind::Ack,
+        Disposition::Retry { after, reason } => {
+            tracing::info!(%subject, deliveries, ?after, %reason, "retrying later");
+            ctx.metrics
+                .jobs_retried
+                .with_label_values(&[ctx.pool.as_str()])
+                .inc();
+            AckKind::Nak(Some(after))
+        }
+        Disposition::DeadLetter { reason } => {
+            let origin = Origin {
+                subject: &subject,
+                stream_sequence,
+                deliveries,
+            };
+            match deadletter::dead_letter(
+                &ctx.js,
+                origin,
+                message.headers.as_ref(),
+                message.payload.clone(),
+                &reason,
+            )
+            .await
+            {
+                Ok(()) => {
+                    tracing::warn!(%subject, stream_sequence, %reason, "dead-lettered");
+                    let kind = if reason.starts_with("malformed") {
+                        "malformed"
+                    } else {
+                        "retries_exhausted"
+                    };
+                    ctx.metrics
+                        .jobs_dead_lettered
+                        .with_label_values(&[ctx.pool.as_str(), kind])
+                        .inc();
+                    AckKind::Term
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot dead-letter; retrying the delivery");
+                    AckKind::Nak(Some(Duration::from_secs(2)))
+                }
+            }
+        }
+    };
+    if let Err(e) = message.ack_with(ack).await {
+        tracing::warn!(%subject, error = %e, "acknowledgement not sent; the job will be redelivered and de-duplicated");
+    }
+}
+
+async fn consolidate(ctx: &Ctx, message: &Message) -> Disposition {
+    let job: ConsolidationJob = match messages::decode(message.headers.as_ref(), &message.payload) {
+        Ok((job, _)) => job,
+        Err(e) => {
+            return Disposition::DeadLetter {
+                reason: format!("malformed consolidation job: {e}"),
+            }
+        }
+    };
+    match ctx.consolidator.consolidate(&job).await {
+        Ok(summary) => {
+            emit_event(
+                &ctx.client,
+                &format!("consolidation-{}", job.number),
+                EventKind::Consolidated,
+                Some(Pool::Maint),
+                Some(summary),
+            )
+            .await;
+            Disposition::Ack
+        }
+        Err(e) => Disposition::Retry {
+            after: ctx.retry.delay_jittered(1),
+            reason: e,
+        },
+    }
+}
+
+async fn run_job(ctx: &Ctx, message: &Arc<Message>, deliveries: i64) -> Disposition {
+    let attempt = u32::try_from(deliveries.max(1)).unwrap_or(u32::MAX);
+    let (queued, ct) = match messages::decode::<QueuedJob>(message.headers.as_ref(), &message.payload) {
+        Ok(decoded) => decoded,
+        Err(e) => {
+            return Disposition::DeadLetter {
+                reason: format!("malformed job message: {e}"),
+            }
+        }
+    };
+    let job_id = queued.job_id().to_string();
+    if job_id.is_empty() {
+        return Disposition::DeadLetter {
+            reason: "malformed job message: job.job_id is missing (submit through qe.submit)".into(),
+        };
+    }
+    // Idempotency: a redelivered job whose result exists (or waits in our outbox) is done.
+    if let Some(pending) = ctx.outbox.get(&job_id) {
+        return match results::publish(&ctx.js, &job_id, &pending).await {
+            Ok(_) => {
+                ctx.outbox.remove(&job_id);
+                Disposition::Ack
+            }
+            Err(e) => Disposition::Retry {
+                after: ctx.retry.delay_jittered(attempt),
+                reason: format!("result still unpublished: {e}"),
+            },
+        };
+    }
+    match results::exists(&ctx.js, &job_id).await {
+        Ok(true) => {
+            tracing::info!(job_id, "result already published; acknowledging redelivery");
+            return Disposition::Ack;
+        }
+        Ok(false) => {}
+        Err(e) => {
+            return Disposition::Retry {
+                after: ctx.retry.delay_jittered(attempt),
+                reason: format!("cannot check for an existing result: {e}"),
+            }
+        }
+    }
+    let started = now_unix_ms();
+    let labels = [ctx.pool.as_str(), queued.complexity.class.as_str()];
+    let outcome = if queued.job.deadline_unix_ms.is_some_and(|d| d <= started) {
+        Err(EngineError::JobFailed(String::new()))
+    } else {
+        set_phase(ctx, &queued, JobPhase::Running).await;
+        emit_event(&ctx.client, &job_id, EventKind::Started, Some(ctx.pool), Some(format!("attempt {attempt} on {}", ctx.worker_id))).await;
+        ctx.metrics.jobs_in_flight.inc();
+        let timer = ctx.metrics.job_duration.with_label_values(&labels).start_timer();
+        let result = run_engine_with_heartbeat(ctx, message, &queued, attempt).await;
+        timer.observe_duration();
+        ctx.metrics.jobs_in_flight.dec();
+        result
+    };
+    let run_ms = now_unix_ms().saturating_sub(started);
+    let expired = queued.job.deadline_unix_ms.is_some_and(|d| d <= started);
+    let (status, output, error) = match outcome {
+        _ if expired => (
+            JobStatus::Expired,
+            EngineOutput::default(),
+            Some(format!(
+                "deadline {} passed before the job could start; it was not run",
+                queued.job.deadline_unix_ms.unwrap_or_default()
+            )),
+        ),
+        Ok(output) => (JobStatus::Succeeded, output, None),
+        Err(EngineError::JobFailed(reason)) => {
+            ctx.metrics.jobs_failed.with_label_values(&[labels[0], labels[1], "job"]).inc();
+            (JobStatus::Failed, EngineOutput::default(), Some(reason))
+        }
+        Err(EngineError::Transient(reason)) => {
+            ctx.metrics.jobs_failed.with_label_values(&[labels[0], labels[1], "transient"]).inc();
+            emit_event(&ctx.client, &job_id, EventKind::Retrying, Some(ctx.pool), Some(reason.clone())).await;
+            if deliveries >= ctx.max_deliver {
+                set_phase(ctx, &queued, JobPhase::DeadLettered).await;
+                emit_event(&ctx.client, &job_id, EventKind::DeadLettered, Some(ctx.pool), Some(reason.clone())).await;
+                return Disposition::DeadLetter {
+                    reason: format!("gave up after {deliveries} attempts: {reason}"),
+                };
+            }
+            return Disposition::Retry {
+                after: ctx.retry.delay_jittered(attempt),
+                reason,
+            };
+        }
+    };
+    let result = JobResult {
+        schema_version: SCHEMA_VERSION,
+        job_id: job_id.clone(),
+        tenant: queued.job.tenant.clone(),
+        module_name: queued.job.module_name.clone(),
+        status,
+        error,
+        test_file: (!output.test_file.is_empty()).then(|| output.test_file.clone()),
+        tests_total: output.tests_total,
+        tests_passed: output.tests_passed,
+        tests_failed: output.tests_failed,
+        line_coverage: output.line_coverage,
+        branch_coverage: output.branch_coverage,
+        mutation_score: output.mutation_score,
+        quality_score: output.quality_score,
+        coverage_target_met: queued
+            .job
+            .coverage_target
+            .zip(output.line_coverage)
+            .map(|(target, got)| got >= target),
+        refinement_rounds: output.refinement_rounds,
+        engine: ctx.engine.name().to_string(),
+        pool: ctx.pool,
+        complexity: queued.complexity.class,
+        tokens: output.tokens,
+        cost_usd: output.cost_usd,
+        timings: Timings {
+            queued_ms: started.saturating_sub(queued.submitted_at_ms),
+            run_ms,
+            total_ms: now_unix_ms().saturating_sub(queued.submitted_at_ms),
+        },
+        attempt,
+        worker_id: ctx.worker_id.clone(),
+        completed_at_ms: now_unix_ms(),
+        metadata: queued.job.metadata.clone(),
+    };
+    finish(ctx, &queued, &result, ct).await
+}
+
+async fn run_engine_with_heartbeat(
+    ctx: &Ctx,
+    message: &Arc<Message>,
+    queued: &QueuedJob,
+    attempt: u32,
+) -> Result<EngineOutput, EngineError> {
+    let budget = queued
+        .job
+        .budget
+        .max_seconds
+        .map(|s| Duration::from_secs(u64::from(s)))
+        .unwrap_or(ctx.job_timeout);
+    let heartbeat_message = message.clone();
+    let every = (ctx.ack_wait / 3).max(Duration::from_millis(100));
+    let heartbeat = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            if heartbeat_message.ack_with(AckKind::Progress).await.is_err() {
+                tracing::debug!("heartbeat not sent");
+            }
+        }
+    });
+    let started = Instant::now();
+    let result = ctx
+        .engine
+        .generate(EngineRequest {
+            job: queued,
+            attempt,
+            time_budget: budget,
+        })
+        .await;
+    heartbeat.abort();
+    tracing::debug!(job_id = queued.job_id(), elapsed = ?started.elapsed(), "engine finished");
+    result
+}
+
+/// Outbox, publish, then acknowledge: the result is on disk before it is published and
+/// the job is acknowledged only once the result is stored.
+async fn finish(ctx: &Ctx, queued: &QueuedJob, result: &JobResult, ct: ContentType) -> Disposition {
+    let job_id = result.job_id.as_str();
+    let pending = PendingResult {
+        content_type: ct,
+        payload: codec::encode(result, ct),
+    };
+    if let Err(e) = ctx.outbox.put(job_id, &pending).await {
+        return Disposition::Retry {
+            after: ctx.retry.delay_jittered(result.attempt),
+            reason: e.to_string(),
+        };
+    }
+    ctx.metrics.outbox_pending.set(ctx.outbox.len() as i64);
+    match results::publish(&ctx.js, job_id, &pending).await {
+        Ok(published) => {
+            ctx.outbox.remove(job_id);
+            ctx.metrics.outbox_pending.set(ctx.outbox.len() as i64);
+            if published == Published::New {
+                let outcome = match result.status {
+                    JobStatus::Succeeded => "succeeded",
+                    JobStatus::Failed => "failed",
+                    JobStatus::Expired => "expired",
+                };
+                ctx.metrics
+                    .jobs_completed
+                    .with_label_values(&[ctx.pool.as_str(), result.complexity.as_str(), outcome])
+                    .inc();
+                let kind = match result.status {
+                    JobStatus::Succeeded => EventKind::Completed,
+                    JobStatus::Failed => EventKind::Failed,
+                    JobStatus::Expired => EventKind::Expired,
+                };
+                emit_event(&ctx.client, job_id, kind, Some(ctx.pool), result.error.clone()).await;
+                set_phase(ctx, queued, JobPhase::Done).await;
+                tracing::info!(job_id, status = ?result.status, passed = result.tests_passed, total = result.tests_total, "result published");
+            }
+            Disposition::Ack
+        }
+        Err(e) => {
+            tracing::warn!(job_id, error = %e, "result kept in the outbox until NATS takes it");
+            Disposition::Retry {
+                after: ctx.retry.delay_jittered(result.attempt),
+                reason: format!("result not yet published: {e}"),
+            }
+        }
+    }
+}
+
+async fn set_phase(ctx: &Ctx, queued: &QueuedJob, phase: JobPhase) {
+    let state = JobState {
+        schema_version: SCHEMA_VERSION,
+        job_id: queued.job_id().to_string(),
+        phase,
+        route: queued.route.clone(),
+        complexity: queued.complexity.clone(),
+        updated_at_ms: now_unix_ms(),
+    };
+    let bytes = codec::encode(&state, ContentType::Json);
+    if let Err(e) = ctx.job_state.put(queued.job_id(), bytes.into()).await {
+        tracing::debug!(job_id = queued.job_id(), error = %e, "job state not updated");
+    }
+}
+
+async fn flush_outbox(ctx: &Ctx) {
+    for (job_id, pending) in ctx.outbox.pending() {
+        match results::publish(&ctx.js, &job_id, &pending).await {
+            Ok(_) => {
+                ctx.outbox.remove(&job_id);
+                tracing::info!(job_id, "outbox result published");
+            }
+            Err(e) => {
+                tracing::debug!(job_id, error = %e, "outbox result still unpublished");
+                break;
+            }
+        }
+    }
+    ctx.metrics.outbox_pending.set(ctx.outbox.len() as i64);
+}
+
+async fn flush_outbox_forever(ctx: Arc<Ctx>, mut shutdown: Shutdown) {
+    loop {
+        flush_outbox(&ctx).await;
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
