@@ -1,6 +1,7 @@
 //! What every qefleet process needs: NATS connection and provisioning, subject names,
 //! metrics, retry dispositions, shutdown, and the embedded nats-server.
 
+pub mod client;
 pub mod config;
 pub mod embedded;
 pub mod logging;

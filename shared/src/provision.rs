@@ -107,10 +107,12 @@ pub fn stream_differences(wanted: &StreamConfig, existing: &StreamConfig) -> Vec
         format!("{:?}", wanted.discard),
         format!("{:?}", existing.discard),
     );
+    // The server reports "unlimited" as -1 whatever the client sent (0 or -1).
+    let limit = |n: i64| if n <= 0 { "unlimited".to_string() } else { n.to_string() };
     check(
         "max_msgs_per_subject",
-        wanted.max_messages_per_subject.to_string(),
-        existing.max_messages_per_subject.to_string(),
+        limit(wanted.max_messages_per_subject),
+        limit(existing.max_messages_per_subject),
     );
     check(
         "discard_new_per_subject",
@@ -313,5 +315,8 @@ mod tests {
         assert!(diffs[0].starts_with("subjects"));
         assert!(diffs[1].starts_with("retention"));
         assert!(stream_differences(&wanted, &wanted).is_empty());
+        let mut normalised = wanted.clone();
+        normalised.max_messages_per_subject = -1;
+        assert!(stream_differences(&wanted, &normalised).is_empty());
     }
 }

@@ -72,7 +72,11 @@ pub async fn run(
     let worker_id = args
         .worker_id
         .clone()
-        .unwrap_or_else(|| format!("{pool}-{}", &nuid::next().to_string()[..10]));
+        .unwrap_or_else(|| {
+            // nuid's first 12 characters are a per-process prefix; the tail is unique.
+            let id = nuid::next().to_string();
+            format!("{pool}-{}", &id[id.len() - 10..])
+        });
     let outbox_dir = args
         .outbox_dir
         .clone()

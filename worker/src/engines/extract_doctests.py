@@ -13,11 +13,15 @@ import traceback
 
 
 def expression(source):
+    """True when the example is an expression whose value doctest would show.
+    A bare print(...) call is an expression too, but what it shows is its output."""
     try:
-        compile(source, "<example>", "eval")
-        return True
+        tree = ast.parse(source, mode="eval")
     except SyntaxError:
         return False
+    body = tree.body
+    is_print = isinstance(body, ast.Call) and isinstance(body.func, ast.Name) and body.func.id == "print"
+    return not is_print
 
 
 def literal(want):

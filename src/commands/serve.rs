@@ -1,0 +1,58 @@
+//! `qefleet scheduler` and `qefleet worker`: long-running processes.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use qefleet_scheduler::SchedulerArgs;
+use qefleet_shared::nats::NatsArgs;
+use qefleet_shared::shutdown;
+use qefleet_worker::consolidator::RecordOnly;
+use qefleet_worker::engine::Engine;
+use qefleet_worker::engines::DoctestEngine;
+use qefleet_worker::{PoolArg, WorkerArgs};
+
+#[derive(Debug, clap::Args)]
+pub struct SchedulerCmd {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub scheduler: SchedulerArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WorkerCmd {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+}
+
+pub async fn scheduler(args: SchedulerCmd) -> anyhow::Result<ExitCode> {
+    let client = super::client(&args.nats).await?;
+    qefleet_scheduler::run(client, args.scheduler, shutdown::on_signals()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The engine a pool runs. Cloud engines arrive with the hybrid-routing issue.
+pub fn engine_for(worker: &WorkerArgs) -> anyhow::Result<Arc<dyn Engine>> {
+    match worker.pool {
+        PoolArg::Local | PoolArg::Maint => Ok(Arc::new(DoctestEngine::new(worker.python.clone()))),
+        PoolArg::Cloud => anyhow::bail!(
+            "no cloud engine is available in this build yet: run local or maint workers (jobs that need the cloud pool are routed local while no cloud worker is live)"
+        ),
+    }
+}
+
+pub async fn worker(args: WorkerCmd) -> anyhow::Result<ExitCode> {
+    let engine = engine_for(&args.worker)?;
+    let client = super::client(&args.nats).await?;
+    qefleet_worker::run(
+        client,
+        args.worker,
+        engine,
+        Arc::new(RecordOnly),
+        shutdown::on_signals(),
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
