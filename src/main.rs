@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "qefleet", version, about = "Distributed test-generation fleet on NATS JetStream")]
+#[command(
+    name = "qefleet",
+    version,
+    about = "Distributed test-generation fleet on NATS JetStream"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -53,7 +53,9 @@ impl Progress {
 
     pub fn update(&mut self, done: u64, note: &str) {
         let now = Instant::now();
-        if self.last_draw.is_some_and(|t| now - t < Duration::from_millis(100))
+        if self
+            .last_draw
+            .is_some_and(|t| now - t < Duration::from_millis(100))
             && Some(done) != self.total
         {
             return;
@@ -63,7 +65,11 @@ impl Progress {
         let bar = match self.total {
             Some(total) if total > 0 => {
                 let filled = ((done as f64 / total as f64) * 30.0).round() as usize;
-                format!("[{}{}] {done}/{total}", "#".repeat(filled.min(30)), " ".repeat(30 - filled.min(30)))
+                format!(
+                    "[{}{}] {done}/{total}",
+                    "#".repeat(filled.min(30)),
+                    " ".repeat(30 - filled.min(30))
+                )
             }
             _ => format!("{done}"),
         };
@@ -96,7 +102,10 @@ impl Checkpoint {
         let Some(path) = &self.path else { return Ok(0) };
         match std::fs::read_to_string(path) {
             Ok(text) => Ok(text.trim().parse().map_err(|_| {
-                anyhow::anyhow!("checkpoint {} is corrupt: delete it to start over", path.display())
+                anyhow::anyhow!(
+                    "checkpoint {} is corrupt: delete it to start over",
+                    path.display()
+                )
             })?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
             Err(e) => Err(e.into()),
@@ -104,7 +113,9 @@ impl Checkpoint {
     }
 
     pub fn save(&self, position: u64) -> anyhow::Result<()> {
-        let Some(path) = &self.path else { return Ok(()) };
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, position.to_string())?;
         std::fs::rename(&tmp, path)?;

@@ -83,16 +83,28 @@ fn tokenize(src: &str) -> Result<Vec<Token>, SourceError> {
             let word: String = chars[start..i].iter().collect();
             if matches!(chars.get(i), Some('\'' | '"')) && is_string_prefix(&word) {
                 line = skip_string(&chars, &mut i, line)?;
-                out.push(Token { tok: Tok::Str, line: start_line, starts_line_at });
+                out.push(Token {
+                    tok: Tok::Str,
+                    line: start_line,
+                    starts_line_at,
+                });
             } else {
-                out.push(Token { tok: Tok::Name(word), line: start_line, starts_line_at });
+                out.push(Token {
+                    tok: Tok::Name(word),
+                    line: start_line,
+                    starts_line_at,
+                });
             }
             col += i - start;
             continue;
         }
         if c == '\'' || c == '"' {
             line = skip_string(&chars, &mut i, line)?;
-            out.push(Token { tok: Tok::Str, line: start_line, starts_line_at });
+            out.push(Token {
+                tok: Tok::Str,
+                line: start_line,
+                starts_line_at,
+            });
             continue;
         }
         match c {
@@ -100,7 +112,11 @@ fn tokenize(src: &str) -> Result<Vec<Token>, SourceError> {
             ')' | ']' | '}' => depth = depth.saturating_sub(1),
             _ => {}
         }
-        out.push(Token { tok: Tok::Op(c), line: start_line, starts_line_at });
+        out.push(Token {
+            tok: Tok::Op(c),
+            line: start_line,
+            starts_line_at,
+        });
         i += 1;
         col += 1;
     }

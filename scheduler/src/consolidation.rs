@@ -67,7 +67,9 @@ pub async fn run_counter(
             if seq % every == 0 {
                 if let Err(e) = trigger(&js, &markers, seq / every, seq).await {
                     tracing::warn!(number = seq / every, error = %e, "consolidation trigger failed; will retry");
-                    let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    let _ = message
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
                     continue;
                 }
                 metrics.consolidations_triggered.inc();

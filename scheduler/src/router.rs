@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use qefleet_schemas::{Complexity, ComplexityReport, ErrorCode, ErrorReply, JobSpec, Pool, RouteDecision, Strategy};
+use qefleet_schemas::{
+    Complexity, ComplexityReport, ErrorCode, ErrorReply, JobSpec, Pool, RouteDecision, Strategy,
+};
 use qefleet_shared::subjects::job_subject;
 
 /// How many live workers each pool has right now.
@@ -43,7 +45,11 @@ impl Router for RuleRouter {
     }
 
     fn route(&self, input: RouteInput<'_>) -> Result<RouteDecision, ErrorReply> {
-        let RouteInput { job, complexity, live } = input;
+        let RouteInput {
+            job,
+            complexity,
+            live,
+        } = input;
         let strategy = job.strategy.unwrap_or(self.default_strategy);
         let mut reasons = Vec::new();
         let pool = if let Some(pool) = job.pool {
@@ -106,7 +112,9 @@ impl Router for RuleRouter {
             }
         };
         if job.pool.is_none() && pool == Pool::Local && live.count(Pool::Local) == 0 {
-            reasons.push("no live local worker now: the job waits in the queue until one starts".into());
+            reasons.push(
+                "no live local worker now: the job waits in the queue until one starts".into(),
+            );
         }
         Ok(RouteDecision {
             pool,
@@ -130,9 +138,15 @@ mod tests {
     fn route(job: &JobSpec, pools: &LivePools, class: Complexity) -> RouteDecision {
         let mut complexity = analyze(&job.source).expect("source").report;
         complexity.class = class;
-        RuleRouter { default_strategy: Strategy::Balanced }
-            .route(RouteInput { job, complexity: &complexity, live: pools })
-            .expect("routed")
+        RuleRouter {
+            default_strategy: Strategy::Balanced,
+        }
+        .route(RouteInput {
+            job,
+            complexity: &complexity,
+            live: pools,
+        })
+        .expect("routed")
     }
 
     fn job() -> JobSpec {
@@ -152,7 +166,11 @@ mod tests {
     fn a_pool_without_workers_is_avoided_and_the_reason_given() {
         let d = route(&job(), &live(1, 0), Complexity::VeryComplex);
         assert_eq!(d.pool, Pool::Local);
-        assert!(d.reasons.iter().any(|r| r.contains("no live cloud worker")), "{:?}", d.reasons);
+        assert!(
+            d.reasons.iter().any(|r| r.contains("no live cloud worker")),
+            "{:?}",
+            d.reasons
+        );
     }
 
     #[test]
@@ -161,14 +179,21 @@ mod tests {
         j.pool = Some(Pool::Cloud);
         let d = route(&j, &live(1, 0), Complexity::Simple);
         assert_eq!(d.pool, Pool::Cloud);
-        assert!(d.reasons.iter().any(|r| r.contains("waits")), "{:?}", d.reasons);
+        assert!(
+            d.reasons.iter().any(|r| r.contains("waits")),
+            "{:?}",
+            d.reasons
+        );
     }
 
     #[test]
     fn privacy_and_budget_keep_jobs_local() {
         let mut j = job();
         j.local_only = true;
-        assert_eq!(route(&j, &live(1, 1), Complexity::VeryComplex).pool, Pool::Local);
+        assert_eq!(
+            route(&j, &live(1, 1), Complexity::VeryComplex).pool,
+            Pool::Local
+        );
         let mut j = job();
         j.budget.max_usd = Some(0.0);
         j.strategy = Some(Strategy::Quality);

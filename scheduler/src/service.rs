@@ -34,7 +34,10 @@ pub struct SchedulerArgs {
     #[arg(long, env = "QEFLEET_CONSOLIDATE_EVERY", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     pub consolidate_every: u64,
     /// Address of the /metrics endpoint (e.g. 0.0.0.0:9464); none when absent.
-    #[arg(long = "scheduler-metrics-addr", env = "QEFLEET_SCHEDULER_METRICS_ADDR")]
+    #[arg(
+        long = "scheduler-metrics-addr",
+        env = "QEFLEET_SCHEDULER_METRICS_ADDR"
+    )]
     pub metrics_addr: Option<SocketAddr>,
 }
 
@@ -178,7 +181,11 @@ async fn serve_requests(
 
 /// Fire-and-forget submissions: accepted ones are queued, rejected ones dead-lettered with
 /// the reason (nothing is dropped), and an unavailable JetStream means retry later.
-async fn drain_submission_stream(js: jetstream::Context, submitter: Submitter, mut shutdown: Shutdown) {
+async fn drain_submission_stream(
+    js: jetstream::Context,
+    submitter: Submitter,
+    mut shutdown: Shutdown,
+) {
     let consumer = match ensure_consumer(
         &js,
         SUBMISSIONS_STREAM,
@@ -225,14 +232,20 @@ async fn drain_submission_stream(js: jetstream::Context, submitter: Submitter, m
                 SubmitReply::Rejected { error, .. }
                     if error.code == qefleet_schemas::ErrorCode::Unavailable =>
                 {
-                    let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
+                    let _ = message
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
+                        .await;
                 }
                 SubmitReply::Rejected { error, .. } => {
                     let mut headers = message.headers.clone().unwrap_or_else(HeaderMap::new);
                     headers.insert(HEADER_DLQ_REASON, error.message.as_str());
                     headers.insert(HEADER_DLQ_SUBJECT, message.subject.as_str());
                     let stored = match js
-                        .publish_with_headers(dlq_subject("submit"), headers, message.payload.clone())
+                        .publish_with_headers(
+                            dlq_subject("submit"),
+                            headers,
+                            message.payload.clone(),
+                        )
                         .await
                     {
                         Ok(ack) => ack.await.is_ok(),
@@ -241,7 +254,9 @@ async fn drain_submission_stream(js: jetstream::Context, submitter: Submitter, m
                     if stored {
                         let _ = message.ack().await;
                     } else {
-                        let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
+                        let _ = message
+                            .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
+                            .await;
                     }
                 }
             }

@@ -61,7 +61,10 @@ impl Submitter {
             Ok(decoded) => decoded,
             Err(e) => {
                 let ct = messages::content_type(headers).unwrap_or_default();
-                return (self.count(rejected(decode_error_code(&e), e.to_string())), ct);
+                return (
+                    self.count(rejected(decode_error_code(&e), e.to_string())),
+                    ct,
+                );
             }
         };
         (self.count(self.submit(job, ct).await), ct)
@@ -89,7 +92,10 @@ impl Submitter {
             Ok(a) => a,
             Err(e) => return rejected(e.code, e.message),
         };
-        let job_id = job.job_id.clone().unwrap_or_else(|| nuid::next().to_string());
+        let job_id = job
+            .job_id
+            .clone()
+            .unwrap_or_else(|| nuid::next().to_string());
         job.job_id = Some(job_id.clone());
         match self.existing(&job_id).await {
             Ok(Some(state)) => return duplicate(state),
@@ -126,15 +132,16 @@ impl Submitter {
             Ok(ack) => ack.await,
             Err(e) => Err(e),
         };
-        let ack = match published {
-            Ok(ack) => ack,
-            Err(e) => {
-                return rejected(
+        let ack =
+            match published {
+                Ok(ack) => ack,
+                Err(e) => return rejected(
                     ErrorCode::Unavailable,
-                    format!("JetStream did not store the job ({e}); nothing was queued, submit again"),
-                )
-            }
-        };
+                    format!(
+                        "JetStream did not store the job ({e}); nothing was queued, submit again"
+                    ),
+                ),
+            };
         let state = JobState {
             schema_version: SCHEMA_VERSION,
             job_id: job_id.clone(),

@@ -36,10 +36,10 @@ fn is_token(s: &str, max: usize, extra: &[char]) -> bool {
 }
 
 const PY_KEYWORDS: [&str; 35] = [
-    "False", "None", "True", "and", "as", "assert", "async", "await", "break", "class",
-    "continue", "def", "del", "elif", "else", "except", "finally", "for", "from", "global",
-    "if", "import", "in", "is", "lambda", "nonlocal", "not", "or", "pass", "raise",
-    "return", "try", "while", "with", "yield",
+    "False", "None", "True", "and", "as", "assert", "async", "await", "break", "class", "continue",
+    "def", "del", "elif", "else", "except", "finally", "for", "from", "global", "if", "import",
+    "in", "is", "lambda", "nonlocal", "not", "or", "pass", "raise", "return", "try", "while",
+    "with", "yield",
 ];
 
 fn is_module_name(name: &str) -> bool {
@@ -61,11 +61,17 @@ pub fn validate(job: &JobSpec, limits: &Limits, now_ms: u64) -> Result<Analysis,
     if job.language != "python" {
         return Err(reject(
             UnsupportedLanguage,
-            format!("language {:?} is not supported: only \"python\"", job.language),
+            format!(
+                "language {:?} is not supported: only \"python\"",
+                job.language
+            ),
         ));
     }
     if job.source.trim().is_empty() {
-        return Err(reject(EmptySource, "source is empty: send the module's text"));
+        return Err(reject(
+            EmptySource,
+            "source is empty: send the module's text",
+        ));
     }
     if job.source.len() > limits.max_source_bytes {
         return Err(reject(
@@ -164,12 +170,8 @@ pub fn validate(job: &JobSpec, limits: &Limits, now_ms: u64) -> Result<Analysis,
             "metadata allows at most 32 entries, keys of 1-64 bytes and values up to 1024 bytes",
         ));
     }
-    let analysis = analyze(&job.source).map_err(|e| {
-        reject(
-            InvalidField,
-            format!("source is not valid Python: {e}"),
-        )
-    })?;
+    let analysis = analyze(&job.source)
+        .map_err(|e| reject(InvalidField, format!("source is not valid Python: {e}")))?;
     if let Some(target) = &job.target_function {
         if !analysis.functions.iter().any(|f| f == target) {
             let mut found = analysis.functions.clone();
@@ -195,7 +197,9 @@ mod tests {
     }
 
     fn code(job: &JobSpec) -> Option<ErrorCode> {
-        validate(job, &Limits::default(), 1_000).err().map(|e| e.code)
+        validate(job, &Limits::default(), 1_000)
+            .err()
+            .map(|e| e.code)
     }
 
     #[test]
@@ -206,15 +210,39 @@ mod tests {
     #[test]
     fn each_rule_has_its_code() {
         let cases: Vec<(Box<dyn Fn(&mut JobSpec)>, ErrorCode)> = vec![
-            (Box::new(|j| j.language = "rust".into()), ErrorCode::UnsupportedLanguage),
-            (Box::new(|j| j.source = "  \n".into()), ErrorCode::EmptySource),
-            (Box::new(|j| j.source = "x = 1\n".repeat(100_000)), ErrorCode::SourceTooLarge),
-            (Box::new(|j| j.job_id = Some("a b".into())), ErrorCode::InvalidField),
-            (Box::new(|j| j.module_name = "class".into()), ErrorCode::InvalidField),
-            (Box::new(|j| j.coverage_target = Some(1.5)), ErrorCode::InvalidField),
+            (
+                Box::new(|j| j.language = "rust".into()),
+                ErrorCode::UnsupportedLanguage,
+            ),
+            (
+                Box::new(|j| j.source = "  \n".into()),
+                ErrorCode::EmptySource,
+            ),
+            (
+                Box::new(|j| j.source = "x = 1\n".repeat(100_000)),
+                ErrorCode::SourceTooLarge,
+            ),
+            (
+                Box::new(|j| j.job_id = Some("a b".into())),
+                ErrorCode::InvalidField,
+            ),
+            (
+                Box::new(|j| j.module_name = "class".into()),
+                ErrorCode::InvalidField,
+            ),
+            (
+                Box::new(|j| j.coverage_target = Some(1.5)),
+                ErrorCode::InvalidField,
+            ),
             (Box::new(|j| j.priority = Some(3)), ErrorCode::ReservedField),
-            (Box::new(|j| j.deadline_unix_ms = Some(10)), ErrorCode::InvalidField),
-            (Box::new(|j| j.pool = Some(Pool::Maint)), ErrorCode::Unroutable),
+            (
+                Box::new(|j| j.deadline_unix_ms = Some(10)),
+                ErrorCode::InvalidField,
+            ),
+            (
+                Box::new(|j| j.pool = Some(Pool::Maint)),
+                ErrorCode::Unroutable,
+            ),
             (
                 Box::new(|j| {
                     j.pool = Some(Pool::Cloud);
@@ -222,8 +250,14 @@ mod tests {
                 }),
                 ErrorCode::Unroutable,
             ),
-            (Box::new(|j| j.target_function = Some("sub".into())), ErrorCode::InvalidField),
-            (Box::new(|j| j.source = "x = '\n".into()), ErrorCode::InvalidField),
+            (
+                Box::new(|j| j.target_function = Some("sub".into())),
+                ErrorCode::InvalidField,
+            ),
+            (
+                Box::new(|j| j.source = "x = '\n".into()),
+                ErrorCode::InvalidField,
+            ),
         ];
         for (mutate, expected) in cases {
             let mut j = job();

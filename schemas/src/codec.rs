@@ -24,7 +24,12 @@ impl ContentType {
         let Some(raw) = value else {
             return Ok(Self::MsgPack);
         };
-        let essence = raw.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let essence = raw
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match essence.as_str() {
             "" | "application/msgpack" | "application/x-msgpack" | "application/vnd.msgpack" => {
                 Ok(Self::MsgPack)
@@ -46,7 +51,9 @@ impl ContentType {
 /// Why a payload could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error("unsupported Content-Type {0:?}: send application/msgpack (default) or application/json")]
+    #[error(
+        "unsupported Content-Type {0:?}: send application/msgpack (default) or application/json"
+    )]
     UnsupportedContentType(String),
     #[error("missing schema_version: every message must carry schema_version = {SCHEMA_VERSION}")]
     MissingSchemaVersion,
@@ -173,7 +180,10 @@ mod tests {
             ContentType::from_header(Some("application/json; charset=utf-8")).expect("json"),
             ContentType::Json
         );
-        assert_eq!(ContentType::from_header(None).expect("default"), ContentType::MsgPack);
+        assert_eq!(
+            ContentType::from_header(None).expect("default"),
+            ContentType::MsgPack
+        );
         assert!(ContentType::from_header(Some("text/xml")).is_err());
     }
 }

@@ -50,5 +50,8 @@ pub enum SubmitReply {
         complexity: Option<ComplexityReport>,
     },
     /// Nothing was queued.
-    Rejected { schema_version: u32, error: ErrorReply },
+    Rejected {
+        schema_version: u32,
+        error: ErrorReply,
+    },
 }

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-
 use crate::{Complexity, Pool};
 
 /// Terminal state of a job.

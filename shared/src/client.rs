@@ -22,39 +22,41 @@ pub enum ClientError {
     Nats(String),
 }
 
-/// Submits a job over request/reply in the given encoding.
-pub async fn submit(client: &Client, job: &JobSpec, ct: ContentType) -> Result<SubmitReply, ClientError> {
-    submit_raw(client, codec::encode(job, ct), ct).await
-}
-
-/// Submits, retrying while no scheduler has subscribed yet (a fleet still starting).
-pub async fn submit_when_ready(
+/// Submits a job over request/reply in the given encoding. While no scheduler is
+/// subscribed (a fleet starting or restarting), retries for up to `wait_for_scheduler`.
+pub async fn submit(
     client: &Client,
     job: &JobSpec,
     ct: ContentType,
-    timeout: Duration,
+    wait_for_scheduler: Duration,
 ) -> Result<SubmitReply, ClientError> {
-    let start = Instant::now();
-    loop {
-        match submit(client, job, ct).await {
-            Err(ClientError::NoScheduler(_)) if start.elapsed() < timeout => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            other => return other,
-        }
-    }
+    submit_raw(client, codec::encode(job, ct), ct, wait_for_scheduler).await
 }
 
-/// Submits raw bytes declared as `ct` (for tests of malformed input and for replay).
+/// Submits raw bytes declared as `ct` (for replay, and tests of malformed input).
 pub async fn submit_raw(
     client: &Client,
     payload: Vec<u8>,
     ct: ContentType,
+    wait_for_scheduler: Duration,
 ) -> Result<SubmitReply, ClientError> {
-    let reply = client
-        .request_with_headers(SUBMIT_SUBJECT, headers_for(ct), payload.into())
-        .await
-        .map_err(|e| ClientError::NoScheduler(e.to_string()))?;
+    let start = Instant::now();
+    let payload = bytes::Bytes::from(payload);
+    let reply = loop {
+        match client
+            .request_with_headers(SUBMIT_SUBJECT, headers_for(ct), payload.clone())
+            .await
+        {
+            Ok(reply) => break reply,
+            Err(e)
+                if e.kind() == async_nats::client::RequestErrorKind::NoResponders
+                    && start.elapsed() < wait_for_scheduler =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(ClientError::NoScheduler(e.to_string())),
+        }
+    };
     decode::<SubmitReply>(reply.headers.as_ref(), &reply.payload)
         .map(|(r, _)| r)
         .map_err(|e| ClientError::BadReply(e.to_string()))
@@ -69,11 +71,16 @@ pub async fn fetch_result(
         .get_stream_no_info(RESULTS_STREAM)
         .await
         .map_err(|e| ClientError::Nats(e.to_string()))?;
-    match stream.get_last_raw_message_by_subject(&result_subject(job_id)).await {
+    match stream
+        .get_last_raw_message_by_subject(&result_subject(job_id))
+        .await
+    {
         Ok(message) => decode::<JobResult>(Some(&message.headers), &message.payload)
             .map(Some)
             .map_err(|e| ClientError::BadReply(e.to_string())),
-        Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+            Ok(None)
+        }
         Err(e) => Err(ClientError::Nats(e.to_string())),
     }
 }

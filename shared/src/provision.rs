@@ -108,7 +108,13 @@ pub fn stream_differences(wanted: &StreamConfig, existing: &StreamConfig) -> Vec
         format!("{:?}", existing.discard),
     );
     // The server reports "unlimited" as -1 whatever the client sent (0 or -1).
-    let limit = |n: i64| if n <= 0 { "unlimited".to_string() } else { n.to_string() };
+    let limit = |n: i64| {
+        if n <= 0 {
+            "unlimited".to_string()
+        } else {
+            n.to_string()
+        }
+    };
     check(
         "max_msgs_per_subject",
         limit(wanted.max_messages_per_subject),
@@ -139,7 +145,10 @@ pub async fn ensure_all(js: &jetstream::Context) -> Result<(), ProvisionError> {
     Ok(())
 }
 
-async fn ensure_stream(js: &jetstream::Context, wanted: StreamConfig) -> Result<(), ProvisionError> {
+async fn ensure_stream(
+    js: &jetstream::Context,
+    wanted: StreamConfig,
+) -> Result<(), ProvisionError> {
     for _ in 0..2 {
         match js.get_stream(&wanted.name).await {
             Ok(mut stream) => {
@@ -167,7 +176,10 @@ async fn ensure_stream(js: &jetstream::Context, wanted: StreamConfig) -> Result<
             Err(e) => return Err(js_err(&wanted.name, e)),
         }
     }
-    Err(js_err(&wanted.name, "stream kept changing while provisioning"))
+    Err(js_err(
+        &wanted.name,
+        "stream kept changing while provisioning",
+    ))
 }
 
 fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
@@ -197,7 +209,10 @@ async fn ensure_bucket(
         .await;
     match created {
         Ok(store) => Ok(store),
-        Err(e) => js.get_key_value(bucket).await.map_err(|_| js_err(bucket, e)),
+        Err(e) => js
+            .get_key_value(bucket)
+            .await
+            .map_err(|_| js_err(bucket, e)),
     }
 }
 

@@ -40,7 +40,9 @@ impl RetryPolicy {
     /// `jitter` in [0, 1) picks a point in the upper half of the window so retries of many
     /// jobs spread out without ever retrying at once.
     pub fn delay(&self, attempt: u32, jitter: f64) -> Duration {
-        let exp = self.multiplier.powi(attempt.saturating_sub(1).min(30) as i32);
+        let exp = self
+            .multiplier
+            .powi(attempt.saturating_sub(1).min(30) as i32);
         let ceiling = (self.initial.as_secs_f64() * exp).min(self.max.as_secs_f64());
         let jitter = jitter.clamp(0.0, 1.0);
         Duration::from_secs_f64(ceiling * (0.5 + 0.5 * jitter))

@@ -65,7 +65,10 @@ struct Letter {
 
 impl Letter {
     fn header(&self, name: &str) -> String {
-        self.headers.get(name).map(|v| v.as_str().to_string()).unwrap_or_default()
+        self.headers
+            .get(name)
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default()
     }
 
     fn job_id(&self) -> String {
@@ -133,7 +136,11 @@ pub async fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|| String::from_utf8_lossy(&l.payload).into_owned());
             println!("\n{body}");
         }
-        DlqCommand::Replay { seqs, rate, checkpoint } => {
+        DlqCommand::Replay {
+            seqs,
+            rate,
+            checkpoint,
+        } => {
             let checkpoint = Checkpoint::new(checkpoint.as_deref());
             let after = checkpoint.load()?;
             let todo = letters(&mut stream, &seqs, after).await?;
@@ -143,7 +150,9 @@ pub async fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
                 throttle.tick().await;
                 let mut headers = HeaderMap::new();
                 for (name, values) in l.headers.iter() {
-                    if name.to_string().starts_with("Qefleet-Dlq-") || name.to_string() == HEADER_MSG_ID {
+                    if name.to_string().starts_with("Qefleet-Dlq-")
+                        || name.to_string() == HEADER_MSG_ID
+                    {
                         continue;
                     }
                     for v in values {
@@ -152,8 +161,14 @@ pub async fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
                 }
                 headers.insert(HEADER_MSG_ID, format!("dlq-replay-{}", l.seq).as_str());
                 let target = l.header(HEADER_DLQ_SUBJECT);
-                anyhow::ensure!(!target.is_empty(), "dead letter {} has no {HEADER_DLQ_SUBJECT} header", l.seq);
-                js.publish_with_headers(target, headers, l.payload.clone()).await?.await?;
+                anyhow::ensure!(
+                    !target.is_empty(),
+                    "dead letter {} has no {HEADER_DLQ_SUBJECT} header",
+                    l.seq
+                );
+                js.publish_with_headers(target, headers, l.payload.clone())
+                    .await?
+                    .await?;
                 stream.delete_message(l.seq).await?;
                 checkpoint.save(l.seq)?;
                 progress.update(n as u64 + 1, "");

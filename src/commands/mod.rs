@@ -13,7 +13,5 @@ use qefleet_shared::nats::{connect, NatsArgs};
 
 /// Connects with the process's NATS settings.
 pub async fn client(nats: &NatsArgs) -> anyhow::Result<async_nats::Client> {
-    connect(nats, "qefleet")
-        .await
-        .context("connecting to NATS")
+    connect(nats, "qefleet").await.context("connecting to NATS")
 }

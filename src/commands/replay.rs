@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use qefleet_schemas::{ContentType, SubmitReply};
@@ -47,7 +48,10 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let checkpoint = Checkpoint::new(Some(&checkpoint_path));
     let start = checkpoint.load()?.min(lines.len() as u64);
     if start > 0 {
-        eprintln!("resuming after line {start} (checkpoint {})", checkpoint_path.display());
+        eprintln!(
+            "resuming after line {start} (checkpoint {})",
+            checkpoint_path.display()
+        );
     }
     let client = super::client(&args.nats).await?;
     let mut throttle = Throttle::new(args.rate);
@@ -70,20 +74,36 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         };
         throttle.tick().await;
         // Unavailable schedulers are an error for the whole run: stop, keep the checkpoint.
-        let reply = submit_raw(&client, payload, ContentType::Json).await?;
+        let reply =
+            submit_raw(&client, payload, ContentType::Json, Duration::from_secs(30)).await?;
         match reply {
-            SubmitReply::Accepted { duplicate: true, .. } => duplicates += 1,
+            SubmitReply::Accepted {
+                duplicate: true, ..
+            } => duplicates += 1,
             SubmitReply::Accepted { .. } => accepted += 1,
             SubmitReply::Rejected { error, .. } => {
                 rejected += 1;
-                eprintln!("\rline {number}: rejected ({:?}): {}", error.code, error.message);
+                eprintln!(
+                    "\rline {number}: rejected ({:?}): {}",
+                    error.code, error.message
+                );
             }
         }
         checkpoint.save(number)?;
-        progress.update(number, &format!("accepted {accepted} duplicate {duplicates} rejected {rejected}"));
+        progress.update(
+            number,
+            &format!("accepted {accepted} duplicate {duplicates} rejected {rejected}"),
+        );
     }
-    progress.finish(lines.len() as u64, &format!("accepted {accepted} duplicate {duplicates} rejected {rejected}"));
-    Ok(if rejected == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
+    progress.finish(
+        lines.len() as u64,
+        &format!("accepted {accepted} duplicate {duplicates} rejected {rejected}"),
+    );
+    Ok(if rejected == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }
 
 #[cfg(test)]

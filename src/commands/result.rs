@@ -26,7 +26,8 @@ pub struct ResultArgs {
 }
 
 fn pct(v: Option<f64>) -> String {
-    v.map(|v| format!("{:.1}%", v * 100.0)).unwrap_or_else(|| "not measured".into())
+    v.map(|v| format!("{:.1}%", v * 100.0))
+        .unwrap_or_else(|| "not measured".into())
 }
 
 /// Human-readable summary of a result.
@@ -35,9 +36,22 @@ pub fn print_result(r: &JobResult, with_tests: bool) {
     if let Some(e) = &r.error {
         println!("  error: {e}");
     }
-    println!("  tests: {} passed, {} failed, {} total", r.tests_passed, r.tests_failed, r.tests_total);
-    println!("  line coverage: {}   branch coverage: {}", pct(r.line_coverage), pct(r.branch_coverage));
-    println!("  mutation score: {}   quality: {}", pct(r.mutation_score), r.quality_score.map(|q| format!("{q:.3}")).unwrap_or_else(|| "not computed".into()));
+    println!(
+        "  tests: {} passed, {} failed, {} total",
+        r.tests_passed, r.tests_failed, r.tests_total
+    );
+    println!(
+        "  line coverage: {}   branch coverage: {}",
+        pct(r.line_coverage),
+        pct(r.branch_coverage)
+    );
+    println!(
+        "  mutation score: {}   quality: {}",
+        pct(r.mutation_score),
+        r.quality_score
+            .map(|q| format!("{q:.3}"))
+            .unwrap_or_else(|| "not computed".into())
+    );
     if let Some(met) = r.coverage_target_met {
         println!("  coverage target met: {met}");
     }
@@ -47,7 +61,12 @@ pub fn print_result(r: &JobResult, with_tests: bool) {
     );
     println!(
         "  timings: queued {} ms, run {} ms, total {} ms; cost ${:.4}, tokens {}+{}",
-        r.timings.queued_ms, r.timings.run_ms, r.timings.total_ms, r.cost_usd, r.tokens.prompt, r.tokens.completion
+        r.timings.queued_ms,
+        r.timings.run_ms,
+        r.timings.total_ms,
+        r.cost_usd,
+        r.tokens.prompt,
+        r.tokens.completion
     );
     if with_tests {
         if let Some(file) = &r.test_file {
@@ -66,7 +85,10 @@ pub async fn result(args: ResultArgs) -> anyhow::Result<ExitCode> {
     match found {
         Some((result, _)) => {
             if args.json {
-                println!("{}", String::from_utf8_lossy(&codec::encode(&result, ContentType::Json)));
+                println!(
+                    "{}",
+                    String::from_utf8_lossy(&codec::encode(&result, ContentType::Json))
+                );
             } else {
                 print_result(&result, !args.brief);
             }
@@ -82,7 +104,10 @@ pub async fn result(args: ResultArgs) -> anyhow::Result<ExitCode> {
                     "job {}: no result yet, {:?} on the {} pool ({})",
                     state.job_id, state.phase, state.route.pool, state.route.subject
                 ),
-                None => println!("job {}: unknown (never submitted, or its state expired)", args.job_id),
+                None => println!(
+                    "job {}: unknown (never submitted, or its state expired)",
+                    args.job_id
+                ),
             }
             Ok(ExitCode::from(3))
         }

@@ -38,6 +38,14 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     for pool in Pool::ALL {
         let Some(jobs) = &jobs else { break };
         let consumer = jobs.consumer_info(pool_consumer(pool)).await.ok();
+        // Jobs in the work queue for this pool (waiting or in flight), with or without a
+        // consumer: a pool nobody has served yet still shows its backlog.
+        let mut queued = 0u64;
+        if let Ok(mut subjects) = jobs.info_with_subjects(pool_filter(pool)).await {
+            while let Some(Ok((_, n))) = subjects.next().await {
+                queued += n as u64;
+            }
+        }
         let oldest_ms = jobs
             .get_first_raw_message_by_subject(pool_filter(pool), 0)
             .await
@@ -48,6 +56,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             });
         pools.push(json!({
             "pool": pool,
+            "queued": queued,
             "consumer": consumer.is_some(),
             "pending": consumer.as_ref().map(|c| c.num_pending),
             "ack_pending": consumer.as_ref().map(|c| c.num_ack_pending),
@@ -83,14 +92,30 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     println!("nats-server {} ({})", server.version, server.server_name);
     println!("\n{:<16} {:>10} {:>12}", "STREAM", "MESSAGES", "BYTES");
     for s in &streams {
-        println!("{:<16} {:>10} {:>12}", s["stream"].as_str().unwrap_or(""), s["messages"], s["bytes"]);
-    }
-    println!("\n{:<8} {:>9} {:>12} {:>12} {:>14}", "POOL", "PENDING", "ACK_PENDING", "REDELIVERED", "OLDEST_AGE");
-    for p in &pools {
-        let age = p["oldest_pending_age_ms"].as_u64().map(|ms| format!("{:.1}s", ms as f64 / 1000.0)).unwrap_or_else(|| "-".into());
         println!(
-            "{:<8} {:>9} {:>12} {:>12} {:>14}",
-            p["pool"].as_str().unwrap_or(""), p["pending"], p["ack_pending"], p["redelivered"], age
+            "{:<16} {:>10} {:>12}",
+            s["stream"].as_str().unwrap_or(""),
+            s["messages"],
+            s["bytes"]
+        );
+    }
+    println!(
+        "\n{:<8} {:>8} {:>9} {:>12} {:>12} {:>14}",
+        "POOL", "QUEUED", "PENDING", "ACK_PENDING", "REDELIVERED", "OLDEST_AGE"
+    );
+    for p in &pools {
+        let age = p["oldest_pending_age_ms"]
+            .as_u64()
+            .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<8} {:>8} {:>9} {:>12} {:>12} {:>14}",
+            p["pool"].as_str().unwrap_or(""),
+            p["queued"],
+            p["pending"],
+            p["ack_pending"],
+            p["redelivered"],
+            age
         );
     }
     println!("\nlive workers: {}", workers.len());

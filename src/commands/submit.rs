@@ -55,6 +55,9 @@ pub struct SubmitArgs {
     /// Send JSON instead of MessagePack.
     #[arg(long)]
     pub json: bool,
+    /// While no scheduler answers (one starting or restarting), keep trying this long.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub wait_for_scheduler: Duration,
     /// Wait this long for the result and print it.
     #[arg(long, value_parser = parse_duration)]
     pub wait: Option<Duration>,
@@ -95,16 +98,31 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     job.local_only = args.local_only;
     job.strategy = args.strategy;
     job.pool = args.pool;
-    job.deadline_unix_ms = args.deadline_in.map(|d| now_unix_ms() + d.as_millis() as u64);
+    job.deadline_unix_ms = args
+        .deadline_in
+        .map(|d| now_unix_ms() + d.as_millis() as u64);
     job.metadata = args.metadata.iter().cloned().collect();
-    let ct = if args.json { ContentType::Json } else { ContentType::MsgPack };
+    let ct = if args.json {
+        ContentType::Json
+    } else {
+        ContentType::MsgPack
+    };
     let client = super::client(&args.nats).await?;
-    match submit_job(&client, &job, ct).await? {
-        SubmitReply::Accepted { job_id, duplicate, route, .. } => {
+    match submit_job(&client, &job, ct, args.wait_for_scheduler).await? {
+        SubmitReply::Accepted {
+            job_id,
+            duplicate,
+            route,
+            ..
+        } => {
             println!("{job_id}");
             eprintln!(
                 "{} to the {} pool ({}): {}",
-                if duplicate { "already submitted" } else { "queued" },
+                if duplicate {
+                    "already submitted"
+                } else {
+                    "queued"
+                },
                 route.pool,
                 route.subject,
                 route.reasons.join("; ")

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use qefleet_scheduler::SchedulerArgs;
 use qefleet_schemas::{ContentType, JobSpec, JobStatus, SubmitReply};
-use qefleet_shared::client::{submit_when_ready, wait_for_result};
+use qefleet_shared::client::{submit, wait_for_result};
 use qefleet_shared::embedded::{EmbeddedOptions, EmbeddedServer};
 use qefleet_shared::nats::NatsArgs;
 use qefleet_shared::shutdown::{self, Shutdown};
@@ -82,7 +82,11 @@ async fn start(args: &UpArgs, shutdown: Shutdown) -> anyhow::Result<Fleet> {
     for pool in [PoolArg::Local, PoolArg::Maint] {
         let mut worker = WorkerArgs::for_pool(pool);
         worker.python = args.python.clone();
-        worker.outbox_dir = Some(args.data_dir.join("outbox").join(format!("{pool:?}").to_lowercase()));
+        worker.outbox_dir = Some(
+            args.data_dir
+                .join("outbox")
+                .join(format!("{pool:?}").to_lowercase()),
+        );
         if pool == PoolArg::Local {
             worker.concurrency = args.concurrency;
         }
@@ -90,8 +94,14 @@ async fn start(args: &UpArgs, shutdown: Shutdown) -> anyhow::Result<Fleet> {
         let worker_client = client.clone();
         let worker_shutdown = shutdown.clone();
         tasks.spawn(async move {
-            qefleet_worker::run(worker_client, worker, engine, Arc::new(RecordOnly), worker_shutdown)
-                .await?;
+            qefleet_worker::run(
+                worker_client,
+                worker,
+                engine,
+                Arc::new(RecordOnly),
+                worker_shutdown,
+            )
+            .await?;
             Ok(())
         });
     }
@@ -111,7 +121,9 @@ async fn join(mut fleet: Fleet) -> anyhow::Result<()> {
 
 pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let fleet = start(&args, shutdown::on_signals()).await?;
-    tracing::info!("fleet up: submit with `qefleet submit FILE.py --nats-url ...`; Ctrl-C drains and stops");
+    tracing::info!(
+        "fleet up: submit with `qefleet submit FILE.py --nats-url ...`; Ctrl-C drains and stops"
+    );
     join(fleet).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -121,7 +133,10 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let fleet = start(&args.up, shutdown).await?;
     let (module_name, source) = match &args.module {
         Some(path) => (
-            path.file_stem().and_then(|s| s.to_str()).unwrap_or("module").to_string(),
+            path.file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("module")
+                .to_string(),
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
         ),
         None => ("calc".to_string(), EXAMPLE.to_string()),
@@ -131,22 +146,37 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut fleet = fleet;
     // A fleet task that fails at start (say, a conflicting stream) ends the demo at once.
     let reply = tokio::select! {
-        reply = submit_when_ready(&fleet.client, &job, ContentType::MsgPack, Duration::from_secs(30)) => reply?,
+        reply = submit(&fleet.client, &job, ContentType::MsgPack, Duration::from_secs(30)) => reply?,
         Some(failed) = fleet.tasks.join_next() => {
             failed??;
             anyhow::bail!("a fleet task stopped before the demo job was submitted");
         }
     };
     let job_id = match reply {
-        SubmitReply::Accepted { job_id, route, complexity, .. } => {
+        SubmitReply::Accepted {
+            job_id,
+            route,
+            complexity,
+            ..
+        } => {
             println!("submitted {module_name}: job {job_id}");
             if let Some(c) = complexity {
-                println!("  complexity: {} (score {}, cyclomatic {}, {} functions)", c.class, c.score, c.cyclomatic, c.functions);
+                println!(
+                    "  complexity: {} (score {}, cyclomatic {}, {} functions)",
+                    c.class, c.score, c.cyclomatic, c.functions
+                );
             }
-            println!("  route: {} pool via {} ({})", route.pool, route.subject, route.reasons.join("; "));
+            println!(
+                "  route: {} pool via {} ({})",
+                route.pool,
+                route.subject,
+                route.reasons.join("; ")
+            );
             job_id
         }
-        SubmitReply::Rejected { error, .. } => anyhow::bail!("submission rejected: {}", error.message),
+        SubmitReply::Rejected { error, .. } => {
+            anyhow::bail!("submission rejected: {}", error.message)
+        }
     };
     let js = async_nats::jetstream::new(fleet.client.clone());
     let outcome = wait_for_result(&js, &job_id, Duration::from_secs(300)).await;

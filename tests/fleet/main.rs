@@ -1,1 +1,10 @@
+//! Integration tests of the fleet against real nats-servers (one per test), real Python
+//! and pytest, and the real `qefleet` binary where a process boundary matters.
 
+mod connection;
+mod consolidation;
+mod durability;
+mod failures;
+mod operators;
+mod submission;
+mod support;

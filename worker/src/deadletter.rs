@@ -34,11 +34,20 @@ pub async fn dead_letter(
     let mut copy = headers.cloned().unwrap_or_default();
     copy.insert(HEADER_DLQ_REASON, one_line(reason).as_str());
     copy.insert(HEADER_DLQ_SUBJECT, origin.subject);
-    copy.insert(HEADER_DLQ_DELIVERIES, origin.deliveries.to_string().as_str());
-    copy.insert(HEADER_DLQ_STREAM_SEQ, origin.stream_sequence.to_string().as_str());
+    copy.insert(
+        HEADER_DLQ_DELIVERIES,
+        origin.deliveries.to_string().as_str(),
+    );
+    copy.insert(
+        HEADER_DLQ_STREAM_SEQ,
+        origin.stream_sequence.to_string().as_str(),
+    );
     copy.insert(HEADER_DLQ_AT, now_unix_ms().to_string().as_str());
     // One dead letter per queued message, however often this is retried.
-    copy.insert(HEADER_MSG_ID, format!("dlq-{}", origin.stream_sequence).as_str());
+    copy.insert(
+        HEADER_MSG_ID,
+        format!("dlq-{}", origin.stream_sequence).as_str(),
+    );
     let pool = pool_of_subject(origin.subject)
         .map(|p| p.as_str())
         .unwrap_or("unknown");

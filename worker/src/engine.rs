@@ -47,7 +47,8 @@ pub enum EngineError {
     Transient(String),
 }
 
-pub type EngineFuture<'a> = Pin<Box<dyn Future<Output = Result<EngineOutput, EngineError>> + Send + 'a>>;
+pub type EngineFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<EngineOutput, EngineError>> + Send + 'a>>;
 
 /// A test generator.
 pub trait Engine: Send + Sync + std::fmt::Debug {

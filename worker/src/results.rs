@@ -28,7 +28,11 @@ pub async fn publish(
     let mut headers = headers_for(result.content_type);
     headers.insert(HEADER_MSG_ID, job_id);
     let ack = js
-        .publish_with_headers(result_subject(job_id), headers, result.payload.clone().into())
+        .publish_with_headers(
+            result_subject(job_id),
+            headers,
+            result.payload.clone().into(),
+        )
         .await?
         .await;
     match ack {
@@ -47,9 +51,14 @@ fn is_subject_full(e: &jetstream::context::PublishError) -> bool {
 /// Whether a result for this job id is already stored.
 pub async fn exists(js: &jetstream::Context, job_id: &str) -> Result<bool, async_nats::Error> {
     let stream = js.get_stream_no_info(RESULTS_STREAM).await?;
-    match stream.get_last_raw_message_by_subject(&result_subject(job_id)).await {
+    match stream
+        .get_last_raw_message_by_subject(&result_subject(job_id))
+        .await
+    {
         Ok(_) => Ok(true),
-        Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(false),
+        Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+            Ok(false)
+        }
         Err(e) => Err(e.into()),
     }
 }

@@ -14,7 +14,9 @@ use qefleet_schemas::{
 };
 use qefleet_shared::messages::{self, emit_event};
 use qefleet_shared::metrics::{self, Metrics};
-use qefleet_shared::provision::{self, bucket, ensure_consumer, pool_consumer_config, DeliverySettings};
+use qefleet_shared::provision::{
+    self, bucket, ensure_consumer, pool_consumer_config, DeliverySettings,
+};
 use qefleet_shared::retry::{Disposition, RetryPolicy};
 use qefleet_shared::shutdown::{self, Shutdown};
 use qefleet_shared::subjects::*;
@@ -69,14 +71,11 @@ pub async fn run(
     let js = jetstream::new(client.clone());
     provision::ensure_all(&js).await?;
     let pool: Pool = args.pool.into();
-    let worker_id = args
-        .worker_id
-        .clone()
-        .unwrap_or_else(|| {
-            // nuid's first 12 characters are a per-process prefix; the tail is unique.
-            let id = nuid::next().to_string();
-            format!("{pool}-{}", &id[id.len() - 10..])
-        });
+    let worker_id = args.worker_id.clone().unwrap_or_else(|| {
+        // nuid's first 12 characters are a per-process prefix; the tail is unique.
+        let id = nuid::next().to_string();
+        format!("{pool}-{}", &id[id.len() - 10..])
+    });
     let outbox_dir = args
         .outbox_dir
         .clone()
@@ -134,8 +133,14 @@ pub async fn run(
         live_info,
         background_shutdown.clone(),
     ));
-    background.spawn(flush_outbox_forever(ctx.clone(), background_shutdown.clone()));
-    background.spawn(deadletter::sweep_advisories(js.clone(), background_shutdown));
+    background.spawn(flush_outbox_forever(
+        ctx.clone(),
+        background_shutdown.clone(),
+    ));
+    background.spawn(deadletter::sweep_advisories(
+        js.clone(),
+        background_shutdown,
+    ));
 
     tracing::info!(worker_id, %pool, engine = ctx.engine.name(), "worker ready");
     let permits = Arc::new(Semaphore::new(args.concurrency as usize));
@@ -295,18 +300,20 @@ async fn consolidate(ctx: &Ctx, message: &Message) -> Disposition {
 
 async fn run_job(ctx: &Ctx, message: &Arc<Message>, deliveries: i64) -> Disposition {
     let attempt = u32::try_from(deliveries.max(1)).unwrap_or(u32::MAX);
-    let (queued, ct) = match messages::decode::<QueuedJob>(message.headers.as_ref(), &message.payload) {
-        Ok(decoded) => decoded,
-        Err(e) => {
-            return Disposition::DeadLetter {
-                reason: format!("malformed job message: {e}"),
+    let (queued, ct) =
+        match messages::decode::<QueuedJob>(message.headers.as_ref(), &message.payload) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                return Disposition::DeadLetter {
+                    reason: format!("malformed job message: {e}"),
+                }
             }
-        }
-    };
+        };
     let job_id = queued.job_id().to_string();
     if job_id.is_empty() {
         return Disposition::DeadLetter {
-            reason: "malformed job message: job.job_id is missing (submit through qe.submit)".into(),
+            reason: "malformed job message: job.job_id is missing (submit through qe.submit)"
+                .into(),
         };
     }
     // Idempotency: a redelivered job whose result exists (or waits in our outbox) is done.
@@ -341,9 +348,20 @@ async fn run_job(ctx: &Ctx, message: &Arc<Message>, deliveries: i64) -> Disposit
         Err(EngineError::JobFailed(String::new()))
     } else {
         set_phase(ctx, &queued, JobPhase::Running).await;
-        emit_event(&ctx.client, &job_id, EventKind::Started, Some(ctx.pool), Some(format!("attempt {attempt} on {}", ctx.worker_id))).await;
+        emit_event(
+            &ctx.client,
+            &job_id,
+            EventKind::Started,
+            Some(ctx.pool),
+            Some(format!("attempt {attempt} on {}", ctx.worker_id)),
+        )
+        .await;
         ctx.metrics.jobs_in_flight.inc();
-        let timer = ctx.metrics.job_duration.with_label_values(&labels).start_timer();
+        let timer = ctx
+            .metrics
+            .job_duration
+            .with_label_values(&labels)
+            .start_timer();
         let result = run_engine_with_heartbeat(ctx, message, &queued, attempt).await;
         timer.observe_duration();
         ctx.metrics.jobs_in_flight.dec();
@@ -362,15 +380,35 @@ async fn run_job(ctx: &Ctx, message: &Arc<Message>, deliveries: i64) -> Disposit
         ),
         Ok(output) => (JobStatus::Succeeded, output, None),
         Err(EngineError::JobFailed(reason)) => {
-            ctx.metrics.jobs_failed.with_label_values(&[labels[0], labels[1], "job"]).inc();
+            ctx.metrics
+                .jobs_failed
+                .with_label_values(&[labels[0], labels[1], "job"])
+                .inc();
             (JobStatus::Failed, EngineOutput::default(), Some(reason))
         }
         Err(EngineError::Transient(reason)) => {
-            ctx.metrics.jobs_failed.with_label_values(&[labels[0], labels[1], "transient"]).inc();
-            emit_event(&ctx.client, &job_id, EventKind::Retrying, Some(ctx.pool), Some(reason.clone())).await;
+            ctx.metrics
+                .jobs_failed
+                .with_label_values(&[labels[0], labels[1], "transient"])
+                .inc();
+            emit_event(
+                &ctx.client,
+                &job_id,
+                EventKind::Retrying,
+                Some(ctx.pool),
+                Some(reason.clone()),
+            )
+            .await;
             if deliveries >= ctx.max_deliver {
                 set_phase(ctx, &queued, JobPhase::DeadLettered).await;
-                emit_event(&ctx.client, &job_id, EventKind::DeadLettered, Some(ctx.pool), Some(reason.clone())).await;
+                emit_event(
+                    &ctx.client,
+                    &job_id,
+                    EventKind::DeadLettered,
+                    Some(ctx.pool),
+                    Some(reason.clone()),
+                )
+                .await;
                 return Disposition::DeadLetter {
                     reason: format!("gave up after {deliveries} attempts: {reason}"),
                 };
@@ -490,7 +528,14 @@ async fn finish(ctx: &Ctx, queued: &QueuedJob, result: &JobResult, ct: ContentTy
                     JobStatus::Failed => EventKind::Failed,
                     JobStatus::Expired => EventKind::Expired,
                 };
-                emit_event(&ctx.client, job_id, kind, Some(ctx.pool), result.error.clone()).await;
+                emit_event(
+                    &ctx.client,
+                    job_id,
+                    kind,
+                    Some(ctx.pool),
+                    result.error.clone(),
+                )
+                .await;
                 set_phase(ctx, queued, JobPhase::Done).await;
                 tracing::info!(job_id, status = ?result.status, passed = result.tests_passed, total = result.tests_total, "result published");
             }

@@ -73,8 +73,9 @@ impl Engine for DoctestEngine {
                     )))
                 }
             }
-            let mut tests: Vec<DocTest> = serde_json::from_str(&extracted.stdout)
-                .map_err(|e| EngineError::Transient(format!("unreadable extraction output: {e}")))?;
+            let mut tests: Vec<DocTest> = serde_json::from_str(&extracted.stdout).map_err(|e| {
+                EngineError::Transient(format!("unreadable extraction output: {e}"))
+            })?;
             if let Some(target) = &job.target_function {
                 let suffix = format!(".{target}");
                 tests.retain(|t| t.name.ends_with(&suffix));
@@ -109,7 +110,13 @@ impl Engine for DoctestEngine {
 fn test_name(doctest_name: &str, used: &mut Vec<String>) -> String {
     let base: String = doctest_name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     let mut name = format!("test_{}", base.trim_matches('_'));
     let mut n = 2;
@@ -123,7 +130,13 @@ fn test_name(doctest_name: &str, used: &mut Vec<String>) -> String {
 
 fn indent(code: &str, by: &str) -> String {
     code.lines()
-        .map(|l| if l.is_empty() { String::new() } else { format!("{by}{l}") })
+        .map(|l| {
+            if l.is_empty() {
+                String::new()
+            } else {
+                format!("{by}{l}")
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -150,7 +163,10 @@ pub fn render_pytest(module_name: &str, tests: &[DocTest]) -> String {
             .any(|e| !e.want.is_empty() && e.exception.is_none() && !e.expression);
         let name = test_name(&test.name, &mut used);
         let params = if needs_capsys { "capsys" } else { "" };
-        out.push_str(&format!("\n\ndef {name}({params}):\n    \"\"\"Examples of {}.\"\"\"\n", test.name));
+        out.push_str(&format!(
+            "\n\ndef {name}({params}):\n    \"\"\"Examples of {}.\"\"\"\n",
+            test.name
+        ));
         for ex in &test.examples {
             out.push_str(&format!("    # line {}\n", ex.lineno));
             let body = render_example(ex, needs_capsys);
@@ -164,7 +180,10 @@ pub fn render_pytest(module_name: &str, tests: &[DocTest]) -> String {
 fn render_example(ex: &Example, capsys: bool) -> String {
     let source = ex.source.as_str();
     if let Some(exception) = &ex.exception {
-        return format!("with pytest.raises({exception}):\n{}", indent(source, "    "));
+        return format!(
+            "with pytest.raises({exception}):\n{}",
+            indent(source, "    ")
+        );
     }
     if ex.want.is_empty() || ex.fuzzy {
         return source.to_string();
@@ -174,7 +193,10 @@ fn render_example(ex: &Example, capsys: bool) -> String {
         if ex.literal {
             format!("assert ({expr}) == {}", ex.want.trim())
         } else {
-            format!("assert repr({expr}) == {}", py_str(ex.want.trim_end_matches('\n')))
+            format!(
+                "assert repr({expr}) == {}",
+                py_str(ex.want.trim_end_matches('\n'))
+            )
         }
     } else if capsys {
         format!(
@@ -208,9 +230,19 @@ mod tests {
             name: "calc.add".into(),
             examples: vec![
                 example("add(1, 2)", "3\n"),
-                Example { literal: false, ..example("Point(1, 2)", "Point(x=1, y=2)\n") },
-                Example { exception: Some("ValueError".into()), ..example("add(None, 1)", "") },
-                Example { expression: false, literal: false, ..example("print('hi')", "hi\n") },
+                Example {
+                    literal: false,
+                    ..example("Point(1, 2)", "Point(x=1, y=2)\n")
+                },
+                Example {
+                    exception: Some("ValueError".into()),
+                    ..example("add(None, 1)", "")
+                },
+                Example {
+                    expression: false,
+                    literal: false,
+                    ..example("print('hi')", "hi\n")
+                },
             ],
         }];
         let file = render_pytest("calc", &tests);

@@ -44,7 +44,8 @@ pub struct Workspace {
 
 impl Workspace {
     pub fn new(module_name: &str, source: &str) -> Result<Self, EngineError> {
-        let io = |e: std::io::Error| EngineError::Transient(format!("cannot prepare work dir: {e}"));
+        let io =
+            |e: std::io::Error| EngineError::Transient(format!("cannot prepare work dir: {e}"));
         let dir = tempfile::Builder::new()
             .prefix("qefleet-job-")
             .tempdir()
@@ -145,14 +146,32 @@ pub async fn run_suite(
         python,
         workspace,
         &[
-            "-m", "coverage", "run", "--branch", &include, "-m", "pytest", "-q",
-            "-p", "no:cacheprovider", "--junitxml=report.xml", test_file,
+            "-m",
+            "coverage",
+            "run",
+            "--branch",
+            &include,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--junitxml=report.xml",
+            test_file,
         ],
         remaining(),
     )
     .await?;
     let report = std::fs::read_to_string(workspace.path().join("report.xml")).map_err(|_| {
-        let tail: String = finished.stdout.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: String = finished
+            .stdout
+            .chars()
+            .rev()
+            .take(2000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         EngineError::Transient(format!(
             "pytest produced no report (exit {:?}); is pytest installed for {}? {tail}{}",
             finished.status.code(),

@@ -1,0 +1,147 @@
+//! Nothing lost, nothing doubled: killed workers, a restarted nats-server, graceful drain.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use qefleet_scheduler::SchedulerArgs;
+use qefleet_schemas::{codec, ContentType, JobPhase, JobState, JobStatus};
+use qefleet_shared::subjects::*;
+use qefleet_worker::engines::DoctestEngine;
+use qefleet_worker::PoolArg;
+
+use crate::support::*;
+
+async fn phase(fleet: &Fleet, job_id: &str) -> Option<JobPhase> {
+    let kv = fleet.js.get_key_value(JOB_STATE_BUCKET).await.ok()?;
+    let bytes = kv.get(job_id).await.ok()??;
+    codec::decode::<JobState>(&bytes, ContentType::Json)
+        .ok()
+        .map(|s| s.phase)
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_job_has_its_job_redelivered_and_completed_exactly_once() {
+    let mut fleet = Fleet::start().await;
+    fleet.scheduler(SchedulerArgs::default()).await;
+    let pid = fleet.worker_process(&[]).id();
+    let mut spec = job(&slow_module(3.0));
+    spec.module_name = "slowmod".into();
+    let job_id = fleet.submit_ok(&spec).await;
+    eventually(
+        Duration::from_secs(30),
+        "child worker running the job",
+        || async { phase(&fleet, &job_id).await == Some(JobPhase::Running) },
+    )
+    .await;
+    signal(pid, "-KILL");
+    let mut args = fleet.worker_args(PoolArg::Local);
+    args.ack_wait = Duration::from_secs(2);
+    fleet.worker(args, Arc::new(DoctestEngine::new(None))).await;
+    let (result, _) = fleet.result(&job_id, Duration::from_secs(60)).await;
+    assert_eq!(result.status, JobStatus::Succeeded, "{:?}", result.error);
+    assert_eq!(result.attempt, 2, "redelivered after the kill");
+    assert!(!result.worker_id.is_empty());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        fleet.stream_messages(RESULTS_STREAM).await,
+        1,
+        "exactly one result"
+    );
+    assert_eq!(fleet.stream_messages(JOBS_STREAM).await, 0, "acknowledged");
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_jobs_before_the_worker_exits() {
+    let mut fleet = Fleet::start().await;
+    fleet.scheduler(SchedulerArgs::default()).await;
+    let pid = fleet
+        .worker_process(&["--worker-id", "draining-worker"])
+        .id();
+    let mut spec = job(&slow_module(2.0));
+    spec.module_name = "slowmod".into();
+    let job_id = fleet.submit_ok(&spec).await;
+    eventually(
+        Duration::from_secs(30),
+        "child worker running the job",
+        || async { phase(&fleet, &job_id).await == Some(JobPhase::Running) },
+    )
+    .await;
+    signal(pid, "-TERM");
+    let (result, _) = fleet.result(&job_id, Duration::from_secs(30)).await;
+    assert_eq!(result.status, JobStatus::Succeeded, "{:?}", result.error);
+    assert_eq!(
+        result.worker_id, "draining-worker",
+        "finished by the draining worker"
+    );
+    assert_eq!(result.attempt, 1);
+    let start = Instant::now();
+    let mut exited = None;
+    while start.elapsed() < Duration::from_secs(20) {
+        let child = fleet.child(0);
+        if let Some(status) = child.try_wait().expect("wait") {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = exited.expect("worker exits after draining");
+    assert!(
+        status.success(),
+        "clean exit: {status:?}\n{}",
+        fleet.worker_log(1)
+    );
+    assert!(fleet.worker_log(1).contains("draining"));
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_restart_mid_run_loses_no_job_and_duplicates_no_result() {
+    let mut fleet = Fleet::start().await;
+    fleet.scheduler(SchedulerArgs::default()).await;
+    let engine = ScriptedEngine::succeeding(Duration::from_millis(100));
+    let mut args = fleet.worker_args(PoolArg::Local);
+    args.concurrency = 4;
+    fleet.worker(args, Arc::new(engine.clone())).await;
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        let mut spec = job(CALC);
+        spec.job_id = Some(format!("restart-{n}"));
+        ids.push(fleet.submit_ok(&spec).await);
+    }
+    eventually(
+        Duration::from_secs(20),
+        "some results before the restart",
+        || async { fleet.stream_messages(RESULTS_STREAM).await >= 5 },
+    )
+    .await;
+    fleet
+        .server
+        .restart()
+        .expect("server restarts on the same store");
+    for id in &ids {
+        let (result, _) = fleet.result(id, Duration::from_secs(60)).await;
+        assert_eq!(result.status, JobStatus::Succeeded);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        fleet.stream_messages(RESULTS_STREAM).await,
+        40,
+        "one result per job"
+    );
+    assert_eq!(
+        fleet.stream_messages(JOBS_STREAM).await,
+        0,
+        "every job acknowledged"
+    );
+    assert!(engine.runs() >= 40);
+    fleet.stop().await;
+}

@@ -1,0 +1,271 @@
+//! Submitting jobs and getting their results.
+
+use std::time::Duration;
+
+use qefleet_scheduler::SchedulerArgs;
+use qefleet_schemas::{codec, ContentType, ErrorCode, JobStatus, Pool, SubmitReply};
+use qefleet_shared::client::submit_raw;
+use qefleet_shared::messages::headers_for;
+use qefleet_shared::subjects::*;
+use qefleet_worker::engines::DoctestEngine;
+use qefleet_worker::PoolArg;
+use std::sync::Arc;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_to_result_end_to_end_over_msgpack_and_json() {
+    let mut fleet = Fleet::start().await;
+    fleet.scheduler(SchedulerArgs::default()).await;
+    let args = fleet.worker_args(PoolArg::Local);
+    fleet.worker(args, Arc::new(DoctestEngine::new(None))).await;
+    for ct in [ContentType::MsgPack, ContentType::Json] {
+        let mut spec = job(CALC);
+        spec.coverage_target = Some(0.5);
+        spec.metadata.insert("ticket".into(), "QE-1".into());
+        let reply = fleet.submit(&spec, ct).await;
+        let SubmitReply::Accepted {
+            job_id,
+            duplicate,
+            route,
+            complexity,
+            ..
+        } = reply
+        else {
+            panic!("rejected: {reply:?}");
+        };
+        assert!(!duplicate);
+        assert_eq!(route.pool, Pool::Local);
+        assert!(
+            route.subject.starts_with("qe.jobs.local."),
+            "{}",
+            route.subject
+        );
+        assert_eq!(complexity.expect("analysis").functions, 2);
+        let (result, result_ct) = fleet.result(&job_id, Duration::from_secs(60)).await;
+        assert_eq!(result_ct, ct, "results travel in the submission's encoding");
+        assert_eq!(result.status, JobStatus::Succeeded, "{:?}", result.error);
+        assert_eq!(
+            (result.tests_total, result.tests_passed, result.tests_failed),
+            (2, 2, 0)
+        );
+        let line = result.line_coverage.expect("line coverage measured");
+        assert!(
+            line > 0.7 && line < 1.0,
+            "the TypeError branch is not covered: {line}"
+        );
+        assert_eq!(result.coverage_target_met, Some(true));
+        assert!(result
+            .test_file
+            .as_deref()
+            .unwrap_or("")
+            .contains("import calc"));
+        assert_eq!(
+            result.metadata.get("ticket").map(String::as_str),
+            Some("QE-1")
+        );
+        assert_eq!(result.engine, "doctest");
+        assert_eq!(result.attempt, 1);
+    }
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_submissions_are_rejected_with_a_clear_error_and_nothing_is_queued() {
+    let mut fleet = Fleet::start().await;
+    fleet.scheduler(SchedulerArgs::default()).await;
+    let valid = job(CALC);
+    let mut cases: Vec<(Vec<u8>, ContentType, ErrorCode, &str)> = Vec::new();
+    let mut empty = valid.clone();
+    empty.source = "   ".into();
+    cases.push((
+        codec::encode(&empty, ContentType::Json),
+        ContentType::Json,
+        ErrorCode::EmptySource,
+        "empty",
+    ));
+    let mut big = valid.clone();
+    big.source = "x = 1\n".repeat(200_000);
+    cases.push((
+        codec::encode(&big, ContentType::MsgPack),
+        ContentType::MsgPack,
+        ErrorCode::SourceTooLarge,
+        "limit",
+    ));
+    let mut rust = valid.clone();
+    rust.language = "rust".into();
+    cases.push((
+        codec::encode(&rust, ContentType::MsgPack),
+        ContentType::MsgPack,
+        ErrorCode::UnsupportedLanguage,
+        "python",
+    ));
+    let mut reserved = valid.clone();
+    reserved.priority = Some(9);
+    cases.push((
+        codec::encode(&reserved, ContentType::Json),
+        ContentType::Json,
+        ErrorCode::ReservedField,
+        "priority",
+    ));
+    let mut future = serde_json::to_value(&valid).expect("json");
+    future["schema_version"] = 7.into();
+    cases.push((
+        serde_json::to_vec(&future).expect("bytes"),
+        ContentType::Json,
+        ErrorCode::UnknownSchemaVersion,
+        "schema_version 7",
+    ));
+    let mut not_utf8 = codec::encode(&valid, ContentType::Json);
+    let at = not_utf8
+        .windows(3)
+        .position(|w| w == b"def")
+        .expect("source");
+    not_utf8[at] = 0xff;
+    cases.push((not_utf8, ContentType::Json, ErrorCode::InvalidUtf8, "UTF-8"));
+    cases.push((
+        b"\xc1 not msgpack".to_vec(),
+        ContentType::MsgPack,
+        ErrorCode::Malformed,
+        "MessagePack",
+    ));
+    for (payload, ct, code, needle) in cases {
+        let reply = submit_raw(&fleet.client, payload, ct, Duration::from_secs(20))
+            .await
+            .expect("reply");
+        let SubmitReply::Rejected { error, .. } = reply else {
+            panic!("{code:?} accepted");
+        };
+        assert_eq!(error.code, code, "{}", error.message);
+        assert!(
+            error.message.contains(needle),
+            "{code:?}: {}",
+            error.message
+        );
+    }
+    assert_eq!(
+        fleet.stream_messages(JOBS_STREAM).await,
+        0,
+        "nothing queued"
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_job_id_submitted_twice_is_one_job() {
+    let mut fleet = Fleet::start().await;
+    fleet.scheduler(SchedulerArgs::default()).await;
+    let engine = ScriptedEngine::succeeding(Duration::from_millis(10));
+    let args = fleet.worker_args(PoolArg::Local);
+    fleet.worker(args, Arc::new(engine.clone())).await;
+    let mut spec = job(CALC);
+    spec.job_id = Some("order-42".into());
+    let first = fleet.submit(&spec, ContentType::MsgPack).await;
+    let second = fleet.submit(&spec, ContentType::Json).await;
+    assert!(
+        matches!(
+            first,
+            SubmitReply::Accepted {
+                duplicate: false,
+                ..
+            }
+        ),
+        "{first:?}"
+    );
+    assert!(
+        matches!(
+            second,
+            SubmitReply::Accepted {
+                duplicate: true,
+                ..
+            }
+        ),
+        "{second:?}"
+    );
+    fleet.result("order-42", Duration::from_secs(20)).await;
+    // A later resubmission (after the result) is still the same job.
+    let third = fleet.submit(&spec, ContentType::MsgPack).await;
+    assert!(
+        matches!(
+            third,
+            SubmitReply::Accepted {
+                duplicate: true,
+                ..
+            }
+        ),
+        "{third:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(engine.runs(), 1);
+    assert_eq!(fleet.stream_messages(RESULTS_STREAM).await, 1);
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fire_and_forget_submissions_are_queued_or_dead_lettered_with_the_reason() {
+    let mut fleet = Fleet::start().await;
+    fleet.scheduler(SchedulerArgs::default()).await;
+    let args = fleet.worker_args(PoolArg::Local);
+    fleet
+        .worker(args, Arc::new(ScriptedEngine::succeeding(Duration::ZERO)))
+        .await;
+    let mut good = job(CALC);
+    good.job_id = Some("batch-1".into());
+    let mut bad = job(CALC);
+    bad.language = "cobol".into();
+    for spec in [&good, &bad] {
+        fleet
+            .js
+            .publish_with_headers(
+                SUBMIT_QUEUE_SUBJECT,
+                headers_for(ContentType::Json),
+                codec::encode(spec, ContentType::Json).into(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+    fleet.result("batch-1", Duration::from_secs(20)).await;
+    eventually(
+        Duration::from_secs(10),
+        "rejected submission dead-lettered",
+        || async { fleet.stream_messages(DLQ_STREAM).await == 1 },
+    )
+    .await;
+    let letter = fleet.messages(DLQ_STREAM).await.remove(0);
+    assert_eq!(letter.subject.as_str(), "qe.dlq.submit");
+    assert!(
+        header(&letter, HEADER_DLQ_REASON).contains("cobol"),
+        "{}",
+        header(&letter, HEADER_DLQ_REASON)
+    );
+    assert_eq!(
+        fleet.stream_messages(SUBMISSIONS_STREAM).await,
+        0,
+        "both consumed"
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_past_its_deadline_is_not_run_and_fails_with_that_reason() {
+    let mut fleet = Fleet::start().await;
+    fleet.scheduler(SchedulerArgs::default()).await;
+    let mut spec = job(CALC);
+    spec.deadline_unix_ms = Some(qefleet_schemas::now_unix_ms() + 300);
+    let job_id = fleet.submit_ok(&spec).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let engine = ScriptedEngine::succeeding(Duration::ZERO);
+    let args = fleet.worker_args(PoolArg::Local);
+    fleet.worker(args, Arc::new(engine.clone())).await;
+    let (result, _) = fleet.result(&job_id, Duration::from_secs(20)).await;
+    assert_eq!(result.status, JobStatus::Expired);
+    assert!(
+        result.error.as_deref().unwrap_or("").contains("deadline"),
+        "{:?}",
+        result.error
+    );
+    assert_eq!(engine.runs(), 0, "an expired job is never run");
+    fleet.stop().await;
+}

@@ -1,0 +1,312 @@
+//! The test harness: a real nats-server per test (free port, temp store, killed on drop),
+//! fleet components started in-process or as real child processes, and small engines
+//! whose behaviour a test controls.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, message::StreamMessage};
+use async_nats::Client;
+use qefleet_scheduler::SchedulerArgs;
+use qefleet_schemas::{ContentType, JobResult, JobSpec, SubmitReply};
+use qefleet_shared::client::{submit, wait_for_result};
+use qefleet_shared::embedded::{EmbeddedOptions, EmbeddedServer};
+use qefleet_shared::nats::{connect, NatsArgs};
+use qefleet_shared::provision;
+use qefleet_shared::shutdown::{self, ShutdownTrigger};
+use qefleet_worker::consolidator::RecordOnly;
+use qefleet_worker::engine::{Engine, EngineError, EngineFuture, EngineOutput, EngineRequest};
+use qefleet_worker::{PoolArg, WorkerArgs};
+use tokio::task::JoinSet;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_qefleet");
+
+/// A doctest whose example sleeps, for tests that need a job in flight.
+pub fn slow_module(seconds: f64) -> String {
+    format!(
+        "def slow():\n    \"\"\"\n    >>> slow()\n    42\n    \"\"\"\n    import time\n    time.sleep({seconds})\n    return 42\n"
+    )
+}
+
+pub const CALC: &str = "def add(a, b):\n    \"\"\"\n    >>> add(2, 3)\n    5\n    >>> add('a', 'b')\n    'ab'\n    \"\"\"\n    return a + b\n\n\ndef half(x):\n    \"\"\"\n    >>> half(4)\n    2.0\n    \"\"\"\n    if x is None:\n        raise TypeError('x is None')\n    return x / 2\n";
+
+/// One test's fleet: its own nats-server and the components the test starts.
+pub struct Fleet {
+    pub server: EmbeddedServer,
+    pub client: Client,
+    pub js: jetstream::Context,
+    pub dir: tempfile::TempDir,
+    stop_all: ShutdownTrigger,
+    tasks: JoinSet<()>,
+    workers: u32,
+    children: Vec<Child>,
+}
+
+impl Fleet {
+    pub async fn start() -> Self {
+        Self::start_with(EmbeddedOptions::default()).await
+    }
+
+    pub async fn start_with(options: EmbeddedOptions) -> Self {
+        let server =
+            EmbeddedServer::start(options).expect("nats-server starts (run ./scripts/setup.sh)");
+        let client = connect(&NatsArgs::for_url(server.url()), "qefleet-test")
+            .await
+            .expect("connects");
+        let js = jetstream::new(client.clone());
+        provision::ensure_all(&js).await.expect("provisions");
+        let (stop_all, _) = shutdown::channel();
+        Self {
+            server,
+            client,
+            js,
+            dir: tempfile::tempdir().expect("tempdir"),
+            stop_all,
+            tasks: JoinSet::new(),
+            workers: 0,
+            children: Vec::new(),
+        }
+    }
+
+    pub fn nats(&self) -> NatsArgs {
+        NatsArgs::for_url(self.server.url())
+    }
+
+    async fn own_client(&self) -> Client {
+        connect(&self.nats(), "qefleet-test-component")
+            .await
+            .expect("connects")
+    }
+
+    /// Starts a scheduler replica with its own connection.
+    pub async fn scheduler(&mut self, args: SchedulerArgs) {
+        let client = self.own_client().await;
+        let shutdown = self.stop_all.subscribe();
+        self.tasks.spawn(async move {
+            qefleet_scheduler::run(client, args, shutdown)
+                .await
+                .expect("scheduler runs");
+        });
+    }
+
+    /// Worker settings for tests: fast redelivery and retries, own outbox.
+    pub fn worker_args(&mut self, pool: PoolArg) -> WorkerArgs {
+        self.workers += 1;
+        let mut args = WorkerArgs::for_pool(pool);
+        args.outbox_dir = Some(self.dir.path().join(format!("outbox-{}", self.workers)));
+        args.ack_wait = Duration::from_secs(2);
+        args.retry_initial = Duration::from_millis(300);
+        args.retry_max = Duration::from_secs(2);
+        args.drain_timeout = Duration::from_secs(20);
+        args
+    }
+
+    /// Starts an in-process worker; the returned trigger stops it alone.
+    pub async fn worker(&mut self, args: WorkerArgs, engine: Arc<dyn Engine>) -> ShutdownTrigger {
+        let client = self.own_client().await;
+        let (trigger, shutdown) = shutdown::channel();
+        let all = self.stop_all.subscribe();
+        let stop = trigger.clone();
+        tokio::spawn(async move {
+            let mut all = all;
+            all.wait().await;
+            stop.trigger();
+        });
+        self.tasks.spawn(async move {
+            qefleet_worker::run(client, args, engine, Arc::new(RecordOnly), shutdown)
+                .await
+                .expect("worker runs");
+        });
+        trigger
+    }
+
+    /// Starts `qefleet worker` as a child process with fast redelivery.
+    pub fn worker_process(&mut self, extra: &[&str]) -> &mut Child {
+        self.workers += 1;
+        let log =
+            std::fs::File::create(self.dir.path().join(format!("worker-{}.log", self.workers)))
+                .expect("log file");
+        let outbox = self.dir.path().join(format!("outbox-{}", self.workers));
+        let child = Command::new(BIN)
+            .args([
+                "worker",
+                "--nats-url",
+                &self.server.url(),
+                "--ack-wait",
+                "2s",
+            ])
+            .arg("--outbox-dir")
+            .arg(outbox)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("qefleet worker starts");
+        self.children.push(child);
+        self.children.last_mut().expect("just pushed")
+    }
+
+    /// The `n`th child process started by this fleet.
+    pub fn child(&mut self, n: usize) -> &mut Child {
+        &mut self.children[n]
+    }
+
+    pub fn worker_log(&self, n: u32) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("worker-{n}.log"))).unwrap_or_default()
+    }
+
+    pub async fn submit(&self, job: &JobSpec, ct: ContentType) -> SubmitReply {
+        submit(&self.client, job, ct, Duration::from_secs(20))
+            .await
+            .expect("a scheduler answers")
+    }
+
+    /// Submits and returns the job id, failing the test on rejection.
+    pub async fn submit_ok(&self, job: &JobSpec) -> String {
+        match self.submit(job, ContentType::MsgPack).await {
+            SubmitReply::Accepted { job_id, .. } => job_id,
+            SubmitReply::Rejected { error, .. } => panic!("rejected: {error:?}"),
+        }
+    }
+
+    pub async fn result(&self, job_id: &str, within: Duration) -> (JobResult, ContentType) {
+        wait_for_result(&self.js, job_id, within)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub async fn stream_messages(&self, stream: &str) -> u64 {
+        let mut s = self.js.get_stream(stream).await.expect("stream");
+        s.info().await.expect("info").state.messages
+    }
+
+    /// Every message in a stream, oldest first.
+    pub async fn messages(&self, stream: &str) -> Vec<StreamMessage> {
+        let mut s = self.js.get_stream(stream).await.expect("stream");
+        let state = s.info().await.expect("info").state.clone();
+        let mut out = Vec::new();
+        if state.messages == 0 {
+            return out;
+        }
+        for seq in state.first_sequence..=state.last_sequence {
+            if let Ok(m) = s.get_raw_message(seq).await {
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    /// Runs the qefleet binary against this fleet's server.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut full: Vec<String> = Vec::new();
+        full.push(args[0].to_string());
+        if args[0] == "dlq" {
+            full.push(args[1].to_string());
+            full.insert(1, "--nats-url".into());
+            full.insert(2, self.server.url());
+            full.extend(args[2..].iter().map(|s| s.to_string()));
+        } else {
+            full.extend(["--nats-url".to_string(), self.server.url()]);
+            full.extend(args[1..].iter().map(|s| s.to_string()));
+        }
+        Command::new(BIN)
+            .args(&full)
+            .output()
+            .expect("qefleet runs")
+    }
+
+    /// Stops every component (draining) and waits for them.
+    pub async fn stop(mut self) {
+        self.stop_all.trigger();
+        while let Some(done) = self.tasks.join_next().await {
+            if let Err(e) = done {
+                if e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
+        }
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `check` until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("not within {within:?}: {what}");
+}
+
+pub fn job(source: &str) -> JobSpec {
+    JobSpec::python("calc", source)
+}
+
+/// An engine whose behaviour per attempt the test decides; counts its runs.
+#[derive(Debug, Clone)]
+pub struct ScriptedEngine {
+    pub runs: Arc<AtomicU32>,
+    pub delay: Duration,
+    /// Attempts that fail with a transient error (1-based); `u32::MAX` for all.
+    pub fail_until_attempt: u32,
+}
+
+impl ScriptedEngine {
+    pub fn succeeding(delay: Duration) -> Self {
+        Self {
+            runs: Arc::new(AtomicU32::new(0)),
+            delay,
+            fail_until_attempt: 0,
+        }
+    }
+
+    pub fn runs(&self) -> u32 {
+        self.runs.load(Ordering::SeqCst)
+    }
+}
+
+impl Engine for ScriptedEngine {
+    fn name(&self) -> &str {
+        "scripted"
+    }
+
+    fn generate<'a>(&'a self, request: EngineRequest<'a>) -> EngineFuture<'a> {
+        Box::pin(async move {
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            if request.attempt <= self.fail_until_attempt {
+                return Err(EngineError::Transient(format!(
+                    "scripted transient failure on attempt {}",
+                    request.attempt
+                )));
+            }
+            Ok(EngineOutput {
+                test_file: "def test_ok():\n    assert True\n".into(),
+                tests_total: 1,
+                tests_passed: 1,
+                refinement_rounds: 1,
+                ..EngineOutput::default()
+            })
+        })
+    }
+}
+
+pub fn header(m: &StreamMessage, name: &str) -> String {
+    m.headers
+        .get(name)
+        .map(|v| v.as_str().to_string())
+        .unwrap_or_default()
+}
