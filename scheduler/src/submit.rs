@@ -132,16 +132,17 @@ impl Submitter {
             Ok(ack) => ack.await,
             Err(e) => Err(e),
         };
-        let ack =
-            match published {
-                Ok(ack) => ack,
-                Err(e) => return rejected(
+        let ack = match published {
+            Ok(ack) => ack,
+            Err(e) => {
+                return rejected(
                     ErrorCode::Unavailable,
                     format!(
                         "JetStream did not store the job ({e}); nothing was queued, submit again"
                     ),
-                ),
-            };
+                )
+            }
+        };
         let state = JobState {
             schema_version: SCHEMA_VERSION,
             job_id: job_id.clone(),
