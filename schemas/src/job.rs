@@ -17,7 +17,8 @@ pub struct JobSpec {
     /// from `[A-Za-z0-9_-]`. The scheduler assigns one when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
-    /// Who the job is for; budgets and reports are kept per tenant.
+    /// Who the job is for; carried on the result (per-tenant budgets come with the cost
+    /// ledger).
     #[serde(default = "default_tenant")]
     pub tenant: String,
     /// Language of `source`. Only `python` is supported.

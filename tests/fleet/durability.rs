@@ -145,3 +145,36 @@ async fn a_nats_server_restart_mid_run_loses_no_job_and_duplicates_no_result() {
     assert!(engine.runs() >= 40);
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_computed_while_nats_is_down_is_published_later_without_rerunning_the_job() {
+    let mut fleet = Fleet::start().await;
+    fleet.scheduler(SchedulerArgs::default()).await;
+    let engine = ScriptedEngine::succeeding(Duration::from_secs(2));
+    let args = fleet.worker_args(PoolArg::Local);
+    fleet.worker(args, Arc::new(engine.clone())).await;
+    let job_id = fleet.submit_ok(&job(CALC)).await;
+    eventually(Duration::from_secs(10), "engine started", || async {
+        engine.runs() == 1
+    })
+    .await;
+    fleet.server.kill();
+    // The engine finishes while the server is down: the result can only go to the outbox.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    fleet
+        .server
+        .restart()
+        .expect("server restarts on the same store");
+    let (result, _) = fleet.result(&job_id, Duration::from_secs(60)).await;
+    assert_eq!(result.status, JobStatus::Succeeded);
+    assert_eq!(result.attempt, 1, "the result of the first run");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(engine.runs(), 1, "the redelivered job was not run again");
+    assert_eq!(fleet.stream_messages(RESULTS_STREAM).await, 1);
+    assert_eq!(
+        fleet.stream_messages(JOBS_STREAM).await,
+        0,
+        "acknowledged after reconnecting"
+    );
+    fleet.stop().await;
+}

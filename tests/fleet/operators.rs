@@ -125,3 +125,28 @@ async fn submit_result_and_status_work_from_the_command_line() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_the_bundled_example_through_an_embedded_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = std::process::Command::new(BIN)
+        .args(["demo", "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("qefleet demo runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("Succeeded") && stdout.contains("4 passed, 0 failed"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("def test_calc_divide"), "{stdout}");
+    let config = std::fs::read_to_string(dir.path().join("nats/nats-server.conf"))
+        .expect("embedded server config");
+    assert!(config.contains("sync_interval: always"), "{config}");
+}
