@@ -193,7 +193,7 @@ async fn raw_latency(
 
 async fn start_fleet(
     url: &str,
-    dir: &std::path::Path,
+    outbox: std::path::PathBuf,
     concurrency: u32,
 ) -> (ShutdownTrigger, JoinSet<()>) {
     let (trigger, shutdown) = shutdown::channel();
@@ -219,7 +219,7 @@ async fn start_fleet(
         .expect("connect");
     let mut args = WorkerArgs::for_pool(PoolArg::Local);
     args.concurrency = concurrency;
-    args.outbox_dir = Some(dir.join("outbox"));
+    args.outbox_dir = Some(outbox);
     tasks.spawn(async move {
         qefleet_worker::run(
             client,
@@ -253,13 +253,16 @@ async fn measure(default_sync: bool) -> Figures {
         .expect("provision");
     let spec = JobSpec::python("calc", MODULE);
     let payload = codec::encode(&spec, ContentType::MsgPack);
+    eprintln!("phase: raw publish and consume");
     let (raw_publish, raw_consume) = raw_rates(&js, &payload, jobs).await;
+    eprintln!("phase: raw latency");
     let (raw_p50, raw_p99) = raw_latency(&js, &payload, rate, seconds).await;
 
     // submit -> publish: request/reply through a scheduler, WINDOW submissions in flight;
     // no worker yet, so the jobs stay queued for the consume phase.
+    eprintln!("phase: qefleet submit");
     let dir = tempfile::tempdir().expect("tempdir");
-    let (trigger, mut tasks) = start_fleet(&url, dir.path(), 64).await;
+    let (trigger, mut tasks) = start_fleet(&url, dir.path().join("warm-up"), 64).await;
     // The worker must not drain while submissions are measured: pause it by stopping the
     // whole fleet after submission and restarting it for the consume phase.
     let warm = submit(
@@ -310,15 +313,17 @@ async fn measure(default_sync: bool) -> Figures {
     scheduler_only.0.trigger();
     let _ = scheduler_only.1.await;
 
+    eprintln!("phase: qefleet consume");
     // consume -> ack: a worker with the no-op engine drains the queued jobs.
     let before = results_count(&js).await;
     let start = Instant::now();
-    let (trigger, mut tasks) = start_fleet(&url, dir.path(), 64).await;
+    let (trigger, mut tasks) = start_fleet(&url, dir.path().join("consume"), 64).await;
     while results_count(&js).await < before + jobs as u64 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let consume_rate = jobs as f64 / start.elapsed().as_secs_f64();
 
+    eprintln!("phase: qefleet end to end");
     // End to end at a steady rate: submit -> result observed on qe.results.>.
     let mut results = client.subscribe("qe.results.>").await.expect("subscribe");
     let n = (rate * seconds) as usize;
@@ -389,6 +394,10 @@ async fn results_count(js: &jetstream::Context) -> u64 {
 }
 
 fn main() {
+    if std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", "warn");
+    }
+    qefleet_shared::logging::init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -167,16 +167,17 @@ impl Submitter {
             .with_label_values(&[route.pool.as_str(), analysis.report.class.as_str()])
             .inc();
         let client = self.js.client();
-        emit_event(&client, &job_id, EventKind::Submitted, None, None).await;
+        // One event for submission and routing: they happen together here. `routed` is
+        // for later re-routing (spill-over, escalation).
         emit_event(
             &client,
             &job_id,
-            EventKind::Routed,
+            EventKind::Submitted,
             Some(route.pool),
             Some(route.reasons.join("; ")),
         )
         .await;
-        tracing::info!(job_id, pool = %route.pool, subject = %route.subject, "job queued");
+        tracing::debug!(job_id, pool = %route.pool, subject = %route.subject, "job queued");
         SubmitReply::Accepted {
             schema_version: SCHEMA_VERSION,
             job_id,

@@ -5,17 +5,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ComplexityReport, RouteDecision};
 
-/// Where a job is in its life.
+/// What the fleet recorded about a job outside its events and result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobPhase {
+    /// Accepted and queued by the scheduler.
     Queued,
-    Running,
-    Done,
+    /// Moved to the dead-letter stream.
     DeadLettered,
 }
 
-/// The value under a job id in the `qe_job_state` bucket.
+/// The value under a job id in the `qe_job_state` bucket: the scheduler's record of the
+/// submission (it de-duplicates job ids). Running and finished jobs are told by their
+/// `started` event and their result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobState {

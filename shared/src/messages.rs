@@ -52,7 +52,7 @@ pub async fn emit_event(
     let payload = codec::encode(&event, ContentType::MsgPack);
     if let Err(e) = client
         .publish_with_headers(
-            event_subject(kind),
+            event_subject(kind, job_id),
             headers_for(ContentType::MsgPack),
             payload.into(),
         )

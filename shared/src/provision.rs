@@ -9,7 +9,9 @@ use async_nats::jetstream::{
     self,
     consumer::{pull, AckPolicy, DeliverPolicy},
     kv,
-    stream::{Config as StreamConfig, DiscardPolicy, RetentionPolicy, StorageType},
+    stream::{
+        Config as StreamConfig, DiscardPolicy, PersistenceMode, RetentionPolicy, StorageType,
+    },
 };
 use qefleet_schemas::Pool;
 
@@ -37,7 +39,27 @@ fn js_err(what: &str, e: impl std::fmt::Display) -> ProvisionError {
     }
 }
 
-/// The stream configurations the fleet needs.
+/// First server version with per-stream asynchronous persistence (`persist_mode`).
+const ASYNC_PERSIST_SINCE: (u64, u64, u64) = (2, 12, 0);
+
+/// The stream configurations the fleet needs on a server of `server_version`.
+///
+/// Events are observability: on servers that support it they are persisted
+/// asynchronously, so `sync_interval: always` costs an fsync only for what must survive a
+/// crash (jobs, results, dead letters, submissions, job records).
+pub fn stream_configs_for(server_version: &str) -> Vec<StreamConfig> {
+    let async_events =
+        crate::nats::parse_server_version(server_version).is_some_and(|v| v >= ASYNC_PERSIST_SINCE);
+    let mut configs = stream_configs();
+    if async_events {
+        for config in configs.iter_mut().filter(|c| c.name == EVENTS_STREAM) {
+            config.persist_mode = Some(PersistenceMode::Async);
+        }
+    }
+    configs
+}
+
+/// The stream configurations the fleet needs (any supported server).
 pub fn stream_configs() -> Vec<StreamConfig> {
     let work_queue = |name: &str, subjects: &[&str]| StreamConfig {
         name: name.to_string(),
@@ -136,7 +158,8 @@ pub fn stream_differences(wanted: &StreamConfig, existing: &StreamConfig) -> Vec
 
 /// Creates missing streams and buckets; verifies existing ones.
 pub async fn ensure_all(js: &jetstream::Context) -> Result<(), ProvisionError> {
-    for wanted in stream_configs() {
+    let version = js.client().server_info().version;
+    for wanted in stream_configs_for(&version) {
         ensure_stream(js, wanted).await?;
     }
     ensure_bucket(js, JOB_STATE_BUCKET, 30 * DAY).await?;
@@ -281,9 +304,11 @@ pub async fn ensure_consumer(
                     ),
                 ));
             }
-            if have.ack_wait != config.ack_wait
-                || have.max_deliver != config.max_deliver
-                || have.max_ack_pending != config.max_ack_pending
+            // Zero means "server default" in a request; the server reports the value.
+            let differs = |want: i64, have: i64| want > 0 && want != have;
+            if (config.ack_wait > Duration::ZERO && have.ack_wait != config.ack_wait)
+                || differs(config.max_deliver, have.max_deliver)
+                || differs(config.max_ack_pending, have.max_ack_pending)
             {
                 tracing::info!(consumer = %name, "updating consumer delivery settings");
                 stream_handle
@@ -317,6 +342,20 @@ mod tests {
             .expect("results stream");
         assert_eq!(results.max_messages_per_subject, 1);
         assert!(results.discard_new_per_subject);
+    }
+
+    #[test]
+    fn events_persist_asynchronously_only_where_supported() {
+        let persist = |version: &str| {
+            stream_configs_for(version)
+                .into_iter()
+                .find(|c| c.name == EVENTS_STREAM)
+                .and_then(|c| c.persist_mode)
+        };
+        assert_eq!(persist("2.15.1"), Some(PersistenceMode::Async));
+        assert_eq!(persist("2.10.23"), None);
+        let jobs = stream_configs_for("2.15.1").remove(0);
+        assert_eq!(jobs.persist_mode, None, "jobs are always fsynced");
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub const SCHEDULER_QUEUE_GROUP: &str = "qe-scheduler";
 /// Results, one message per job id, `qe.results.<job_id>`.
 pub const RESULTS_STREAM: &str = "QE_RESULTS";
 pub const RESULTS_SUBJECTS: &str = "qe.results.>";
-/// Lifecycle events, `qe.events.<kind>`.
+/// Lifecycle events, `qe.events.<kind>.<job_id>`.
 pub const EVENTS_STREAM: &str = "QE_EVENTS";
 pub const EVENTS_SUBJECTS: &str = "qe.events.>";
 /// Dead letters, `qe.dlq.<pool>` (and `qe.dlq.submit` for bad batch submissions).
@@ -69,8 +69,20 @@ pub fn result_subject(job_id: &str) -> String {
     format!("qe.results.{job_id}")
 }
 
-pub fn event_subject(kind: EventKind) -> String {
-    format!("qe.events.{}", kind.as_str())
+/// The subject a key-value bucket stores `key` under (what `kv.put` publishes to).
+pub fn kv_subject(bucket: &str, key: &str) -> String {
+    format!("$KV.{bucket}.{key}")
+}
+
+/// Where an event of one job is published: per job, so "the last event of job X" is one
+/// direct get, and per kind, so `qe.events.completed.>` follows one kind.
+pub fn event_subject(kind: EventKind, job_id: &str) -> String {
+    format!("qe.events.{}.{job_id}", kind.as_str())
+}
+
+/// All events of one kind.
+pub fn event_filter(kind: EventKind) -> String {
+    format!("qe.events.{}.>", kind.as_str())
 }
 
 pub fn dlq_subject(origin: &str) -> String {

@@ -3,11 +3,12 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use qefleet_schemas::{codec, ContentType, JobResult, JobState};
+use qefleet_schemas::{codec, ContentType, EventKind, JobEvent, JobPhase, JobResult, JobState};
 use qefleet_shared::client::{fetch_result, wait_for_result};
 use qefleet_shared::config::parse_duration;
+use qefleet_shared::messages;
 use qefleet_shared::nats::NatsArgs;
-use qefleet_shared::subjects::JOB_STATE_BUCKET;
+use qefleet_shared::subjects::{event_subject, EVENTS_STREAM, JOB_STATE_BUCKET};
 
 #[derive(Debug, clap::Args)]
 pub struct ResultArgs {
@@ -99,10 +100,19 @@ pub async fn result(args: ResultArgs) -> anyhow::Result<ExitCode> {
                 Ok(kv) => kv.get(&args.job_id).await.ok().flatten(),
                 Err(_) => None,
             };
+            let started = last_started_event(&js, &args.job_id).await;
             match state.and_then(|b| codec::decode::<JobState>(&b, ContentType::Json).ok()) {
                 Some(state) => println!(
-                    "job {}: no result yet, {:?} on the {} pool ({})",
-                    state.job_id, state.phase, state.route.pool, state.route.subject
+                    "job {}: no result yet, {} on the {} pool ({})",
+                    state.job_id,
+                    match (&started, state.phase) {
+                        (_, JobPhase::DeadLettered) =>
+                            "dead-lettered (see `qefleet dlq list`)".to_string(),
+                        (Some(detail), _) => format!("running ({detail})"),
+                        (None, _) => "queued".to_string(),
+                    },
+                    state.route.pool,
+                    state.route.subject
                 ),
                 None => println!(
                     "job {}: unknown (never submitted, or its state expired)",
@@ -112,4 +122,15 @@ pub async fn result(args: ResultArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(3))
         }
     }
+}
+
+/// Detail of the job's latest `started` event, if a worker has started it.
+async fn last_started_event(js: &async_nats::jetstream::Context, job_id: &str) -> Option<String> {
+    let stream = js.get_stream_no_info(EVENTS_STREAM).await.ok()?;
+    let message = stream
+        .get_last_raw_message_by_subject(&event_subject(EventKind::Started, job_id))
+        .await
+        .ok()?;
+    let (event, _) = messages::decode::<JobEvent>(Some(&message.headers), &message.payload).ok()?;
+    Some(event.detail.unwrap_or_default())
 }

@@ -12,7 +12,7 @@ use qefleet_worker::PoolArg;
 use crate::support::*;
 
 async fn consolidated_events(fleet: &Fleet) -> u64 {
-    let subject = event_subject(EventKind::Consolidated);
+    let subject = event_filter(EventKind::Consolidated);
     let stream = fleet
         .js
         .get_stream(EVENTS_STREAM)

@@ -4,19 +4,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use qefleet_scheduler::SchedulerArgs;
-use qefleet_schemas::{codec, ContentType, JobPhase, JobState, JobStatus};
+use qefleet_schemas::{EventKind, JobStatus};
 use qefleet_shared::subjects::*;
 use qefleet_worker::engines::DoctestEngine;
 use qefleet_worker::PoolArg;
 
 use crate::support::*;
 
-async fn phase(fleet: &Fleet, job_id: &str) -> Option<JobPhase> {
-    let kv = fleet.js.get_key_value(JOB_STATE_BUCKET).await.ok()?;
-    let bytes = kv.get(job_id).await.ok()??;
-    codec::decode::<JobState>(&bytes, ContentType::Json)
-        .ok()
-        .map(|s| s.phase)
+/// Whether a worker has started the job (its `started` event exists).
+async fn started(fleet: &Fleet, job_id: &str) -> bool {
+    let Ok(stream) = fleet.js.get_stream(EVENTS_STREAM).await else {
+        return false;
+    };
+    stream
+        .get_last_raw_message_by_subject(&event_subject(EventKind::Started, job_id))
+        .await
+        .is_ok()
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -38,7 +41,7 @@ async fn a_worker_killed_mid_job_has_its_job_redelivered_and_completed_exactly_o
     eventually(
         Duration::from_secs(30),
         "child worker running the job",
-        || async { phase(&fleet, &job_id).await == Some(JobPhase::Running) },
+        || async { started(&fleet, &job_id).await },
     )
     .await;
     signal(pid, "-KILL");
@@ -72,7 +75,7 @@ async fn sigterm_drains_in_flight_jobs_before_the_worker_exits() {
     eventually(
         Duration::from_secs(30),
         "child worker running the job",
-        || async { phase(&fleet, &job_id).await == Some(JobPhase::Running) },
+        || async { started(&fleet, &job_id).await },
     )
     .await;
     signal(pid, "-TERM");
@@ -150,26 +153,46 @@ async fn a_nats_server_restart_mid_run_loses_no_job_and_duplicates_no_result() {
 async fn a_result_computed_while_nats_is_down_is_published_later_without_rerunning_the_job() {
     let mut fleet = Fleet::start().await;
     fleet.scheduler(SchedulerArgs::default()).await;
-    let engine = ScriptedEngine::succeeding(Duration::from_secs(2));
-    let args = fleet.worker_args(PoolArg::Local);
-    fleet.worker(args, Arc::new(engine.clone())).await;
-    let job_id = fleet.submit_ok(&job(CALC)).await;
-    eventually(Duration::from_secs(10), "engine started", || async {
-        engine.runs() == 1
-    })
+    fleet.worker_process(&["--worker-id", "outbox-worker"]);
+    let mut spec = job(&slow_module(2.0));
+    spec.module_name = "slowmod".into();
+    let job_id = fleet.submit_ok(&spec).await;
+    eventually(
+        Duration::from_secs(30),
+        "worker running the job",
+        || async { started(&fleet, &job_id).await },
+    )
     .await;
     fleet.server.kill();
-    // The engine finishes while the server is down: the result can only go to the outbox.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The engine finishes while the server is down and the publish times out (5 s): the
+    // result can only go to the outbox.
+    tokio::time::sleep(Duration::from_secs(9)).await;
     fleet
         .server
         .restart()
         .expect("server restarts on the same store");
     let (result, _) = fleet.result(&job_id, Duration::from_secs(60)).await;
-    assert_eq!(result.status, JobStatus::Succeeded);
+    assert_eq!(result.status, JobStatus::Succeeded, "{:?}", result.error);
     assert_eq!(result.attempt, 1, "the result of the first run");
+    assert_eq!(result.worker_id, "outbox-worker");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(engine.runs(), 1, "the redelivered job was not run again");
+    let log = fleet.worker_log(1);
+    assert!(log.contains("result kept in the outbox"), "{log}");
+    let started = fleet
+        .messages(EVENTS_STREAM)
+        .await
+        .into_iter()
+        .filter(|m| m.subject.as_str() == event_subject(EventKind::Started, &job_id))
+        .filter_map(|m| {
+            qefleet_shared::messages::decode::<qefleet_schemas::JobEvent>(
+                Some(&m.headers),
+                &m.payload,
+            )
+            .ok()
+        })
+        .filter(|(e, _)| e.job_id == job_id)
+        .count();
+    assert_eq!(started, 1, "the redelivered job was not run again");
     assert_eq!(fleet.stream_messages(RESULTS_STREAM).await, 1);
     assert_eq!(
         fleet.stream_messages(JOBS_STREAM).await,

@@ -100,7 +100,11 @@ async fn submit_result_and_status_work_from_the_command_line() {
     );
     let waiting = fleet.cli(&["result", "cli-1"]);
     assert_eq!(waiting.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&waiting.stdout).contains("Queued"));
+    assert!(
+        String::from_utf8_lossy(&waiting.stdout).contains("no result yet, queued"),
+        "{}",
+        String::from_utf8_lossy(&waiting.stdout)
+    );
     let args = fleet.worker_args(PoolArg::Local);
     fleet
         .worker(

@@ -46,9 +46,12 @@ impl Outbox {
         self.db
             .insert(job_id.as_bytes(), value)
             .map_err(|e| OutboxError::Write(e.to_string()))?;
-        self.db
-            .flush_async()
+        // sled 0.34's flush_async deadlocks under concurrent callers (spacejam/sled#1308,
+        // fixed only on its unreleased main branch): flush synchronously off the runtime.
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
             .await
+            .map_err(|e| OutboxError::Write(e.to_string()))?
             .map_err(|e| OutboxError::Write(e.to_string()))?;
         Ok(())
     }
@@ -101,6 +104,31 @@ fn decode(value: &[u8]) -> Option<PendingResult> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn many_concurrent_puts_complete() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outbox = Outbox::open(dir.path()).expect("open");
+        let mut puts = tokio::task::JoinSet::new();
+        for n in 0..200 {
+            let outbox = outbox.clone();
+            puts.spawn(async move {
+                let result = PendingResult {
+                    content_type: ContentType::MsgPack,
+                    payload: vec![n as u8; 512],
+                };
+                outbox.put(&format!("job-{n}"), &result).await
+            });
+        }
+        let all = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while let Some(done) = puts.join_next().await {
+                done.expect("task").expect("put");
+            }
+        })
+        .await;
+        assert!(all.is_ok(), "concurrent puts hung");
+        assert_eq!(outbox.len(), 200);
+    }
 
     #[tokio::test]
     async fn results_survive_reopening() {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, kv, AckKind, Message};
+use async_nats::jetstream::{self, AckKind, Message};
 use async_nats::Client;
 use futures_util::StreamExt;
 use qefleet_schemas::{
@@ -51,7 +51,6 @@ struct Ctx {
     engine: Arc<dyn Engine>,
     consolidator: Arc<dyn Consolidator>,
     outbox: Outbox,
-    job_state: kv::Store,
     metrics: Metrics,
     retry: RetryPolicy,
     max_deliver: i64,
@@ -102,7 +101,6 @@ pub async fn run(
         engine,
         consolidator,
         outbox,
-        job_state: bucket(&js, JOB_STATE_BUCKET).await?,
         metrics,
         retry: RetryPolicy {
             initial: args.retry_initial,
@@ -329,96 +327,67 @@ async fn run_job(ctx: &Ctx, message: &Arc<Message>, deliveries: i64) -> Disposit
             },
         };
     }
-    match results::exists(&ctx.js, &job_id).await {
-        Ok(true) => {
-            tracing::info!(job_id, "result already published; acknowledging redelivery");
-            return Disposition::Ack;
-        }
-        Ok(false) => {}
-        Err(e) => {
-            return Disposition::Retry {
-                after: ctx.retry.delay_jittered(attempt),
-                reason: format!("cannot check for an existing result: {e}"),
+    // Only a redelivery can find its result already stored (the first run published it
+    // but died before the ack); the results stream refuses a second result regardless.
+    if deliveries > 1 {
+        match results::exists(&ctx.js, &job_id).await {
+            Ok(true) => {
+                tracing::info!(job_id, "result already published; acknowledging redelivery");
+                return Disposition::Ack;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                return Disposition::Retry {
+                    after: ctx.retry.delay_jittered(attempt),
+                    reason: format!("cannot check for an existing result: {e}"),
+                }
             }
         }
     }
     let started = now_unix_ms();
     let labels = [ctx.pool.as_str(), queued.complexity.class.as_str()];
-    let outcome = if queued.job.deadline_unix_ms.is_some_and(|d| d <= started) {
-        Err(EngineError::JobFailed(String::new()))
-    } else {
-        set_phase(ctx, &queued, JobPhase::Running).await;
-        emit_event(
-            &ctx.client,
-            &job_id,
-            EventKind::Started,
-            Some(ctx.pool),
-            Some(format!("attempt {attempt} on {}", ctx.worker_id)),
-        )
-        .await;
-        ctx.metrics.jobs_in_flight.inc();
-        let timer = ctx
-            .metrics
-            .job_duration
-            .with_label_values(&labels)
-            .start_timer();
-        let result = run_engine_with_heartbeat(ctx, message, &queued, attempt).await;
-        timer.observe_duration();
-        ctx.metrics.jobs_in_flight.dec();
-        result
-    };
-    let run_ms = now_unix_ms().saturating_sub(started);
-    let expired = queued.job.deadline_unix_ms.is_some_and(|d| d <= started);
-    let (status, output, error) = match outcome {
-        _ if expired => (
+    let (status, output, error) = match queued.job.deadline_unix_ms {
+        Some(deadline) if deadline <= started => (
             JobStatus::Expired,
             EngineOutput::default(),
             Some(format!(
-                "deadline {} passed before the job could start; it was not run",
-                queued.job.deadline_unix_ms.unwrap_or_default()
+                "deadline {deadline} passed before the job could start; it was not run"
             )),
         ),
-        Ok(output) => (JobStatus::Succeeded, output, None),
-        Err(EngineError::JobFailed(reason)) => {
-            ctx.metrics
-                .jobs_failed
-                .with_label_values(&[labels[0], labels[1], "job"])
-                .inc();
-            (JobStatus::Failed, EngineOutput::default(), Some(reason))
-        }
-        Err(EngineError::Transient(reason)) => {
-            ctx.metrics
-                .jobs_failed
-                .with_label_values(&[labels[0], labels[1], "transient"])
-                .inc();
+        _ => {
             emit_event(
                 &ctx.client,
                 &job_id,
-                EventKind::Retrying,
+                EventKind::Started,
                 Some(ctx.pool),
-                Some(reason.clone()),
+                Some(format!("attempt {attempt} on {}", ctx.worker_id)),
             )
             .await;
-            if deliveries >= ctx.max_deliver {
-                set_phase(ctx, &queued, JobPhase::DeadLettered).await;
-                emit_event(
-                    &ctx.client,
-                    &job_id,
-                    EventKind::DeadLettered,
-                    Some(ctx.pool),
-                    Some(reason.clone()),
-                )
-                .await;
-                return Disposition::DeadLetter {
-                    reason: format!("gave up after {deliveries} attempts: {reason}"),
-                };
+            ctx.metrics.jobs_in_flight.inc();
+            let timer = ctx
+                .metrics
+                .job_duration
+                .with_label_values(&labels)
+                .start_timer();
+            let outcome = run_engine_with_heartbeat(ctx, message, &queued, attempt).await;
+            timer.observe_duration();
+            ctx.metrics.jobs_in_flight.dec();
+            match outcome {
+                Ok(output) => (JobStatus::Succeeded, output, None),
+                Err(EngineError::JobFailed(reason)) => {
+                    ctx.metrics
+                        .jobs_failed
+                        .with_label_values(&[labels[0], labels[1], "job"])
+                        .inc();
+                    (JobStatus::Failed, EngineOutput::default(), Some(reason))
+                }
+                Err(EngineError::Transient(reason)) => {
+                    return transient_failure(ctx, &queued, deliveries, reason).await;
+                }
             }
-            return Disposition::Retry {
-                after: ctx.retry.delay_jittered(attempt),
-                reason,
-            };
         }
     };
+    let run_ms = now_unix_ms().saturating_sub(started);
     let result = JobResult {
         schema_version: SCHEMA_VERSION,
         job_id: job_id.clone(),
@@ -455,7 +424,52 @@ async fn run_job(ctx: &Ctx, message: &Arc<Message>, deliveries: i64) -> Disposit
         completed_at_ms: now_unix_ms(),
         metadata: queued.job.metadata.clone(),
     };
-    finish(ctx, &queued, &result, ct).await
+    finish(ctx, &result, ct).await
+}
+
+/// A transient engine failure: retry later, or dead-letter on the last delivery.
+async fn transient_failure(
+    ctx: &Ctx,
+    queued: &QueuedJob,
+    deliveries: i64,
+    reason: String,
+) -> Disposition {
+    let job_id = queued.job_id();
+    ctx.metrics
+        .jobs_failed
+        .with_label_values(&[
+            ctx.pool.as_str(),
+            queued.complexity.class.as_str(),
+            "transient",
+        ])
+        .inc();
+    emit_event(
+        &ctx.client,
+        job_id,
+        EventKind::Retrying,
+        Some(ctx.pool),
+        Some(reason.clone()),
+    )
+    .await;
+    if deliveries >= ctx.max_deliver {
+        set_phase(ctx, queued, JobPhase::DeadLettered).await;
+        emit_event(
+            &ctx.client,
+            job_id,
+            EventKind::DeadLettered,
+            Some(ctx.pool),
+            Some(reason.clone()),
+        )
+        .await;
+        return Disposition::DeadLetter {
+            reason: format!("gave up after {deliveries} attempts: {reason}"),
+        };
+    }
+    let attempt = u32::try_from(deliveries.max(1)).unwrap_or(u32::MAX);
+    Disposition::Retry {
+        after: ctx.retry.delay_jittered(attempt),
+        reason,
+    }
 }
 
 async fn run_engine_with_heartbeat(
@@ -494,63 +508,66 @@ async fn run_engine_with_heartbeat(
     result
 }
 
-/// Outbox, publish, then acknowledge: the result is on disk before it is published and
-/// the job is acknowledged only once the result is stored.
-async fn finish(ctx: &Ctx, queued: &QueuedJob, result: &JobResult, ct: ContentType) -> Disposition {
+/// Publish, then acknowledge. A result that cannot be published (NATS unreachable) goes
+/// to the durable outbox first and is published from there; the job is acknowledged only
+/// once its result is stored in JetStream.
+async fn finish(ctx: &Ctx, result: &JobResult, ct: ContentType) -> Disposition {
     let job_id = result.job_id.as_str();
     let pending = PendingResult {
         content_type: ct,
         payload: codec::encode(result, ct),
     };
-    if let Err(e) = ctx.outbox.put(job_id, &pending).await {
-        return Disposition::Retry {
-            after: ctx.retry.delay_jittered(result.attempt),
-            reason: e.to_string(),
-        };
-    }
-    ctx.metrics.outbox_pending.set(ctx.outbox.len() as i64);
-    match results::publish(&ctx.js, job_id, &pending).await {
-        Ok(published) => {
-            ctx.outbox.remove(job_id);
-            ctx.metrics.outbox_pending.set(ctx.outbox.len() as i64);
-            if published == Published::New {
-                let outcome = match result.status {
-                    JobStatus::Succeeded => "succeeded",
-                    JobStatus::Failed => "failed",
-                    JobStatus::Expired => "expired",
-                };
-                ctx.metrics
-                    .jobs_completed
-                    .with_label_values(&[ctx.pool.as_str(), result.complexity.as_str(), outcome])
-                    .inc();
-                let kind = match result.status {
-                    JobStatus::Succeeded => EventKind::Completed,
-                    JobStatus::Failed => EventKind::Failed,
-                    JobStatus::Expired => EventKind::Expired,
-                };
-                emit_event(
-                    &ctx.client,
-                    job_id,
-                    kind,
-                    Some(ctx.pool),
-                    result.error.clone(),
-                )
-                .await;
-                set_phase(ctx, queued, JobPhase::Done).await;
-                tracing::info!(job_id, status = ?result.status, passed = result.tests_passed, total = result.tests_total, "result published");
-            }
-            Disposition::Ack
-        }
+    let published = match results::publish(&ctx.js, job_id, &pending).await {
+        Ok(published) => published,
         Err(e) => {
-            tracing::warn!(job_id, error = %e, "result kept in the outbox until NATS takes it");
-            Disposition::Retry {
-                after: ctx.retry.delay_jittered(result.attempt),
-                reason: format!("result not yet published: {e}"),
-            }
+            let kept = ctx.outbox.put(job_id, &pending).await;
+            ctx.metrics.outbox_pending.set(ctx.outbox.len() as i64);
+            return match kept {
+                Ok(()) => {
+                    tracing::warn!(job_id, error = %e, "result kept in the outbox until NATS takes it");
+                    Disposition::Retry {
+                        after: ctx.retry.delay_jittered(result.attempt),
+                        reason: format!("result not yet published: {e}"),
+                    }
+                }
+                // Neither NATS nor disk took it: the job is redelivered and run again.
+                Err(outbox) => Disposition::Retry {
+                    after: ctx.retry.delay_jittered(result.attempt),
+                    reason: format!("result lost before publishing ({e}; {outbox})"),
+                },
+            };
         }
+    };
+    if published == Published::New {
+        let outcome = match result.status {
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Expired => "expired",
+        };
+        ctx.metrics
+            .jobs_completed
+            .with_label_values(&[ctx.pool.as_str(), result.complexity.as_str(), outcome])
+            .inc();
+        let kind = match result.status {
+            JobStatus::Succeeded => EventKind::Completed,
+            JobStatus::Failed => EventKind::Failed,
+            JobStatus::Expired => EventKind::Expired,
+        };
+        emit_event(
+            &ctx.client,
+            job_id,
+            kind,
+            Some(ctx.pool),
+            result.error.clone(),
+        )
+        .await;
+        tracing::debug!(job_id, status = ?result.status, passed = result.tests_passed, total = result.tests_total, "result published");
     }
+    Disposition::Ack
 }
 
+/// Records the job's phase in the job-state bucket. Observability, not coordination:
+/// published without waiting for JetStream's acknowledgement, in order on this connection.
 async fn set_phase(ctx: &Ctx, queued: &QueuedJob, phase: JobPhase) {
     let state = JobState {
         schema_version: SCHEMA_VERSION,
@@ -561,7 +578,11 @@ async fn set_phase(ctx: &Ctx, queued: &QueuedJob, phase: JobPhase) {
         updated_at_ms: now_unix_ms(),
     };
     let bytes = codec::encode(&state, ContentType::Json);
-    if let Err(e) = ctx.job_state.put(queued.job_id(), bytes.into()).await {
+    if let Err(e) = ctx
+        .client
+        .publish(kv_subject(JOB_STATE_BUCKET, queued.job_id()), bytes.into())
+        .await
+    {
         tracing::debug!(job_id = queued.job_id(), error = %e, "job state not updated");
     }
 }
