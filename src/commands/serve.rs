@@ -34,9 +34,9 @@ pub async fn scheduler(args: SchedulerCmd) -> anyhow::Result<ExitCode> {
 }
 
 /// The engine a pool runs. Cloud engines arrive with the hybrid-routing issue.
-pub fn engine_for(worker: &WorkerArgs) -> anyhow::Result<Arc<dyn Engine>> {
+pub async fn engine_for(worker: &WorkerArgs) -> anyhow::Result<Arc<dyn Engine>> {
     match worker.pool {
-        PoolArg::Local | PoolArg::Maint => Ok(Arc::new(DoctestEngine::new(worker.python.clone()))),
+        PoolArg::Local | PoolArg::Maint => Ok(Arc::new(DoctestEngine::probe(worker.python.clone()).await)),
         PoolArg::Cloud => anyhow::bail!(
             "no cloud engine is available in this build yet: run local or maint workers (jobs that need the cloud pool are routed local while no cloud worker is live)"
         ),
@@ -44,7 +44,7 @@ pub fn engine_for(worker: &WorkerArgs) -> anyhow::Result<Arc<dyn Engine>> {
 }
 
 pub async fn worker(args: WorkerCmd) -> anyhow::Result<ExitCode> {
-    let engine = engine_for(&args.worker)?;
+    let engine = engine_for(&args.worker).await?;
     let client = super::client(&args.nats).await?;
     qefleet_worker::run(
         client,

@@ -90,7 +90,7 @@ async fn start(args: &UpArgs, shutdown: Shutdown) -> anyhow::Result<Fleet> {
         if pool == PoolArg::Local {
             worker.concurrency = args.concurrency;
         }
-        let engine = engine_for(&worker)?;
+        let engine = engine_for(&worker).await?;
         let worker_client = client.clone();
         let worker_shutdown = shutdown.clone();
         tasks.spawn(async move {
@@ -116,6 +116,8 @@ async fn join(mut fleet: Fleet) -> anyhow::Result<()> {
     while let Some(done) = fleet.tasks.join_next().await {
         done??;
     }
+    // Close the connection before the embedded server goes, so nothing reports it lost.
+    let _ = fleet.client.drain().await;
     Ok(())
 }
 

@@ -47,7 +47,9 @@ async fn a_worker_killed_mid_job_has_its_job_redelivered_and_completed_exactly_o
     signal(pid, "-KILL");
     let mut args = fleet.worker_args(PoolArg::Local);
     args.ack_wait = Duration::from_secs(2);
-    fleet.worker(args, Arc::new(DoctestEngine::new(None))).await;
+    fleet
+        .worker(args, Arc::new(DoctestEngine::probe(None).await))
+        .await;
     let (result, _) = fleet.result(&job_id, Duration::from_secs(60)).await;
     assert_eq!(result.status, JobStatus::Succeeded, "{:?}", result.error);
     assert_eq!(result.attempt, 2, "redelivered after the kill");

@@ -201,3 +201,43 @@ async fn a_job_whose_workers_never_acknowledge_is_dead_lettered_from_the_advisor
     assert_eq!(engine.runs(), 0);
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_modules_fail_with_a_clear_reason_and_the_worker_keeps_serving() {
+    let mut fleet = Fleet::start().await;
+    fleet.scheduler(SchedulerArgs::default()).await;
+    let args = fleet.worker_args(PoolArg::Local);
+    fleet
+        .worker(
+            args,
+            Arc::new(qefleet_worker::engines::DoctestEngine::probe(None).await),
+        )
+        .await;
+    let looping = "def spin():\n    \"\"\"\n    >>> spin()\n    1\n    \"\"\"\n    while True:\n        pass\n";
+    let mut spec = job(looping);
+    spec.module_name = "spin".into();
+    spec.budget.max_seconds = Some(3);
+    let spin = fleet.submit_ok(&spec).await;
+    let flooding = "print('x' * 10_000_000)\n\ndef f():\n    \"\"\"\n    >>> f()\n    1\n    \"\"\"\n    return 1\n";
+    let mut spec = job(flooding);
+    spec.module_name = "flood".into();
+    let flood = fleet.submit_ok(&spec).await;
+    let broken = "import this_module_does_not_exist\n";
+    let mut spec = job(broken);
+    spec.module_name = "broken".into();
+    let import = fleet.submit_ok(&spec).await;
+    for (id, needle) in [
+        (&spin, "time budget"),
+        (&flood, "printed more than"),
+        (&import, "does not import"),
+    ] {
+        let (result, _) = fleet.result(id, Duration::from_secs(60)).await;
+        assert_eq!(result.status, JobStatus::Failed, "{id}");
+        let error = result.error.unwrap_or_default();
+        assert!(error.contains(needle), "{id}: {error}");
+    }
+    let ok = fleet.submit_ok(&job(CALC)).await;
+    let (result, _) = fleet.result(&ok, Duration::from_secs(60)).await;
+    assert_eq!(result.status, JobStatus::Succeeded, "{:?}", result.error);
+    fleet.stop().await;
+}

@@ -109,7 +109,7 @@ async fn submit_result_and_status_work_from_the_command_line() {
     fleet
         .worker(
             args,
-            Arc::new(qefleet_worker::engines::DoctestEngine::new(None)),
+            Arc::new(qefleet_worker::engines::DoctestEngine::probe(None).await),
         )
         .await;
     let done = fleet.cli(&["result", "cli-1", "--wait", "60s"]);

@@ -18,7 +18,9 @@ async fn submit_to_result_end_to_end_over_msgpack_and_json() {
     let mut fleet = Fleet::start().await;
     fleet.scheduler(SchedulerArgs::default()).await;
     let args = fleet.worker_args(PoolArg::Local);
-    fleet.worker(args, Arc::new(DoctestEngine::new(None))).await;
+    fleet
+        .worker(args, Arc::new(DoctestEngine::probe(None).await))
+        .await;
     for ct in [ContentType::MsgPack, ContentType::Json] {
         let mut spec = job(CALC);
         spec.coverage_target = Some(0.5);

@@ -10,6 +10,7 @@ pub mod outbox;
 mod registry;
 mod results;
 pub mod runtime;
+pub mod sandbox;
 
 pub use args::{PoolArg, WorkerArgs};
 pub use runtime::{run, WorkerError};

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::python::{find_python, run_python, run_suite, Workspace};
 use crate::engine::{Engine, EngineError, EngineFuture, EngineOutput, EngineRequest};
+use crate::sandbox::{Ending, Limits, Sandbox};
 
 const EXTRACT_SCRIPT: &str = include_str!("extract_doctests.py");
 const TEST_FILE: &str = "test_generated_doctests.py";
@@ -15,14 +16,17 @@ const TEST_FILE: &str = "test_generated_doctests.py";
 /// Doctest examples to pytest.
 #[derive(Debug, Clone)]
 pub struct DoctestEngine {
-    python: PathBuf,
+    sandbox: Sandbox,
 }
 
 impl DoctestEngine {
-    pub fn new(python: Option<PathBuf>) -> Self {
-        Self {
-            python: python.unwrap_or_else(find_python),
-        }
+    pub fn new(sandbox: Sandbox) -> Self {
+        Self { sandbox }
+    }
+
+    /// An engine on the given (or the default) interpreter with default limits.
+    pub async fn probe(python: Option<PathBuf>) -> Self {
+        Self::new(Sandbox::new(python.unwrap_or_else(find_python), Limits::default()).await)
     }
 }
 
@@ -57,15 +61,17 @@ impl Engine for DoctestEngine {
             let workspace = Workspace::new(&job.module_name, &job.source)?;
             workspace.write("qefleet_extract_doctests.py", EXTRACT_SCRIPT)?;
             let extracted = run_python(
-                &self.python,
+                &self.sandbox,
                 &workspace,
                 &["qefleet_extract_doctests.py", &job.module_name],
                 deadline.saturating_duration_since(Instant::now()),
             )
             .await?;
-            match extracted.status.code() {
-                Some(0) => {}
-                Some(3) => return Err(EngineError::JobFailed(extracted.stderr.trim().to_string())),
+            match extracted.ending {
+                Ending::Exited(Some(0)) => {}
+                Ending::Exited(Some(3)) => {
+                    return Err(EngineError::JobFailed(extracted.stderr.trim().to_string()))
+                }
                 _ => {
                     return Err(EngineError::Transient(format!(
                         "doctest extraction failed: {}",
@@ -92,7 +98,7 @@ impl Engine for DoctestEngine {
             }
             let test_file = render_pytest(&job.module_name, &tests);
             workspace.write(TEST_FILE, &test_file)?;
-            let run = run_suite(&self.python, &workspace, TEST_FILE, deadline).await?;
+            let run = run_suite(&self.sandbox, &workspace, TEST_FILE, deadline).await?;
             Ok(EngineOutput {
                 test_file,
                 tests_total: run.total,

@@ -1,16 +1,13 @@
 //! Running Python for engines: the interpreter, a work dir holding the module under test,
 //! and pytest under coverage.py with a wall-clock limit.
 //!
-//! This is the first, plain runner (temp dir, timeout, killed on expiry); the sandbox with
-//! resource limits and no network comes with the measured-generation issue.
+//! Every run goes through the [`Sandbox`](crate::sandbox::Sandbox).
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::process::Command;
-
 use crate::engine::EngineError;
+use crate::sandbox::{Ending, Finished, Sandbox};
 
 /// Environment variable naming the Python interpreter (with pytest and coverage).
 pub const PYTHON_ENV: &str = "QEFLEET_PYTHON";
@@ -77,50 +74,32 @@ impl Workspace {
     }
 }
 
-/// Output of a finished Python process.
-#[derive(Debug)]
-pub struct Finished {
-    pub status: std::process::ExitStatus,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-/// Runs `python args...` in the workspace, killing it when `limit` passes.
+/// Runs `python args...` in the workspace inside the sandbox, for at most `limit`.
+/// A run killed at the limit or for flooding output is the job's failure; a sandbox that
+/// cannot start is the fleet's (transient).
 pub async fn run_python(
-    python: &Path,
+    sandbox: &Sandbox,
     workspace: &Workspace,
     args: &[&str],
     limit: Duration,
 ) -> Result<Finished, EngineError> {
-    let child = Command::new(python)
-        .args(args)
-        .current_dir(workspace.path())
-        .env("PYTHONPATH", workspace.path())
-        .env("PYTHONHASHSEED", "0")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
+    let finished = sandbox
+        .run_python(workspace.path(), args, &[], limit)
+        .await
         .map_err(|e| {
-            EngineError::Transient(format!(
-                "cannot run {} ({e}): run ./scripts/setup.sh or set {PYTHON_ENV}",
-                python.display()
-            ))
+            EngineError::Transient(format!("{e}: run ./scripts/setup.sh or set {PYTHON_ENV}"))
         })?;
-    match tokio::time::timeout(limit, child.wait_with_output()).await {
-        Ok(Ok(out)) => Ok(Finished {
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }),
-        Ok(Err(e)) => Err(EngineError::Transient(format!("python failed to run: {e}"))),
-        Err(_) => Err(EngineError::JobFailed(format!(
-            "time budget of {}s exhausted while running python {}",
-            limit.as_secs(),
-            args.first().copied().unwrap_or("")
+    let what = args.first().copied().unwrap_or("");
+    match finished.ending {
+        Ending::TimedOut => Err(EngineError::JobFailed(format!(
+            "time budget of {:.0}s exhausted while running python {what}",
+            limit.as_secs_f64()
         ))),
+        Ending::OutputCapped => Err(EngineError::JobFailed(format!(
+            "python {what} printed more than {} bytes and was stopped",
+            sandbox.limits.output_bytes
+        ))),
+        Ending::Exited(_) => Ok(finished),
     }
 }
 
@@ -135,7 +114,7 @@ pub struct SuiteRun {
 
 /// Runs a pytest file under coverage.py (branch mode) restricted to the module file.
 pub async fn run_suite(
-    python: &Path,
+    sandbox: &Sandbox,
     workspace: &Workspace,
     test_file: &str,
     deadline: Instant,
@@ -143,7 +122,7 @@ pub async fn run_suite(
     let remaining = || deadline.saturating_duration_since(Instant::now());
     let include = format!("--include={}", workspace.module_file.display());
     let finished = run_python(
-        python,
+        sandbox,
         workspace,
         &[
             "-m",
@@ -173,21 +152,21 @@ pub async fn run_suite(
             .rev()
             .collect();
         EngineError::Transient(format!(
-            "pytest produced no report (exit {:?}); is pytest installed for {}? {tail}{}",
-            finished.status.code(),
-            python.display(),
+            "pytest produced no report ({:?}); is pytest installed for {}? {tail}{}",
+            finished.ending,
+            sandbox.python.display(),
             finished.stderr
         ))
     })?;
     let (total, failed) = junit_counts(&report);
     let coverage = run_python(
-        python,
+        sandbox,
         workspace,
         &["-m", "coverage", "json", "-q", "-o", "coverage.json"],
         remaining(),
     )
     .await?;
-    let (line_coverage, branch_coverage) = if coverage.status.success() {
+    let (line_coverage, branch_coverage) = if coverage.success() {
         std::fs::read_to_string(workspace.path().join("coverage.json"))
             .ok()
             .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
