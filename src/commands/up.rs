@@ -146,6 +146,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut job = JobSpec::python(&module_name, &source);
     job.coverage_target = Some(0.8);
     let mut fleet = fleet;
+    wait_for_local_worker(&fleet.client).await;
     // A fleet task that fails at start (say, a conflicting stream) ends the demo at once.
     let reply = tokio::select! {
         reply = submit(&fleet.client, &job, ContentType::MsgPack, Duration::from_secs(30)) => reply?,
@@ -191,4 +192,23 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Waits (up to 20 s) until a local worker has registered, so the demo's route is the
+/// one a running fleet gives.
+async fn wait_for_local_worker(client: &async_nats::Client) {
+    let js = async_nats::jetstream::new(client.clone());
+    for _ in 0..200 {
+        if let Ok(bucket) = js
+            .get_key_value(qefleet_shared::subjects::WORKERS_BUCKET)
+            .await
+        {
+            if let Ok(live) = qefleet_scheduler::liveness::count_live(&bucket).await {
+                if live.count(qefleet_schemas::Pool::Local) > 0 {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -57,6 +57,10 @@ async fn submit_to_result_end_to_end_over_msgpack_and_json() {
             "the TypeError branch is not covered: {line}"
         );
         assert_eq!(result.coverage_target_met, Some(true));
+        let mutation = result.mutation_score.expect("mutation score measured");
+        assert!(mutation > 0.0 && mutation < 1.0, "{mutation}");
+        let quality = result.quality_score.expect("quality computed");
+        assert!(quality > 0.3 && quality < 1.0, "{quality}");
         assert!(result
             .test_file
             .as_deref()

@@ -1,6 +1,7 @@
 //! Engines shipped with the worker.
 
 pub mod doctest;
+pub mod measure;
 pub mod python;
 
 pub use doctest::DoctestEngine;
