@@ -1,6 +1,7 @@
 //! Engines shipped with the worker.
 
 pub mod doctest;
+pub mod generator;
 pub mod measure;
 pub mod python;
 

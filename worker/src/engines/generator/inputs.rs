@@ -1,0 +1,306 @@
+//! Candidate inputs: values typical for each parameter's annotation, its default, the
+//! literals the body compares against (and their neighbours), combined one factor at a
+//! time and then at random (seeded), into call expressions.
+
+use super::targets::{Owner, Param, Target};
+
+/// One call to probe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    /// Index of the target in the target list.
+    pub target: usize,
+    /// Positional arguments as Python source.
+    pub args: Vec<String>,
+    /// Keyword-only arguments.
+    pub kwargs: Vec<(String, String)>,
+    /// The whole expression, e.g. `calc.Stack(4).push(1)`.
+    pub expr: String,
+}
+
+const ANY: [&str; 10] = [
+    "1",
+    "0",
+    "-1",
+    "\"a\"",
+    "\"\"",
+    "[1, 2, 3]",
+    "[]",
+    "None",
+    "2.5",
+    "True",
+];
+
+fn typed_pool(annotation: &str) -> Option<Vec<&'static str>> {
+    let a = annotation.replace(' ', "");
+    let base = a
+        .split(['[', '|'])
+        .next()
+        .unwrap_or("")
+        .rsplit('.')
+        .next()
+        .unwrap_or("");
+    let elem_str = a.contains("[str]") || a.contains("[str,");
+    Some(match base {
+        "int" => vec!["1", "0", "-1", "2", "7", "100"],
+        "float" => vec!["1.5", "0.0", "-2.5", "100.0", "1"],
+        "str" => vec![
+            "\"a\"",
+            "\"\"",
+            "\"hello world\"",
+            "\"ABC\"",
+            "\" padded \"",
+        ],
+        "bool" => vec!["True", "False"],
+        "list" | "List" | "Sequence" | "Iterable" | "Collection" if elem_str => {
+            vec!["[\"a\", \"b\"]", "[]", "[\"b\", \"a\", \"b\"]"]
+        }
+        "list" | "List" | "Sequence" | "Iterable" | "Collection" => {
+            vec!["[1, 2, 3]", "[]", "[3, 1, 2]", "[-1, 0]"]
+        }
+        "dict" | "Dict" | "Mapping" => vec!["{\"a\": 1, \"b\": 2}", "{}"],
+        "tuple" | "Tuple" => vec!["(1, 2)", "()"],
+        "set" | "Set" | "frozenset" => vec!["{1, 2}", "set()"],
+        "bytes" => vec!["b\"abc\"", "b\"\""],
+        _ => return None,
+    })
+}
+
+/// Candidate values for a parameter, most typical first, at most `cap`.
+pub fn pool(param: &Param, literals: &[String], cap: usize) -> Vec<String> {
+    let annotation = param.annotation.as_deref().unwrap_or("");
+    let optional = annotation.contains("Optional") || annotation.contains("None");
+    let inner = match annotation
+        .strip_prefix("Optional[")
+        .or_else(|| annotation.strip_prefix("typing.Optional["))
+    {
+        Some(rest) => rest.strip_suffix(']').unwrap_or(rest),
+        None => annotation.split('|').next().unwrap_or(""),
+    };
+    let typed = typed_pool(inner);
+    let mut out: Vec<String> = Vec::new();
+    if let Some(d) = &param.default {
+        out.push(d.clone());
+    }
+    let base: Vec<&str> = typed.clone().unwrap_or_else(|| ANY.to_vec());
+    out.extend(base.iter().map(|s| s.to_string()));
+    for lit in literals {
+        let is_number = lit.parse::<f64>().is_ok();
+        let fits = match typed.as_ref().map(|t| t[0]) {
+            None => true,
+            Some("1") => lit.parse::<i64>().is_ok(),
+            Some("1.5") => is_number,
+            Some("\"a\"") => lit.starts_with(['"', '\'']),
+            _ => false,
+        };
+        if !fits {
+            continue;
+        }
+        out.push(lit.clone());
+        if let Ok(n) = lit.parse::<i64>() {
+            out.push((n - 1).to_string());
+            out.push((n + 1).to_string());
+        }
+    }
+    if optional {
+        out.push("None".into());
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|v| seen.insert(v.clone()));
+    out.truncate(cap);
+    out
+}
+
+/// A tiny deterministic generator (seeded), so a job's tests do not change between runs.
+#[derive(Debug, Clone)]
+pub struct Lcg(u64);
+
+impl Lcg {
+    pub fn new(seed: u64) -> Self {
+        Self(
+            seed.wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407),
+        )
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) as usize) % n.max(1)
+    }
+}
+
+fn arg_list(params: &[Param], values: &[String]) -> (Vec<String>, Vec<(String, String)>) {
+    let mut args = Vec::new();
+    let mut kwargs = Vec::new();
+    for (p, v) in params.iter().zip(values) {
+        if p.keyword_only {
+            kwargs.push((p.name.clone(), v.clone()));
+        } else {
+            args.push(v.clone());
+        }
+    }
+    (args, kwargs)
+}
+
+fn render_args(args: &[String], kwargs: &[(String, String)]) -> String {
+    args.iter()
+        .cloned()
+        .chain(kwargs.iter().map(|(k, v)| format!("{k}={v}")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The call expression for a target with these arguments; `alias` names the module.
+pub fn call_expr(
+    alias: &str,
+    target: &Target,
+    args: &[String],
+    kwargs: &[(String, String)],
+) -> String {
+    let callee = match &target.owner {
+        Owner::Module => format!("{alias}.{}", target.name),
+        Owner::Class { class } => format!("{alias}.{class}.{}", target.name),
+        Owner::Instance { class, init } => {
+            let values: Vec<String> = init
+                .iter()
+                .map(|p| {
+                    pool(p, &[], 2)
+                        .into_iter()
+                        .next()
+                        .unwrap_or_else(|| "1".into())
+                })
+                .collect();
+            let (a, k) = arg_list(init, &values);
+            format!("{alias}.{class}({}).{}", render_args(&a, &k), target.name)
+        }
+    };
+    let call = format!("{callee}({})", render_args(args, kwargs));
+    match (target.is_async, target.is_generator) {
+        (true, _) => format!("asyncio.run({call})"),
+        (false, true) => format!("list({call})"),
+        _ => call,
+    }
+}
+
+/// Calls for every target: the typical call, each parameter varied alone over its pool,
+/// then random combinations, up to `per_target` calls each. `focus` values are added to
+/// every pool (literals from lines the suite does not cover yet).
+pub fn synthesize(
+    alias: &str,
+    targets: &[Target],
+    per_target: usize,
+    seed: u64,
+    focus: &[String],
+) -> Vec<Call> {
+    let mut rng = Lcg::new(seed);
+    let mut calls = Vec::new();
+    for (index, target) in targets.iter().enumerate() {
+        let mut literals: Vec<String> = target.literals.iter().map(|(_, l)| l.clone()).collect();
+        literals.extend(focus.iter().cloned());
+        let pools: Vec<Vec<String>> = target
+            .params
+            .iter()
+            .map(|p| pool(p, &literals, 14))
+            .collect();
+        let typical: Vec<String> = pools.iter().map(|p| p[0].clone()).collect();
+        let mut combos: Vec<Vec<String>> = vec![typical.clone()];
+        for (i, values) in pools.iter().enumerate() {
+            for v in values.iter().skip(1) {
+                let mut c = typical.clone();
+                c[i] = v.clone();
+                combos.push(c);
+            }
+        }
+        let space: usize = pools.iter().map(Vec::len).product::<usize>().max(1);
+        let mut attempts = 0;
+        while combos.len() < per_target && attempts < per_target * 4 && space > combos.len() {
+            attempts += 1;
+            let c: Vec<String> = pools
+                .iter()
+                .map(|p| p[rng.below(p.len())].clone())
+                .collect();
+            if !combos.contains(&c) {
+                combos.push(c);
+            }
+        }
+        if combos.len() > per_target {
+            // Keep the typical call, sample the rest.
+            let mut kept = vec![combos.remove(0)];
+            while kept.len() < per_target && !combos.is_empty() {
+                kept.push(combos.remove(rng.below(combos.len())));
+            }
+            combos = kept;
+        }
+        for values in combos {
+            let (args, kwargs) = arg_list(&target.params, &values);
+            let expr = call_expr(alias, target, &args, &kwargs);
+            calls.push(Call {
+                target: index,
+                args,
+                kwargs,
+                expr,
+            });
+        }
+    }
+    calls
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engines::generator::targets::find_targets;
+
+    #[test]
+    fn pools_follow_annotations_defaults_and_literals() {
+        let p = Param {
+            name: "n".into(),
+            annotation: Some("int".into()),
+            default: Some("5".into()),
+            keyword_only: false,
+        };
+        let pool = pool(&p, &["10".into(), "\"x\"".into()], 20);
+        assert_eq!(pool[0], "5");
+        assert!(
+            pool.contains(&"10".into())
+                && pool.contains(&"9".into())
+                && pool.contains(&"11".into())
+        );
+        assert!(!pool.contains(&"\"x\"".into()), "a str literal is no int");
+        let opt = Param {
+            name: "s".into(),
+            annotation: Some("Optional[str]".into()),
+            default: None,
+            keyword_only: false,
+        };
+        let opt_pool = super::pool(&opt, &[], 20);
+        assert_eq!(opt_pool[0], "\"a\"");
+        assert!(opt_pool.contains(&"None".into()));
+    }
+
+    #[test]
+    fn calls_cover_each_parameter_and_respect_the_cap() {
+        let src = "def clamp(v: int, low: int = 0, *, strict: bool = False):\n    return v > 3\n\nclass Box:\n    def __init__(self, size: int):\n        self.size = size\n\n    def fits(self, n: int) -> bool:\n        return n <= self.size\n\nasync def ping(host: str):\n    return host\n";
+        let targets = find_targets(src).expect("parses");
+        let calls = synthesize("m", &targets, 12, 1, &[]);
+        let clamp: Vec<&Call> = calls.iter().filter(|c| c.target == 0).collect();
+        assert_eq!(clamp.len(), 12);
+        assert_eq!(clamp[0].expr, "m.clamp(1, 0, strict=False)");
+        assert!(
+            clamp.iter().any(|c| c.args[0] == "4"),
+            "neighbour of the literal 3"
+        );
+        assert!(
+            calls.iter().any(|c| c.expr == "m.Box(1).fits(1)"),
+            "{:?}",
+            calls.iter().map(|c| &c.expr).collect::<Vec<_>>()
+        );
+        assert!(calls.iter().any(|c| c.expr == "asyncio.run(m.ping(\"a\"))"));
+        assert_eq!(
+            calls,
+            synthesize("m", &targets, 12, 1, &[]),
+            "deterministic for a seed"
+        );
+    }
+}

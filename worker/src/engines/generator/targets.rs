@@ -1,0 +1,385 @@
+//! What can be called: the module's public functions and methods with their parameters,
+//! found with a Rust Python parser, and the literals each body compares against (the
+//! seeds of boundary inputs).
+
+use rustpython_ast::{self as ast, Visitor};
+use rustpython_parser::Parse;
+
+/// One parameter of a callable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Param {
+    pub name: String,
+    /// Annotation as written (`int`, `list[str]`, `Optional[float]`).
+    pub annotation: Option<String>,
+    /// Default value as written.
+    pub default: Option<String>,
+    pub keyword_only: bool,
+}
+
+/// How a callable is reached from the module.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Owner {
+    /// A module-level function.
+    Module,
+    /// A method: an instance is built with the class's `__init__` parameters.
+    Instance { class: String, init: Vec<Param> },
+    /// A staticmethod or classmethod, called on the class.
+    Class { class: String },
+}
+
+/// A function or method to generate tests for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub name: String,
+    pub owner: Owner,
+    pub params: Vec<Param>,
+    pub is_async: bool,
+    pub is_generator: bool,
+    /// First and last line of the definition.
+    pub lines: (u32, u32),
+    /// Literal values in the body as Python source, with their line.
+    pub literals: Vec<(u32, String)>,
+}
+
+impl Target {
+    /// `name` or `Class.name`.
+    pub fn qualname(&self) -> String {
+        match &self.owner {
+            Owner::Module => self.name.clone(),
+            Owner::Instance { class, .. } | Owner::Class { class } => {
+                format!("{class}.{}", self.name)
+            }
+        }
+    }
+}
+
+/// Why a module could not be read.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot parse the module: {0}")]
+pub struct ParseFailure(pub String);
+
+struct Lines(Vec<usize>);
+
+impl Lines {
+    fn new(source: &str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(source.match_indices('\n').map(|(i, _)| i + 1));
+        Self(starts)
+    }
+
+    fn line(&self, offset: usize) -> u32 {
+        self.0.partition_point(|&s| s <= offset) as u32
+    }
+}
+
+fn text(source: &str, range: ast::text_size::TextRange) -> String {
+    source
+        .get(usize::from(range.start())..usize::from(range.end()))
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Finds the module's public functions and methods.
+pub fn find_targets(source: &str) -> Result<Vec<Target>, ParseFailure> {
+    let suite = ast::Suite::parse(source, "<module>").map_err(|e| ParseFailure(e.to_string()))?;
+    let lines = Lines::new(source);
+    let mut out = Vec::new();
+    for stmt in &suite {
+        match stmt {
+            ast::Stmt::FunctionDef(f) => {
+                push_function(
+                    &mut out,
+                    source,
+                    &lines,
+                    &f.name,
+                    &f.args,
+                    &f.body,
+                    f.range,
+                    false,
+                    Owner::Module,
+                    &f.decorator_list,
+                );
+            }
+            ast::Stmt::AsyncFunctionDef(f) => {
+                push_function(
+                    &mut out,
+                    source,
+                    &lines,
+                    &f.name,
+                    &f.args,
+                    &f.body,
+                    f.range,
+                    true,
+                    Owner::Module,
+                    &f.decorator_list,
+                );
+            }
+            ast::Stmt::ClassDef(c) if !c.name.as_str().starts_with('_') => {
+                let init = c
+                    .body
+                    .iter()
+                    .find_map(|s| match s {
+                        ast::Stmt::FunctionDef(f) if f.name.as_str() == "__init__" => {
+                            Some(params(source, &f.args, true))
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                for s in &c.body {
+                    let (f_name, f_args, f_body, f_range, is_async, decorators) = match s {
+                        ast::Stmt::FunctionDef(f) => {
+                            (&f.name, &f.args, &f.body, f.range, false, &f.decorator_list)
+                        }
+                        ast::Stmt::AsyncFunctionDef(f) => {
+                            (&f.name, &f.args, &f.body, f.range, true, &f.decorator_list)
+                        }
+                        _ => continue,
+                    };
+                    let decorator_names: Vec<String> = decorators
+                        .iter()
+                        .map(|d| text(source, ast::Ranged::range(d)))
+                        .collect();
+                    if decorator_names
+                        .iter()
+                        .any(|d| d == "property" || d.ends_with(".setter"))
+                    {
+                        continue;
+                    }
+                    let is_static = decorator_names
+                        .iter()
+                        .any(|d| d == "staticmethod" || d == "classmethod");
+                    let owner = if is_static {
+                        Owner::Class {
+                            class: c.name.to_string(),
+                        }
+                    } else {
+                        Owner::Instance {
+                            class: c.name.to_string(),
+                            init: init.clone(),
+                        }
+                    };
+                    let skip_first = !decorator_names.iter().any(|d| d == "staticmethod");
+                    let mut target = build(
+                        source, &lines, f_name, f_args, f_body, f_range, is_async, owner,
+                        skip_first,
+                    );
+                    if let Some(t) = target.take() {
+                        out.push(t);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn push_function(
+    out: &mut Vec<Target>,
+    source: &str,
+    lines: &Lines,
+    name: &ast::Identifier,
+    args: &ast::Arguments,
+    body: &[ast::Stmt],
+    range: ast::text_size::TextRange,
+    is_async: bool,
+    owner: Owner,
+    decorators: &[ast::Expr],
+) {
+    // Decorated module functions may be wrapped into something else entirely.
+    let plain = decorators.iter().all(|d| {
+        let t = text(source, ast::Ranged::range(d));
+        t.starts_with("functools.") || t.starts_with("lru_cache") || t.starts_with("cache")
+    });
+    if plain {
+        if let Some(t) = build(
+            source, lines, name, args, body, range, is_async, owner, false,
+        ) {
+            out.push(t);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build(
+    source: &str,
+    lines: &Lines,
+    name: &ast::Identifier,
+    args: &ast::Arguments,
+    body: &[ast::Stmt],
+    range: ast::text_size::TextRange,
+    is_async: bool,
+    owner: Owner,
+    skip_first: bool,
+) -> Option<Target> {
+    if name.as_str().starts_with('_') {
+        return None;
+    }
+    // *args/**kwargs are left empty; the named parameters are what inputs are made for.
+    let mut collector = Literals {
+        source,
+        lines,
+        found: Vec::new(),
+        generator: false,
+    };
+    for stmt in body {
+        collector.visit_stmt(stmt.clone());
+    }
+    let mut found = collector.found;
+    found.dedup();
+    Some(Target {
+        name: name.to_string(),
+        owner,
+        params: params(source, args, skip_first),
+        is_async,
+        is_generator: collector.generator,
+        lines: (
+            lines.line(usize::from(range.start())),
+            lines.line(usize::from(range.end()).saturating_sub(1)),
+        ),
+        literals: found,
+    })
+}
+
+fn params(source: &str, args: &ast::Arguments, skip_first: bool) -> Vec<Param> {
+    let positional = args
+        .posonlyargs
+        .iter()
+        .chain(args.args.iter())
+        .skip(usize::from(skip_first));
+    let convert = |a: &ast::ArgWithDefault, keyword_only: bool| Param {
+        name: a.def.arg.to_string(),
+        annotation: a
+            .def
+            .annotation
+            .as_ref()
+            .map(|e| text(source, ast::Ranged::range(e.as_ref()))),
+        default: a
+            .default
+            .as_ref()
+            .map(|e| text(source, ast::Ranged::range(e.as_ref()))),
+        keyword_only,
+    };
+    positional
+        .map(|a| convert(a, false))
+        .chain(args.kwonlyargs.iter().map(|a| convert(a, true)))
+        .collect()
+}
+
+struct Literals<'a> {
+    source: &'a str,
+    lines: &'a Lines,
+    found: Vec<(u32, String)>,
+    generator: bool,
+}
+
+impl Visitor for Literals<'_> {
+    fn visit_expr_constant(&mut self, node: ast::ExprConstant) {
+        let keep = match &node.value {
+            ast::Constant::Int(_) | ast::Constant::Float(_) => true,
+            ast::Constant::Str(s) => s.len() <= 40 && !s.contains('\n'),
+            ast::Constant::Bool(_) | ast::Constant::None => false,
+            _ => false,
+        };
+        if keep {
+            let line = self.lines.line(usize::from(node.range.start()));
+            self.found.push((line, text(self.source, node.range)));
+        }
+    }
+
+    fn visit_expr_yield(&mut self, node: ast::ExprYield) {
+        self.generator = true;
+        self.generic_visit_expr_yield(node);
+    }
+
+    fn visit_expr_yield_from(&mut self, node: ast::ExprYieldFrom) {
+        self.generator = true;
+        self.generic_visit_expr_yield_from(node);
+    }
+
+    fn visit_stmt_expr(&mut self, node: ast::StmtExpr) {
+        // A docstring is not a literal the code compares against.
+        if matches!(node.value.as_ref(), ast::Expr::Constant(c) if matches!(c.value, ast::Constant::Str(_)))
+        {
+            return;
+        }
+        self.generic_visit_stmt_expr(node);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MODULE: &str = r#"
+import math
+
+def clamp(value: int, low: int = 0, high: int = 10) -> int:
+    """Docstring literal 'ignored'."""
+    if value < low:
+        return low
+    return min(value, high * 2)
+
+async def fetch(url: str, *, retries=3):
+    return url
+
+def _private(x):
+    return x
+
+def numbers(n):
+    for i in range(n):
+        yield i * 1.5
+
+class Stack:
+    def __init__(self, capacity: int = 4):
+        self.items = []
+
+    def push(self, item) -> None:
+        if len(self.items) >= 4:
+            raise OverflowError("full")
+        self.items.append(item)
+
+    @staticmethod
+    def describe(kind: str):
+        return kind
+
+    @property
+    def size(self):
+        return len(self.items)
+"#;
+
+    #[test]
+    fn finds_public_functions_methods_and_their_parameters() {
+        let targets = find_targets(MODULE).expect("parses");
+        let names: Vec<String> = targets.iter().map(Target::qualname).collect();
+        assert_eq!(
+            names,
+            vec!["clamp", "fetch", "numbers", "Stack.push", "Stack.describe"]
+        );
+        let clamp = &targets[0];
+        assert_eq!(clamp.params.len(), 3);
+        assert_eq!(clamp.params[0].annotation.as_deref(), Some("int"));
+        assert_eq!(clamp.params[1].default.as_deref(), Some("0"));
+        assert_eq!(clamp.literals, vec![(8, "2".to_string())]);
+        assert_eq!(clamp.lines, (4, 8));
+        assert!(targets[1].is_async);
+        assert!(targets[1].params[1].keyword_only);
+        assert!(targets[2].is_generator);
+        let push = &targets[3];
+        assert_eq!(push.params.len(), 1, "self is not a parameter");
+        assert!(matches!(&push.owner, Owner::Instance { init, .. } if init.len() == 1));
+        assert!(
+            push.literals.contains(&(25, "4".to_string())),
+            "{:?}",
+            push.literals
+        );
+        assert!(push.literals.contains(&(26, "\"full\"".to_string())));
+        assert!(matches!(targets[4].owner, Owner::Class { .. }));
+    }
+
+    #[test]
+    fn syntax_errors_are_reported() {
+        assert!(find_targets("def broken(:\n").is_err());
+    }
+}
