@@ -8,8 +8,9 @@ use qefleet_shared::nats::NatsArgs;
 use qefleet_shared::shutdown;
 use qefleet_worker::consolidator::RecordOnly;
 use qefleet_worker::engine::Engine;
+use qefleet_worker::engines::generator::LocalGenerator;
 use qefleet_worker::engines::DoctestEngine;
-use qefleet_worker::{PoolArg, WorkerArgs};
+use qefleet_worker::{EngineArg, PoolArg, WorkerArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct SchedulerCmd {
@@ -36,7 +37,10 @@ pub async fn scheduler(args: SchedulerCmd) -> anyhow::Result<ExitCode> {
 /// The engine a pool runs. Cloud engines arrive with the hybrid-routing issue.
 pub async fn engine_for(worker: &WorkerArgs) -> anyhow::Result<Arc<dyn Engine>> {
     match worker.pool {
-        PoolArg::Local | PoolArg::Maint => Ok(Arc::new(DoctestEngine::probe(worker.python.clone()).await)),
+        PoolArg::Local | PoolArg::Maint => Ok(match worker.engine {
+            EngineArg::Generator => Arc::new(LocalGenerator::probe(worker.python.clone()).await),
+            EngineArg::Doctest => Arc::new(DoctestEngine::probe(worker.python.clone()).await),
+        }),
         PoolArg::Cloud => anyhow::bail!(
             "no cloud engine is available in this build yet: run local or maint workers (jobs that need the cloud pool are routed local while no cloud worker is live)"
         ),

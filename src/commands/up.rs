@@ -14,7 +14,7 @@ use qefleet_shared::embedded::{EmbeddedOptions, EmbeddedServer};
 use qefleet_shared::nats::NatsArgs;
 use qefleet_shared::shutdown::{self, Shutdown};
 use qefleet_worker::consolidator::RecordOnly;
-use qefleet_worker::{PoolArg, WorkerArgs};
+use qefleet_worker::{EngineArg, PoolArg, WorkerArgs};
 use tokio::task::JoinSet;
 
 use super::result::print_result;
@@ -35,6 +35,9 @@ pub struct UpArgs {
     /// Python interpreter with pytest and coverage.
     #[arg(long, env = "QEFLEET_PYTHON")]
     pub python: Option<PathBuf>,
+    /// Engine of the local worker.
+    #[arg(long, env = "QEFLEET_ENGINE", value_enum, default_value = "generator")]
+    pub engine: EngineArg,
 }
 
 #[derive(Debug, clap::Args)]
@@ -82,6 +85,7 @@ async fn start(args: &UpArgs, shutdown: Shutdown) -> anyhow::Result<Fleet> {
     for pool in [PoolArg::Local, PoolArg::Maint] {
         let mut worker = WorkerArgs::for_pool(pool);
         worker.python = args.python.clone();
+        worker.engine = args.engine;
         worker.outbox_dir = Some(
             args.data_dir
                 .join("outbox")

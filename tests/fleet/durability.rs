@@ -34,7 +34,7 @@ fn signal(pid: u32, sig: &str) {
 async fn a_worker_killed_mid_job_has_its_job_redelivered_and_completed_exactly_once() {
     let mut fleet = Fleet::start().await;
     fleet.scheduler(SchedulerArgs::default()).await;
-    let pid = fleet.worker_process(&[]).id();
+    let pid = fleet.worker_process(&["--engine", "doctest"]).id();
     let mut spec = job(&slow_module(3.0));
     spec.module_name = "slowmod".into();
     let job_id = fleet.submit_ok(&spec).await;
@@ -69,7 +69,7 @@ async fn sigterm_drains_in_flight_jobs_before_the_worker_exits() {
     let mut fleet = Fleet::start().await;
     fleet.scheduler(SchedulerArgs::default()).await;
     let pid = fleet
-        .worker_process(&["--worker-id", "draining-worker"])
+        .worker_process(&["--worker-id", "draining-worker", "--engine", "doctest"])
         .id();
     let mut spec = job(&slow_module(2.0));
     spec.module_name = "slowmod".into();
@@ -155,9 +155,12 @@ async fn a_nats_server_restart_mid_run_loses_no_job_and_duplicates_no_result() {
 async fn a_result_computed_while_nats_is_down_is_published_later_without_rerunning_the_job() {
     let mut fleet = Fleet::start().await;
     fleet.scheduler(SchedulerArgs::default()).await;
-    fleet.worker_process(&["--worker-id", "outbox-worker"]);
+    fleet.worker_process(&["--worker-id", "outbox-worker", "--engine", "doctest"]);
     let mut spec = job(&slow_module(2.0));
     spec.module_name = "slowmod".into();
+    // Too little budget left after the suite for mutation testing: the engine ends soon
+    // after the 2 s example, while the server is still down.
+    spec.budget.max_seconds = Some(5);
     let job_id = fleet.submit_ok(&spec).await;
     eventually(
         Duration::from_secs(30),

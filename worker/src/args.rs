@@ -24,11 +24,23 @@ impl From<PoolArg> for qefleet_schemas::Pool {
     }
 }
 
+/// Engines a local worker can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineArg {
+    /// Tests synthesised from the module, measured and refined (no LLM).
+    Generator,
+    /// Only the module's doctest examples, as pytest tests: the floor.
+    Doctest,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerArgs {
     /// Pool this worker serves.
     #[arg(long, env = "QEFLEET_POOL", value_enum, default_value = "local")]
     pub pool: PoolArg,
+    /// Engine of a local worker.
+    #[arg(long, env = "QEFLEET_ENGINE", value_enum, default_value = "generator")]
+    pub engine: EngineArg,
     /// Jobs run at once by this worker.
     #[arg(long, env = "QEFLEET_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub concurrency: u32,
@@ -69,6 +81,7 @@ impl WorkerArgs {
     pub fn for_pool(pool: PoolArg) -> Self {
         Self {
             pool,
+            engine: EngineArg::Generator,
             concurrency: 2,
             ack_wait: Duration::from_secs(30),
             max_deliver: 5,

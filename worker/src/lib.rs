@@ -12,5 +12,5 @@ mod results;
 pub mod runtime;
 pub mod sandbox;
 
-pub use args::{PoolArg, WorkerArgs};
+pub use args::{EngineArg, PoolArg, WorkerArgs};
 pub use runtime::{run, WorkerError};

@@ -110,6 +110,10 @@ pub struct SuiteRun {
     pub failed: u32,
     pub line_coverage: Option<f64>,
     pub branch_coverage: Option<f64>,
+    /// Lines of the module no test executed.
+    pub missing_lines: Vec<u32>,
+    /// Names of failing test functions (parametrize ids stripped).
+    pub failed_tests: Vec<String>,
 }
 
 /// Runs a pytest file under coverage.py (branch mode) restricted to the module file.
@@ -166,20 +170,39 @@ pub async fn run_suite(
         remaining(),
     )
     .await?;
-    let (line_coverage, branch_coverage) = if coverage.success() {
+    let json = if coverage.success() {
         std::fs::read_to_string(workspace.path().join("coverage.json"))
             .ok()
             .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-            .map(|json| coverage_fractions(&json))
-            .unwrap_or((None, None))
     } else {
-        (None, None)
+        None
     };
+    let (line_coverage, branch_coverage) = json
+        .as_ref()
+        .map(coverage_fractions)
+        .unwrap_or((None, None));
+    let missing_lines = json
+        .as_ref()
+        .and_then(|j| {
+            j["files"]
+                .as_object()
+                .and_then(|files| files.values().next().cloned())
+        })
+        .and_then(|file| file["missing_lines"].as_array().cloned())
+        .map(|lines| {
+            lines
+                .iter()
+                .filter_map(|l| l.as_u64().map(|l| l as u32))
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(SuiteRun {
         total,
         failed,
         line_coverage,
         branch_coverage,
+        missing_lines,
+        failed_tests: junit_failed_tests(&report),
     })
 }
 
@@ -200,6 +223,28 @@ pub fn junit_counts(xml: &str) -> (u32, u32) {
     };
     let total = attr("tests").saturating_sub(attr("skipped"));
     (total, attr("failures") + attr("errors"))
+}
+
+/// Failing test functions in a JUnit XML report (`test_f[case]` reported as `test_f`).
+pub fn junit_failed_tests(xml: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for case in xml.split("<testcase ").skip(1) {
+        let body = case.split("</testcase>").next().unwrap_or("");
+        if !(body.contains("<failure") || body.contains("<error")) {
+            continue;
+        }
+        let Some(at) = case.find(" name=\"").or_else(|| case.find("name=\"")) else {
+            continue;
+        };
+        let rest = &case[at..];
+        let rest = &rest[rest.find('"').map_or(0, |q| q + 1)..];
+        let name = rest.split('"').next().unwrap_or("");
+        let name = name.split('[').next().unwrap_or(name).to_string();
+        if !name.is_empty() && !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
 }
 
 /// Line and branch coverage fractions from `coverage json` totals.
@@ -225,6 +270,12 @@ mod tests {
         let xml = r#"<?xml version="1.0"?><testsuites><testsuite name="pytest" errors="1" failures="2" skipped="1" tests="7" time="0.1"></testsuite></testsuites>"#;
         assert_eq!(junit_counts(xml), (6, 3));
         assert_eq!(junit_counts("garbage"), (0, 0));
+    }
+
+    #[test]
+    fn failing_tests_are_named_once() {
+        let xml = r#"<testsuite tests="3"><testcase classname="t" name="test_a[args0-1]" time="0"><failure message="x"/></testcase><testcase classname="t" name="test_a[args1-2]" time="0"><failure/></testcase><testcase classname="t" name="test_b" time="0"></testcase><testcase classname="t" name="test_c" time="0"><error/></testcase></testsuite>"#;
+        assert_eq!(junit_failed_tests(xml), vec!["test_a", "test_c"]);
     }
 
     #[test]
