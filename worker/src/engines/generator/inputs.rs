@@ -67,6 +67,20 @@ fn typed_pool(annotation: &str) -> Option<Vec<&'static str>> {
 
 /// Candidate values for a parameter, most typical first, at most `cap`.
 pub fn pool(param: &Param, literals: &[String], cap: usize) -> Vec<String> {
+    if param.name.starts_with("**") {
+        return vec![String::new(), "key=1".into(), "a=\"x\", b=2".into()];
+    }
+    if param.name.starts_with('*') {
+        let mut out = vec![
+            "1".to_string(),
+            String::new(),
+            "1, 2".into(),
+            "\"a\", 3".into(),
+        ];
+        out.extend(literals.iter().take(4).cloned());
+        out.truncate(cap.max(4));
+        return out;
+    }
     let annotation = param.annotation.as_deref().unwrap_or("");
     let optional = annotation.contains("Optional") || annotation.contains("None");
     let inner = match annotation
@@ -135,7 +149,15 @@ fn arg_list(params: &[Param], values: &[String]) -> (Vec<String>, Vec<(String, S
     let mut args = Vec::new();
     let mut kwargs = Vec::new();
     for (p, v) in params.iter().zip(values) {
-        if p.keyword_only {
+        if p.name.starts_with("**") {
+            if !v.is_empty() {
+                kwargs.push((String::new(), v.clone()));
+            }
+        } else if p.name.starts_with('*') {
+            if !v.is_empty() {
+                args.push(v.clone());
+            }
+        } else if p.keyword_only {
             kwargs.push((p.name.clone(), v.clone()));
         } else {
             args.push(v.clone());
@@ -147,7 +169,13 @@ fn arg_list(params: &[Param], values: &[String]) -> (Vec<String>, Vec<(String, S
 fn render_args(args: &[String], kwargs: &[(String, String)]) -> String {
     args.iter()
         .cloned()
-        .chain(kwargs.iter().map(|(k, v)| format!("{k}={v}")))
+        .chain(kwargs.iter().map(|(k, v)| {
+            if k.is_empty() {
+                v.clone()
+            } else {
+                format!("{k}={v}")
+            }
+        }))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -277,6 +305,19 @@ mod tests {
         let opt_pool = super::pool(&opt, &[], 20);
         assert_eq!(opt_pool[0], "\"a\"");
         assert!(opt_pool.contains(&"None".into()));
+    }
+
+    #[test]
+    fn star_args_and_kwargs_get_raw_argument_text() {
+        let targets = find_targets("def key(*args, **kwargs):\n    return args\n").expect("parses");
+        let calls = synthesize("m", &targets, 20, 1, &[]);
+        let exprs: Vec<&str> = calls.iter().map(|c| c.expr.as_str()).collect();
+        assert!(exprs.contains(&"m.key(1)"), "{exprs:?}");
+        assert!(exprs.contains(&"m.key()"), "{exprs:?}");
+        assert!(
+            exprs.contains(&"m.key(1, 2, key=1)") || exprs.iter().any(|e| e.contains("key=1")),
+            "{exprs:?}"
+        );
     }
 
     #[test]

@@ -164,6 +164,7 @@ impl Engine for LocalGenerator {
                 let outcomes = self
                     .probe_calls(&workspace, &job.module_name, &alias, &calls, deadline)
                     .await?;
+                let observed = harvest(&outcomes);
                 keep_new_cases(&mut cases, &calls, outcomes, self.settings.cases_per_target);
                 let measured = self
                     .measure(
@@ -184,6 +185,13 @@ impl Engine for LocalGenerator {
                 let gain = measured.quality - previous;
                 previous = previous.max(measured.quality);
                 focus = focus_literals(&targets, &measured.missing, &measured.survivor_lines);
+                // Values the module itself produced are inputs it understands (a number
+                // formatted by one function is what its parser accepts).
+                for value in observed {
+                    if !focus.contains(&value) {
+                        focus.push(value);
+                    }
+                }
                 if best.as_ref().is_none_or(|b| measured.quality > b.quality) {
                     best = Some(measured);
                 }
@@ -367,6 +375,24 @@ fn keep_new_cases(cases: &mut Vec<Case>, calls: &[Call], probed: Vec<Probed>, pe
             });
         }
     }
+}
+
+/// Small literal values returned by probed calls, as Python source, at most 24.
+fn harvest(probed: &[Probed]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for p in probed {
+        let (Some(repr), true) = (&p.repr, p.literal) else {
+            continue;
+        };
+        let scalar = repr.parse::<f64>().is_ok() || repr.starts_with(['\'', '"']);
+        if scalar && repr.len() <= 40 && !out.contains(repr) {
+            out.push(repr.clone());
+        }
+        if out.len() >= 24 {
+            break;
+        }
+    }
+    out
 }
 
 /// Literals on lines still uncovered or where mutants survived: what the next round

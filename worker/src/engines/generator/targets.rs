@@ -261,10 +261,26 @@ fn params(source: &str, args: &ast::Arguments, skip_first: bool) -> Vec<Param> {
             .map(|e| text(source, ast::Ranged::range(e.as_ref()))),
         keyword_only,
     };
-    positional
-        .map(|a| convert(a, false))
-        .chain(args.kwonlyargs.iter().map(|a| convert(a, true)))
-        .collect()
+    let mut out: Vec<Param> = positional.map(|a| convert(a, false)).collect();
+    // `*args` and `**kwargs` become one parameter each whose values are raw argument text.
+    if let Some(v) = &args.vararg {
+        out.push(Param {
+            name: format!("*{}", v.arg),
+            annotation: None,
+            default: None,
+            keyword_only: false,
+        });
+    }
+    out.extend(args.kwonlyargs.iter().map(|a| convert(a, true)));
+    if let Some(k) = &args.kwarg {
+        out.push(Param {
+            name: format!("**{}", k.arg),
+            annotation: None,
+            default: None,
+            keyword_only: true,
+        });
+    }
+    out
 }
 
 struct Literals<'a> {
