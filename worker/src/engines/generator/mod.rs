@@ -48,6 +48,9 @@ pub struct GeneratorSettings {
     /// Mutation testing per round.
     pub mutation_budget: Duration,
     pub max_mutants: u32,
+    /// Extra runs of a passing suite, each with another hash seed; a test failing in any
+    /// of them is dropped as flaky.
+    pub reruns: u32,
 }
 
 impl Default for GeneratorSettings {
@@ -62,6 +65,7 @@ impl Default for GeneratorSettings {
             refine_budget: Duration::from_secs(60),
             mutation_budget: Duration::from_secs(15),
             max_mutants: 40,
+            reruns: 2,
         }
     }
 }
@@ -288,6 +292,22 @@ impl LocalGenerator {
             workspace.write(TEST_FILE, &rendered.text)?;
             run = run_suite(&self.sandbox, workspace, TEST_FILE, suite_deadline).await?;
         }
+        if run.failed == 0 && run.total > 0 {
+            let flaky = self
+                .flaky_tests(workspace, TEST_FILE, suite_deadline)
+                .await?;
+            if !flaky.is_empty() {
+                let drop: HashSet<usize> = flaky
+                    .iter()
+                    .filter_map(|t| rendered.tests.get(t).copied())
+                    .collect();
+                tracing::debug!(?flaky, "dropping flaky tests");
+                cases.retain(|c| !drop.contains(&c.call.target));
+                rendered = render(module_name, alias, targets, cases);
+                workspace.write(TEST_FILE, &rendered.text)?;
+                run = run_suite(&self.sandbox, workspace, TEST_FILE, suite_deadline).await?;
+            }
+        }
         let passed = run.total.saturating_sub(run.failed);
         let left = deadline.saturating_duration_since(Instant::now());
         let (mutation_score, survivor_lines) =
@@ -330,6 +350,54 @@ impl LocalGenerator {
             missing: run.missing_lines,
             survivor_lines,
         })
+    }
+}
+
+impl LocalGenerator {
+    /// Test functions that fail in any of the reruns (each with its own hash seed).
+    async fn flaky_tests(
+        &self,
+        workspace: &Workspace,
+        test_file: &str,
+        deadline: Instant,
+    ) -> Result<Vec<String>, EngineError> {
+        let mut flaky: Vec<String> = Vec::new();
+        for rerun in 1..=self.settings.reruns {
+            let seed = rerun.to_string();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left < Duration::from_secs(1) {
+                break;
+            }
+            let finished = self
+                .sandbox
+                .run_python(
+                    workspace.path(),
+                    &[
+                        "-m",
+                        "pytest",
+                        "-q",
+                        "-p",
+                        "no:cacheprovider",
+                        "--junitxml=rerun.xml",
+                        test_file,
+                    ],
+                    &[("PYTHONHASHSEED", &seed)],
+                    left,
+                )
+                .await
+                .map_err(|e| EngineError::Transient(e.to_string()))?;
+            if finished.success() {
+                continue;
+            }
+            let report =
+                std::fs::read_to_string(workspace.path().join("rerun.xml")).unwrap_or_default();
+            for name in super::python::junit_failed_tests(&report) {
+                if !flaky.contains(&name) {
+                    flaky.push(name);
+                }
+            }
+        }
+        Ok(flaky)
     }
 }
 
@@ -511,6 +579,33 @@ class Counter:
             "stops on a plateau only after a second round"
         );
         assert!(out.quality_score.expect("quality") > 0.7);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tests_that_fail_under_another_hash_seed_are_dropped() {
+        // Eight distinct strings: their set order differs between hash seeds.
+        let source = "def order(words: list[str]) -> str:\n    return ','.join(set(words + list('stuvwxyz')))\n\n\ndef total(xs: list) -> int:\n    return len(xs)\n";
+        let generator = LocalGenerator::probe(None).await;
+        let job = queued(source);
+        let out = generator
+            .generate(EngineRequest {
+                job: &job,
+                attempt: 1,
+                time_budget: Duration::from_secs(60),
+            })
+            .await
+            .expect("generates");
+        assert!(
+            out.test_file.contains("def test_total"),
+            "{}",
+            out.test_file
+        );
+        assert!(
+            !out.test_file.contains("def test_order"),
+            "set order depends on the hash seed:\n{}",
+            out.test_file
+        );
+        assert_eq!(out.tests_failed, 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
