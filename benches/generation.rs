@@ -77,23 +77,77 @@ async fn ours(sandbox: &Sandbox, module: &str, source: &str, budget: Duration) -
         .await;
     let seconds = start.elapsed().as_secs_f64();
     match out {
-        Ok(o) => Row {
-            ok: true,
-            note: String::new(),
-            passed: o.tests_passed,
-            total: o.tests_total,
-            line: o.line_coverage,
-            branch: o.branch_coverage,
-            mutation: o.mutation_score,
-            quality: o.quality_score.unwrap_or(0.0),
-            rounds: o.refinement_rounds,
-            seconds,
-        },
+        Ok(o) => {
+            let mut row =
+                measured(sandbox, module, source, "test_generated.py", &o.test_file).await;
+            row.rounds = o.refinement_rounds;
+            row.seconds = seconds;
+            row
+        }
         Err(e) => Row {
             note: e.to_string(),
             seconds,
             ..Row::default()
         },
+    }
+}
+
+/// Both tools' suites are measured here, the same way: a fresh work dir, pytest under
+/// coverage, then mutation testing with the same budget, cap and seed.
+async fn measured(
+    sandbox: &Sandbox,
+    module: &str,
+    source: &str,
+    test_name: &str,
+    tests: &str,
+) -> Row {
+    let failed = |note: String| Row {
+        note,
+        ..Row::default()
+    };
+    let workspace = match Workspace::new(module, source) {
+        Ok(w) => w,
+        Err(e) => return failed(e.to_string()),
+    };
+    if let Err(e) = workspace.write(test_name, tests) {
+        return failed(e.to_string());
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let suite = match run_suite(sandbox, &workspace, test_name, deadline).await {
+        Ok(s) => s,
+        Err(e) => return failed(e.to_string()),
+    };
+    let passed = suite.total.saturating_sub(suite.failed);
+    let mutation_score = if suite.failed == 0 && suite.total > 0 {
+        let settings = MutationSettings {
+            budget: Duration::from_secs(20),
+            max_mutants: 40,
+            seed: 1,
+        };
+        mutation(sandbox, &workspace, module, test_name, settings)
+            .await
+            .ok()
+            .and_then(|m| m.score())
+    } else {
+        None
+    };
+    Row {
+        ok: true,
+        note: String::new(),
+        passed,
+        total: suite.total,
+        line: suite.line_coverage,
+        branch: suite.branch_coverage,
+        mutation: mutation_score,
+        quality: quality_score(
+            passed,
+            suite.total,
+            suite.line_coverage,
+            suite.branch_coverage,
+            mutation_score,
+        ),
+        rounds: 1,
+        seconds: 0.0,
     }
 }
 
@@ -154,52 +208,9 @@ async fn pynguin(sandbox: &Sandbox, module: &str, source: &str, budget: Duration
         };
     };
     let generation_seconds = start.elapsed().as_secs_f64();
-    if workspace.write(&test_name, &tests).is_err() {
-        return Row::default();
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let suite = match run_suite(sandbox, &workspace, &test_name, deadline).await {
-        Ok(s) => s,
-        Err(e) => {
-            return Row {
-                note: e.to_string(),
-                seconds: generation_seconds,
-                ..Row::default()
-            }
-        }
-    };
-    let passed = suite.total.saturating_sub(suite.failed);
-    let mutation_score = if suite.failed == 0 && suite.total > 0 {
-        let settings = MutationSettings {
-            budget: Duration::from_secs(15),
-            max_mutants: 40,
-            seed: 1,
-        };
-        mutation(sandbox, &workspace, module, &test_name, settings)
-            .await
-            .ok()
-            .and_then(|m| m.score())
-    } else {
-        None
-    };
-    Row {
-        ok: true,
-        note: String::new(),
-        passed,
-        total: suite.total,
-        line: suite.line_coverage,
-        branch: suite.branch_coverage,
-        mutation: mutation_score,
-        quality: quality_score(
-            passed,
-            suite.total,
-            suite.line_coverage,
-            suite.branch_coverage,
-            mutation_score,
-        ),
-        rounds: 1,
-        seconds: generation_seconds,
-    }
+    let mut row = measured(sandbox, module, source, &test_name, &tests).await;
+    row.seconds = generation_seconds;
+    row
 }
 
 fn main() {

@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, kv, AckKind};
-use futures_util::StreamExt;
 use qefleet_schemas::{codec, now_unix_ms, ConsolidationJob, ContentType, SCHEMA_VERSION};
+use qefleet_shared::consume::for_each_message;
 use qefleet_shared::messages::headers_for;
 use qefleet_shared::metrics::Metrics;
 use qefleet_shared::provision::ensure_consumer;
@@ -27,7 +27,7 @@ pub async fn run_counter(
     markers: kv::Store,
     every: u64,
     metrics: Metrics,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) -> Result<(), String> {
     let consumer = ensure_consumer(
         &js,
@@ -42,27 +42,11 @@ pub async fn run_counter(
     )
     .await
     .map_err(|e| e.to_string())?;
-    while !shutdown.is_triggered() {
-        let batch = consumer
-            .fetch()
-            .max_messages(256)
-            .expires(Duration::from_secs(1))
-            .messages()
-            .await;
-        let mut batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::debug!(error = %e, "completion counter fetch failed; retrying");
-                tokio::select! {
-                    _ = shutdown.wait() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                }
-            }
-        };
-        while let Some(message) = batch.next().await {
-            let Ok(message) = message else { break };
+    for_each_message(&consumer, 256, shutdown, |message| {
+        let (js, markers, metrics) = (js.clone(), markers.clone(), metrics.clone());
+        async move {
             let Ok(seq) = message.info().map(|i| i.stream_sequence) else {
-                continue;
+                return;
             };
             if seq % every == 0 {
                 if let Err(e) = trigger(&js, &markers, seq / every, seq).await {
@@ -70,13 +54,14 @@ pub async fn run_counter(
                     let _ = message
                         .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
                         .await;
-                    continue;
+                    return;
                 }
                 metrics.consolidations_triggered.inc();
             }
             let _ = message.ack().await;
         }
-    }
+    })
+    .await;
     Ok(())
 }
 

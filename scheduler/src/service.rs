@@ -9,6 +9,7 @@ use async_nats::jetstream::{self, consumer::pull, AckKind};
 use async_nats::{Client, HeaderMap};
 use futures_util::StreamExt;
 use qefleet_schemas::{codec, Strategy, SubmitReply};
+use qefleet_shared::consume::for_each_message;
 use qefleet_shared::messages::headers_for;
 use qefleet_shared::metrics::{self, Metrics};
 use qefleet_shared::provision::{self, bucket, ensure_consumer};
@@ -181,11 +182,7 @@ async fn serve_requests(
 
 /// Fire-and-forget submissions: accepted ones are queued, rejected ones dead-lettered with
 /// the reason (nothing is dropped), and an unavailable JetStream means retry later.
-async fn drain_submission_stream(
-    js: jetstream::Context,
-    submitter: Submitter,
-    mut shutdown: Shutdown,
-) {
+async fn drain_submission_stream(js: jetstream::Context, submitter: Submitter, shutdown: Shutdown) {
     let consumer = match ensure_consumer(
         &js,
         SUBMISSIONS_STREAM,
@@ -205,23 +202,10 @@ async fn drain_submission_stream(
             return;
         }
     };
-    while !shutdown.is_triggered() {
-        let mut batch = match consumer
-            .fetch()
-            .max_messages(64)
-            .expires(Duration::from_secs(1))
-            .messages()
-            .await
-        {
-            Ok(b) => b,
-            Err(_) => {
-                tokio::select! {
-                    _ = shutdown.wait() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                }
-            }
-        };
-        while let Some(Ok(message)) = batch.next().await {
+    for_each_message(&consumer, 64, shutdown, |message| {
+        let js = js.clone();
+        let submitter = submitter.clone();
+        async move {
             let (reply, _) = submitter
                 .submit_raw(message.headers.as_ref(), &message.payload)
                 .await;
@@ -261,5 +245,6 @@ async fn drain_submission_stream(
                 }
             }
         }
-    }
+    })
+    .await;
 }

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod config;
+pub mod consume;
 pub mod embedded;
 pub mod logging;
 pub mod messages;

@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use qefleet_schemas::now_unix_ms;
+use qefleet_shared::consume::for_each_message;
 use qefleet_shared::provision::ensure_consumer;
 use qefleet_shared::shutdown::Shutdown;
 use qefleet_shared::subjects::*;
@@ -76,7 +76,7 @@ struct MaxDeliveriesAdvisory {
 
 /// Moves jobs that exhausted `max_deliver` to the dead-letter stream, until shutdown.
 /// Workers of every pool share its durable consumer, so each advisory is handled once.
-pub async fn sweep_advisories(js: jetstream::Context, mut shutdown: Shutdown) {
+pub async fn sweep_advisories(js: jetstream::Context, shutdown: Shutdown) {
     let consumer = match ensure_consumer(
         &js,
         ADVISORIES_STREAM,
@@ -95,23 +95,9 @@ pub async fn sweep_advisories(js: jetstream::Context, mut shutdown: Shutdown) {
             return;
         }
     };
-    while !shutdown.is_triggered() {
-        let mut batch = match consumer
-            .fetch()
-            .max_messages(32)
-            .expires(Duration::from_secs(1))
-            .messages()
-            .await
-        {
-            Ok(b) => b,
-            Err(_) => {
-                tokio::select! {
-                    _ = shutdown.wait() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                }
-            }
-        };
-        while let Some(Ok(message)) = batch.next().await {
+    for_each_message(&consumer, 32, shutdown, |message| {
+        let js = js.clone();
+        async move {
             let outcome = match serde_json::from_slice::<MaxDeliveriesAdvisory>(&message.payload) {
                 Ok(advisory) => sweep_one(&js, &advisory).await,
                 Err(e) => {
@@ -128,7 +114,8 @@ pub async fn sweep_advisories(js: jetstream::Context, mut shutdown: Shutdown) {
             };
             let _ = message.ack_with(ack).await;
         }
-    }
+    })
+    .await;
 }
 
 async fn sweep_one(

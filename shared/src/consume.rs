@@ -1,0 +1,44 @@
+//! The loop every background consumer shares: fetch a batch from a durable pull consumer
+//! (waiting at most a second, so shutdown is noticed), hand each message to a handler,
+//! and ride out NATS outages by retrying.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::jetstream::{consumer::PullConsumer, Message};
+use futures_util::StreamExt;
+
+use crate::shutdown::Shutdown;
+
+/// Calls `handle` for each message until shutdown. The handler acknowledges.
+pub async fn for_each_message<F, Fut>(
+    consumer: &PullConsumer,
+    batch: usize,
+    mut shutdown: Shutdown,
+    mut handle: F,
+) where
+    F: FnMut(Message) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    while !shutdown.is_triggered() {
+        let fetched = consumer
+            .fetch()
+            .max_messages(batch)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await;
+        let mut messages = match fetched {
+            Ok(messages) => messages,
+            Err(e) => {
+                tracing::debug!(error = %e, "fetch failed; NATS unavailable?");
+                tokio::select! {
+                    _ = shutdown.wait() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        };
+        while let Some(Ok(message)) = messages.next().await {
+            handle(message).await;
+        }
+    }
+}
