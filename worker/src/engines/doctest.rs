@@ -7,9 +7,9 @@ use std::time::Instant;
 use serde::Deserialize;
 
 use super::measure::{mutation, quality_score, MutationSettings};
-use super::python::{find_python, run_python, run_suite, Workspace};
+use super::python::{find_python, helper_outcome, run_python, run_suite, Workspace};
 use crate::engine::{Engine, EngineError, EngineFuture, EngineOutput, EngineRequest};
-use crate::sandbox::{Ending, Limits, Sandbox};
+use crate::sandbox::{Limits, Sandbox};
 
 const EXTRACT_SCRIPT: &str = include_str!("extract_doctests.py");
 const TEST_FILE: &str = "test_generated_doctests.py";
@@ -70,18 +70,7 @@ impl Engine for DoctestEngine {
                 deadline.saturating_duration_since(Instant::now()),
             )
             .await?;
-            match extracted.ending {
-                Ending::Exited(Some(0)) => {}
-                Ending::Exited(Some(3)) => {
-                    return Err(EngineError::JobFailed(extracted.stderr.trim().to_string()))
-                }
-                _ => {
-                    return Err(EngineError::Transient(format!(
-                        "doctest extraction failed: {}",
-                        extracted.stderr.trim()
-                    )))
-                }
-            }
+            helper_outcome(&extracted, "doctest extraction")?;
             let mut tests: Vec<DocTest> = serde_json::from_str(&extracted.stdout).map_err(|e| {
                 EngineError::Transient(format!("unreadable extraction output: {e}"))
             })?;

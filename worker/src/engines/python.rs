@@ -103,6 +103,26 @@ pub async fn run_python(
     }
 }
 
+/// How a helper script that imports the module ended: exit 0 is success; exit 3 means the
+/// module does not import; any other ending is the module crashing the interpreter. The
+/// last two are the job's failure, with the end of stderr as the reason.
+pub fn helper_outcome(finished: &Finished, what: &str) -> Result<(), EngineError> {
+    let tail = |text: &str| {
+        let chars: Vec<char> = text.trim().chars().collect();
+        chars[chars.len().saturating_sub(1500)..]
+            .iter()
+            .collect::<String>()
+    };
+    match finished.ending {
+        Ending::Exited(Some(0)) => Ok(()),
+        Ending::Exited(Some(3)) => Err(EngineError::JobFailed(tail(&finished.stderr))),
+        _ => Err(EngineError::JobFailed(format!(
+            "{what} failed: {}",
+            tail(&finished.stderr)
+        ))),
+    }
+}
+
 /// Figures from one pytest run under coverage.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SuiteRun {

@@ -19,9 +19,9 @@ use qefleet_schemas::Complexity;
 use serde::Deserialize;
 
 use super::measure::{mutation, quality_score, MutationSettings};
-use super::python::{find_python, run_python, run_suite, Workspace};
+use super::python::{find_python, helper_outcome, run_python, run_suite, Workspace};
 use crate::engine::{Engine, EngineError, EngineFuture, EngineOutput, EngineRequest};
-use crate::sandbox::{Ending, Limits, Sandbox};
+use crate::sandbox::{Limits, Sandbox};
 use inputs::{synthesize, Call};
 use render::{render, Case, Outcome};
 use targets::{find_targets, Target};
@@ -242,26 +242,7 @@ impl LocalGenerator {
             .max(Duration::from_secs(5));
         let finished =
             run_python(&self.sandbox, workspace, &[PROBE_FILE, REQUEST_FILE], left).await?;
-        match finished.ending {
-            Ending::Exited(Some(0)) => {}
-            Ending::Exited(Some(3)) => {
-                return Err(EngineError::JobFailed(finished.stderr.trim().to_string()))
-            }
-            _ => {
-                return Err(EngineError::JobFailed(format!(
-                    "probing the module failed: {}",
-                    finished
-                        .stderr
-                        .chars()
-                        .rev()
-                        .take(1500)
-                        .collect::<String>()
-                        .chars()
-                        .rev()
-                        .collect::<String>()
-                )))
-            }
-        }
+        helper_outcome(&finished, "probing the module")?;
         serde_json::from_str(finished.stdout.trim())
             .map_err(|e| EngineError::Transient(format!("unreadable probe output: {e}")))
     }
