@@ -3,6 +3,7 @@
 pub mod doctest;
 pub mod generator;
 pub mod measure;
+pub mod prompt;
 pub mod python;
 
 pub use doctest::DoctestEngine;
