@@ -225,8 +225,15 @@ impl Sandbox {
         };
         kill_session(pid).await;
         let _ = child.kill().await;
-        let out = stdout.await.unwrap_or_default();
-        let err = stderr.await.unwrap_or_default();
+        let (out, out_capped) = stdout.await.unwrap_or_default();
+        let (err, err_capped) = stderr.await.unwrap_or_default();
+        // A flooding child often dies of the closed pipe at the moment the cap is hit, so
+        // its exit can win the race above: the cap decides.
+        let ending = if out_capped || err_capped {
+            Ending::OutputCapped
+        } else {
+            ending
+        };
         Ok(Finished {
             ending,
             stdout: String::from_utf8_lossy(&out).into_owned(),
@@ -236,20 +243,21 @@ impl Sandbox {
 }
 
 /// Reads a pipe until EOF, or until `cap` bytes, when it tells `overflow` and stops.
+/// Returns what was read and whether the cap was hit.
 async fn read_capped<R: AsyncRead + Unpin>(
     mut pipe: R,
     cap: usize,
     overflow: Arc<Notify>,
-) -> Vec<u8> {
+) -> (Vec<u8>, bool) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
         match pipe.read(&mut chunk).await {
-            Ok(0) | Err(_) => return buf,
+            Ok(0) | Err(_) => return (buf, false),
             Ok(n) if buf.len() + n > cap => {
                 buf.extend_from_slice(&chunk[..cap - buf.len()]);
                 overflow.notify_one();
-                return buf;
+                return (buf, true);
             }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
