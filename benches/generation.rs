@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use qefleet_schemas::{JobSpec, Pool, QueuedJob, RouteDecision, Strategy, SCHEMA_VERSION};
 use qefleet_worker::engine::{Engine, EngineRequest};
 use qefleet_worker::engines::generator::{GeneratorSettings, LocalGenerator};
-use qefleet_worker::engines::measure::{mutation, quality_score, MutationSettings};
+use qefleet_worker::engines::measure::{measured_output, mutation_in_time_left, MutationSettings};
 use qefleet_worker::engines::python::{run_suite, Workspace};
 use qefleet_worker::sandbox::{Limits, Sandbox};
 
@@ -117,35 +117,30 @@ async fn measured(
         Ok(s) => s,
         Err(e) => return failed(e.to_string()),
     };
-    let passed = suite.total.saturating_sub(suite.failed);
-    let mutation_score = if suite.failed == 0 && suite.total > 0 {
-        let settings = MutationSettings {
-            budget: Duration::from_secs(20),
-            max_mutants: 40,
-            seed: 1,
-        };
-        mutation(sandbox, &workspace, module, test_name, settings)
-            .await
-            .ok()
-            .and_then(|m| m.score())
-    } else {
-        None
+    let settings = MutationSettings {
+        budget: Duration::from_secs(20),
+        max_mutants: 40,
+        seed: 1,
+        min_time_left: Duration::ZERO,
     };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mutation_score = mutation_in_time_left(
+        sandbox, &workspace, module, test_name, &suite, deadline, settings,
+    )
+    .await
+    .ok()
+    .flatten()
+    .and_then(|m| m.score());
+    let out = measured_output(String::new(), &suite, mutation_score);
     Row {
         ok: true,
         note: String::new(),
-        passed,
-        total: suite.total,
-        line: suite.line_coverage,
-        branch: suite.branch_coverage,
-        mutation: mutation_score,
-        quality: quality_score(
-            passed,
-            suite.total,
-            suite.line_coverage,
-            suite.branch_coverage,
-            mutation_score,
-        ),
+        passed: out.tests_passed,
+        total: out.tests_total,
+        line: out.line_coverage,
+        branch: out.branch_coverage,
+        mutation: out.mutation_score,
+        quality: out.quality_score.unwrap_or(0.0),
         rounds: 1,
         seconds: 0.0,
     }

@@ -22,6 +22,21 @@ async fn started(fleet: &Fleet, job_id: &str) -> bool {
         .is_ok()
 }
 
+/// Submits a job whose doctest example sleeps `seconds` and waits until a worker runs it.
+async fn submit_slow_job(fleet: &Fleet, seconds: f64, max_seconds: Option<u32>) -> String {
+    let mut spec = job(&slow_module(seconds));
+    spec.module_name = "slowmod".into();
+    spec.budget.max_seconds = max_seconds;
+    let job_id = fleet.submit_ok(&spec).await;
+    eventually(
+        Duration::from_secs(30),
+        "a worker running the job",
+        || async { started(fleet, &job_id).await },
+    )
+    .await;
+    job_id
+}
+
 fn signal(pid: u32, sig: &str) {
     let status = std::process::Command::new("kill")
         .args([sig, &pid.to_string()])
@@ -35,15 +50,7 @@ async fn a_worker_killed_mid_job_has_its_job_redelivered_and_completed_exactly_o
     let mut fleet = Fleet::start().await;
     fleet.scheduler(SchedulerArgs::default()).await;
     let pid = fleet.worker_process(&["--engine", "doctest"]).id();
-    let mut spec = job(&slow_module(3.0));
-    spec.module_name = "slowmod".into();
-    let job_id = fleet.submit_ok(&spec).await;
-    eventually(
-        Duration::from_secs(30),
-        "child worker running the job",
-        || async { started(&fleet, &job_id).await },
-    )
-    .await;
+    let job_id = submit_slow_job(&fleet, 3.0, None).await;
     signal(pid, "-KILL");
     let mut args = fleet.worker_args(PoolArg::Local);
     args.ack_wait = Duration::from_secs(2);
@@ -71,15 +78,7 @@ async fn sigterm_drains_in_flight_jobs_before_the_worker_exits() {
     let pid = fleet
         .worker_process(&["--worker-id", "draining-worker", "--engine", "doctest"])
         .id();
-    let mut spec = job(&slow_module(2.0));
-    spec.module_name = "slowmod".into();
-    let job_id = fleet.submit_ok(&spec).await;
-    eventually(
-        Duration::from_secs(30),
-        "child worker running the job",
-        || async { started(&fleet, &job_id).await },
-    )
-    .await;
+    let job_id = submit_slow_job(&fleet, 2.0, None).await;
     signal(pid, "-TERM");
     let (result, _) = fleet.result(&job_id, Duration::from_secs(30)).await;
     assert_eq!(result.status, JobStatus::Succeeded, "{:?}", result.error);
@@ -156,18 +155,9 @@ async fn a_result_computed_while_nats_is_down_is_published_later_without_rerunni
     let mut fleet = Fleet::start().await;
     fleet.scheduler(SchedulerArgs::default()).await;
     fleet.worker_process(&["--worker-id", "outbox-worker", "--engine", "doctest"]);
-    let mut spec = job(&slow_module(2.0));
-    spec.module_name = "slowmod".into();
     // Too little budget left after the suite for mutation testing: the engine ends soon
     // after the 2 s example, while the server is still down.
-    spec.budget.max_seconds = Some(5);
-    let job_id = fleet.submit_ok(&spec).await;
-    eventually(
-        Duration::from_secs(30),
-        "worker running the job",
-        || async { started(&fleet, &job_id).await },
-    )
-    .await;
+    let job_id = submit_slow_job(&fleet, 2.0, Some(5)).await;
     fleet.server.kill();
     // The engine finishes while the server is down and the publish times out (5 s): the
     // result can only go to the outbox.

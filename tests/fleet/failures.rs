@@ -31,13 +31,9 @@ async fn a_malformed_job_message_is_dead_lettered_with_its_reason_and_the_worker
     let job_id = fleet.submit_ok(&job(CALC)).await;
     let (result, _) = fleet.result(&job_id, Duration::from_secs(20)).await;
     assert_eq!(result.status, JobStatus::Succeeded);
-    eventually(
-        Duration::from_secs(10),
-        "poison message dead-lettered",
-        || async { fleet.stream_messages(DLQ_STREAM).await == 1 },
-    )
-    .await;
-    let letter = fleet.messages(DLQ_STREAM).await.remove(0);
+    let letter = fleet
+        .only_dead_letter(Duration::from_secs(10), "poison message dead-lettered")
+        .await;
     assert_eq!(letter.subject.as_str(), "qe.dlq.local");
     assert_eq!(
         letter.payload.as_ref(),
@@ -95,12 +91,10 @@ async fn exhausted_deliveries_land_in_the_dlq_and_dlq_replay_brings_them_back() 
     args.retry_initial = Duration::from_millis(100);
     let stop_failing = fleet.worker(args, Arc::new(failing.clone())).await;
     let job_id = fleet.submit_ok(&job(CALC)).await;
-    eventually(Duration::from_secs(20), "job dead-lettered", || async {
-        fleet.stream_messages(DLQ_STREAM).await == 1
-    })
-    .await;
+    let letter = fleet
+        .only_dead_letter(Duration::from_secs(20), "job dead-lettered")
+        .await;
     assert_eq!(failing.runs(), 2);
-    let letter = fleet.messages(DLQ_STREAM).await.remove(0);
     assert!(
         header(&letter, HEADER_DLQ_REASON).starts_with("gave up after 2 attempts"),
         "{}",
@@ -175,13 +169,12 @@ async fn a_job_whose_workers_never_acknowledge_is_dead_lettered_from_the_advisor
     args.max_deliver = 2;
     let engine = ScriptedEngine::succeeding(Duration::ZERO);
     fleet.worker(args, Arc::new(engine.clone())).await;
-    eventually(
-        Duration::from_secs(15),
-        "advisory turned into a dead letter",
-        || async { fleet.stream_messages(DLQ_STREAM).await == 1 },
-    )
-    .await;
-    let letter = fleet.messages(DLQ_STREAM).await.remove(0);
+    let letter = fleet
+        .only_dead_letter(
+            Duration::from_secs(15),
+            "advisory turned into a dead letter",
+        )
+        .await;
     assert!(
         header(&letter, HEADER_DLQ_REASON).contains("max deliveries (2) exhausted"),
         "{}",

@@ -233,13 +233,9 @@ async fn fire_and_forget_submissions_are_queued_or_dead_lettered_with_the_reason
             .expect("stored");
     }
     fleet.result("batch-1", Duration::from_secs(20)).await;
-    eventually(
-        Duration::from_secs(10),
-        "rejected submission dead-lettered",
-        || async { fleet.stream_messages(DLQ_STREAM).await == 1 },
-    )
-    .await;
-    let letter = fleet.messages(DLQ_STREAM).await.remove(0);
+    let letter = fleet
+        .only_dead_letter(Duration::from_secs(10), "rejected submission dead-lettered")
+        .await;
     assert_eq!(letter.subject.as_str(), "qe.dlq.submit");
     assert!(
         header(&letter, HEADER_DLQ_REASON).contains("cobol"),

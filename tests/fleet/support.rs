@@ -16,6 +16,7 @@ use qefleet_shared::embedded::{EmbeddedOptions, EmbeddedServer};
 use qefleet_shared::nats::{connect, NatsArgs};
 use qefleet_shared::provision;
 use qefleet_shared::shutdown::{self, ShutdownTrigger};
+use qefleet_shared::subjects::DLQ_STREAM;
 use qefleet_worker::consolidator::RecordOnly;
 use qefleet_worker::engine::{Engine, EngineError, EngineFuture, EngineOutput, EngineRequest};
 use qefleet_worker::{PoolArg, WorkerArgs};
@@ -197,6 +198,15 @@ impl Fleet {
             }
         }
         out
+    }
+
+    /// Waits until the dead-letter stream holds exactly one message, and returns it.
+    pub async fn only_dead_letter(&self, within: Duration, what: &str) -> StreamMessage {
+        eventually(within, what, || async {
+            self.stream_messages(DLQ_STREAM).await == 1
+        })
+        .await;
+        self.messages(DLQ_STREAM).await.remove(0)
     }
 
     /// Runs the qefleet binary against this fleet's server.

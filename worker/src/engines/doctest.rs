@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde::Deserialize;
 
-use super::measure::{mutation, quality_score, MutationSettings};
+use super::measure::{measured_output, mutation_in_time_left, MutationSettings};
 use super::python::{find_python, helper_outcome, run_python, run_suite, Workspace};
 use crate::engine::{Engine, EngineError, EngineFuture, EngineOutput, EngineRequest};
 use crate::sandbox::{Limits, Sandbox};
@@ -91,43 +91,23 @@ impl Engine for DoctestEngine {
             let test_file = render_pytest(&job.module_name, &tests);
             workspace.write(TEST_FILE, &test_file)?;
             let run = run_suite(&self.sandbox, &workspace, TEST_FILE, deadline).await?;
-            let passed = run.total.saturating_sub(run.failed);
-            // Mutants only mean something against a passing suite, and only in the time left.
-            let left = deadline.saturating_duration_since(Instant::now());
-            let mutation_score = if run.failed == 0 && run.total > 0 && left > MIN_MUTATION_TIME {
-                let settings = MutationSettings {
-                    budget: (left - MIN_MUTATION_TIME / 2).min(MutationSettings::default().budget),
+            let mutation_score = mutation_in_time_left(
+                &self.sandbox,
+                &workspace,
+                &job.module_name,
+                TEST_FILE,
+                &run,
+                deadline,
+                MutationSettings {
+                    min_time_left: MIN_MUTATION_TIME,
                     ..MutationSettings::default()
-                };
-                mutation(
-                    &self.sandbox,
-                    &workspace,
-                    &job.module_name,
-                    TEST_FILE,
-                    settings,
-                )
-                .await?
-                .score()
-            } else {
-                None
-            };
+                },
+            )
+            .await?
+            .and_then(|m| m.score());
             Ok(EngineOutput {
-                test_file,
-                tests_total: run.total,
-                tests_passed: passed,
-                tests_failed: run.failed,
-                line_coverage: run.line_coverage,
-                branch_coverage: run.branch_coverage,
-                mutation_score,
-                quality_score: Some(quality_score(
-                    passed,
-                    run.total,
-                    run.line_coverage,
-                    run.branch_coverage,
-                    mutation_score,
-                )),
                 refinement_rounds: 1,
-                ..EngineOutput::default()
+                ..measured_output(test_file, &run, mutation_score)
             })
         })
     }

@@ -1,12 +1,12 @@
 //! Measuring a suite beyond pass/fail: mutation score (mutants of the module under test,
 //! killed by the suite) and the quality score that combines the figures.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::python::{run_python, Workspace};
-use crate::engine::EngineError;
+use super::python::{run_python, SuiteRun, Workspace};
+use crate::engine::{EngineError, EngineOutput};
 use crate::sandbox::Sandbox;
 
 const MUTANTS_SCRIPT: &str = include_str!("mutants.py");
@@ -50,6 +50,8 @@ pub struct MutationSettings {
     pub budget: Duration,
     pub max_mutants: u32,
     pub seed: u64,
+    /// With less time than this left, [`mutation_in_time_left`] does not start a run.
+    pub min_time_left: Duration,
 }
 
 impl Default for MutationSettings {
@@ -58,6 +60,7 @@ impl Default for MutationSettings {
             budget: Duration::from_secs(30),
             max_mutants: 60,
             seed: 1,
+            min_time_left: Duration::ZERO,
         }
     }
 }
@@ -98,6 +101,57 @@ pub async fn mutation(
             finished.stderr.chars().take(2000).collect::<String>()
         ))
     })
+}
+
+/// Mutation-tests a suite when it passes and more than `settings.min_time_left` remains before
+/// `deadline` (mutants only mean something against a passing suite); the run gets the
+/// time left less a margin, at most `settings.budget`.
+pub async fn mutation_in_time_left(
+    sandbox: &Sandbox,
+    workspace: &Workspace,
+    module_name: &str,
+    test_file: &str,
+    run: &SuiteRun,
+    deadline: Instant,
+    settings: MutationSettings,
+) -> Result<Option<MutationRun>, EngineError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if !run.passes() || left <= settings.min_time_left {
+        return Ok(None);
+    }
+    let settings = MutationSettings {
+        budget: settings.budget.min(left - Duration::from_secs(2).min(left)),
+        ..settings
+    };
+    mutation(sandbox, workspace, module_name, test_file, settings)
+        .await
+        .map(Some)
+}
+
+/// An engine's output for a measured suite, with the quality score computed from its
+/// figures (`refinement_rounds` is the caller's to set).
+pub fn measured_output(
+    test_file: String,
+    run: &SuiteRun,
+    mutation_score: Option<f64>,
+) -> EngineOutput {
+    EngineOutput {
+        test_file,
+        tests_total: run.total,
+        tests_passed: run.passed(),
+        tests_failed: run.failed,
+        line_coverage: run.line_coverage,
+        branch_coverage: run.branch_coverage,
+        mutation_score,
+        quality_score: Some(quality_score(
+            run.passed(),
+            run.total,
+            run.line_coverage,
+            run.branch_coverage,
+            mutation_score,
+        )),
+        ..EngineOutput::default()
+    }
 }
 
 /// The documented quality score, 0-1: the pass rate times the weighted mean of the

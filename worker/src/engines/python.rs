@@ -136,6 +136,17 @@ pub struct SuiteRun {
     pub failed_tests: Vec<String>,
 }
 
+impl SuiteRun {
+    pub fn passed(&self) -> u32 {
+        self.total.saturating_sub(self.failed)
+    }
+
+    /// Some tests ran and none failed: the suite can be mutation-tested.
+    pub fn passes(&self) -> bool {
+        self.failed == 0 && self.total > 0
+    }
+}
+
 /// Runs a pytest file under coverage.py (branch mode) restricted to the module file.
 pub async fn run_suite(
     sandbox: &Sandbox,

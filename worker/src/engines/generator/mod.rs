@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use qefleet_schemas::Complexity;
 use serde::Deserialize;
 
-use super::measure::{mutation, quality_score, MutationSettings};
+use super::measure::{measured_output, mutation_in_time_left, MutationRun, MutationSettings};
 use super::python::{find_python, helper_outcome, run_python, run_suite, Workspace};
 use crate::engine::{Engine, EngineError, EngineFuture, EngineOutput, EngineRequest};
 use crate::sandbox::{Limits, Sandbox};
@@ -289,45 +289,29 @@ impl LocalGenerator {
                 run = run_suite(&self.sandbox, workspace, TEST_FILE, suite_deadline).await?;
             }
         }
-        let passed = run.total.saturating_sub(run.failed);
-        let left = deadline.saturating_duration_since(Instant::now());
-        let (mutation_score, survivor_lines) =
-            if run.failed == 0 && run.total > 0 && left > Duration::from_secs(3) {
-                let settings = MutationSettings {
-                    budget: self
-                        .settings
-                        .mutation_budget
-                        .min(left - Duration::from_secs(2)),
-                    max_mutants: self.settings.max_mutants,
-                    seed: 1,
-                };
-                let m =
-                    mutation(&self.sandbox, workspace, module_name, TEST_FILE, settings).await?;
-                (m.score(), m.survivors.iter().map(|s| s.line).collect())
-            } else {
-                (None, Vec::new())
-            };
-        let quality = quality_score(
-            passed,
-            run.total,
-            run.line_coverage,
-            run.branch_coverage,
-            mutation_score,
-        );
-        Ok(Measured {
-            output: EngineOutput {
-                test_file: rendered.text,
-                tests_total: run.total,
-                tests_passed: passed,
-                tests_failed: run.failed,
-                line_coverage: run.line_coverage,
-                branch_coverage: run.branch_coverage,
-                mutation_score,
-                quality_score: Some(quality),
-                refinement_rounds: 0,
-                ..EngineOutput::default()
+        let mutation = mutation_in_time_left(
+            &self.sandbox,
+            workspace,
+            module_name,
+            TEST_FILE,
+            &run,
+            deadline,
+            MutationSettings {
+                budget: self.settings.mutation_budget,
+                max_mutants: self.settings.max_mutants,
+                seed: 1,
+                min_time_left: Duration::from_secs(3),
             },
-            quality,
+        )
+        .await?;
+        let mutation_score = mutation.as_ref().and_then(MutationRun::score);
+        let survivor_lines = mutation
+            .map(|m| m.survivors.iter().map(|s| s.line).collect())
+            .unwrap_or_default();
+        let output = measured_output(rendered.text, &run, mutation_score);
+        Ok(Measured {
+            quality: output.quality_score.unwrap_or(0.0),
+            output,
             missing: run.missing_lines,
             survivor_lines,
         })
