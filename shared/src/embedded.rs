@@ -188,14 +188,7 @@ pub fn find_server_binary() -> Result<PathBuf, EmbeddedError> {
     if let Some(path) = std::env::var_os(SERVER_BIN_ENV) {
         candidates.push(PathBuf::from(path));
     }
-    let mut roots: Vec<PathBuf> = Vec::new();
-    if let Ok(cwd) = std::env::current_dir() {
-        roots.extend(cwd.ancestors().map(Path::to_path_buf));
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
-    }
-    candidates.extend(roots.iter().map(|r| r.join(".venv/bin/nats-server")));
+    candidates.extend(venv_tool_candidates("nats-server"));
     if let Some(path) = std::env::var_os("PATH") {
         candidates.extend(std::env::split_paths(&path).map(|p| p.join("nats-server")));
     }
@@ -216,6 +209,23 @@ pub fn find_server_binary() -> Result<PathBuf, EmbeddedError> {
         format!("; found only: {}", found.join(", "))
     };
     Err(EmbeddedError::NotFound { found })
+}
+
+/// Where the project's `.venv/bin/<tool>` may be: in this directory or any above it,
+/// then in any directory above the running executable (a `target/` build inside the
+/// checkout), nearest first.
+pub fn venv_tool_candidates(tool: &str) -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        roots.extend(cwd.ancestors().map(Path::to_path_buf));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
+    }
+    roots
+        .iter()
+        .map(|r| r.join(".venv/bin").join(tool))
+        .collect()
 }
 
 fn server_binary_version(bin: &Path) -> Option<(u64, u64, u64)> {

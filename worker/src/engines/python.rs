@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use qefleet_shared::embedded::venv_tool_candidates;
+
 use crate::engine::EngineError;
 use crate::sandbox::{Ending, Finished, Sandbox};
 
@@ -18,16 +20,8 @@ pub fn find_python() -> PathBuf {
     if let Some(p) = std::env::var_os(PYTHON_ENV) {
         return PathBuf::from(p);
     }
-    let mut roots: Vec<PathBuf> = Vec::new();
-    if let Ok(cwd) = std::env::current_dir() {
-        roots.extend(cwd.ancestors().map(Path::to_path_buf));
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
-    }
-    roots
+    venv_tool_candidates("python")
         .into_iter()
-        .map(|r| r.join(".venv/bin/python"))
         .find(|p| p.is_file())
         .unwrap_or_else(|| PathBuf::from("python3"))
 }
