@@ -4,7 +4,8 @@
 //! quality score) in the same sandbox.
 //!
 //! Set up once: `benches/eval/setup.sh`. Run: `cargo bench --bench generation`
-//! (env EVAL_BUDGET seconds per module and tool, default 30; EVAL_MODULES to pick some).
+//! (env EVAL_BUDGET seconds per module and tool, default 30; EVAL_MODULES to pick some;
+//! EVAL_TOOLS=qefleet or pynguin to run one tool).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -208,6 +209,12 @@ async fn pynguin(sandbox: &Sandbox, module: &str, source: &str, budget: Duration
     row
 }
 
+/// Whether `tool` runs: all do unless EVAL_TOOLS names some (e.g. `EVAL_TOOLS=qefleet`
+/// while working on the generator; reported figures come from a run of both).
+fn run_tool(tool: &str) -> bool {
+    std::env::var("EVAL_TOOLS").map_or(true, |v| v.split(',').any(|t| t.trim() == tool))
+}
+
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let python = root.join(".venv-eval/bin/python");
@@ -251,10 +258,13 @@ fn main() {
             // module of a stub package.
             let flat = module.replace('.', "_");
             let rows = [
-                ("qefleet", ours(&sandbox, &flat, &source, budget).await),
-                ("pynguin", pynguin(&sandbox, &flat, &source, budget).await),
+                ("qefleet", if run_tool("qefleet") { ours(&sandbox, &flat, &source, budget).await } else { Row::default() }),
+                ("pynguin", if run_tool("pynguin") { pynguin(&sandbox, &flat, &source, budget).await } else { Row::default() }),
             ];
             for (i, (tool, r)) in rows.iter().enumerate() {
+                if !run_tool(tool) {
+                    continue;
+                }
                 println!(
                     "{:<24} {:<9} {:>4} {:>4} {:>6} {:>6} {:>6} {:>6.3} {:>3} {:>6.1} {}",
                     module, tool, r.passed, r.total, pct(r.line), pct(r.branch), pct(r.mutation), r.quality, r.rounds, r.seconds,
@@ -271,6 +281,9 @@ fn main() {
         let n = modules.len().max(1) as f64;
         println!("\naggregate over {} modules (missing figures count as 0):", modules.len());
         for (i, tool) in ["qefleet", "pynguin"].iter().enumerate() {
+            if !run_tool(tool) {
+                continue;
+            }
             let s = sums[i];
             println!(
                 "  {tool:<8} mean quality {:.3}  all-passing suites {}/{}  mean line {:.1}%  mean mutation {:.1}%  mean seconds {:.1}",

@@ -13,9 +13,25 @@ pub struct Call {
     pub args: Vec<String>,
     /// Keyword-only arguments.
     pub kwargs: Vec<(String, String)>,
-    /// The whole expression, e.g. `calc.Stack(4).push(1)`.
+    /// The whole expression, e.g. `calc.add(1, 2)` or, for a method, `obj.push(1)`.
     pub expr: String,
+    /// Statements run before `expr`: for a method, building the instance `obj` and the
+    /// calls that bring it into the state the method is tested in.
+    pub setup: Vec<String>,
 }
+
+impl Call {
+    /// What identifies a call: its setup and expression.
+    pub fn key(&self) -> String {
+        let mut key = self.setup.join("\n");
+        key.push('\n');
+        key.push_str(&self.expr);
+        key
+    }
+}
+
+/// The name generated tests give the instance a method is called on.
+pub const INSTANCE: &str = "obj";
 
 const ANY: [&str; 10] = [
     "1",
@@ -166,6 +182,12 @@ fn arg_list(params: &[Param], values: &[String]) -> (Vec<String>, Vec<(String, S
     (args, kwargs)
 }
 
+/// `obj = alias.Class(values...)`.
+fn constructor(alias: &str, class: &str, init: &[Param], values: &[String]) -> String {
+    let (a, k) = arg_list(init, values);
+    format!("{INSTANCE} = {alias}.{class}({})", render_args(&a, &k))
+}
+
 fn render_args(args: &[String], kwargs: &[(String, String)]) -> String {
     args.iter()
         .cloned()
@@ -180,7 +202,8 @@ fn render_args(args: &[String], kwargs: &[(String, String)]) -> String {
         .join(", ")
 }
 
-/// The call expression for a target with these arguments; `alias` names the module.
+/// The call expression for a target with these arguments; `alias` names the module, a
+/// method is called on [`INSTANCE`].
 pub fn call_expr(
     alias: &str,
     target: &Target,
@@ -190,19 +213,7 @@ pub fn call_expr(
     let callee = match &target.owner {
         Owner::Module => format!("{alias}.{}", target.name),
         Owner::Class { class } => format!("{alias}.{class}.{}", target.name),
-        Owner::Instance { class, init } => {
-            let values: Vec<String> = init
-                .iter()
-                .map(|p| {
-                    pool(p, &[], 2)
-                        .into_iter()
-                        .next()
-                        .unwrap_or_else(|| "1".into())
-                })
-                .collect();
-            let (a, k) = arg_list(init, &values);
-            format!("{alias}.{class}({}).{}", render_args(&a, &k), target.name)
-        }
+        Owner::Instance { .. } => format!("{INSTANCE}.{}", target.name),
     };
     let call = format!("{callee}({})", render_args(args, kwargs));
     match (target.is_async, target.is_generator) {
@@ -223,15 +234,22 @@ pub fn synthesize(
     focus: &[String],
 ) -> Vec<Call> {
     let mut rng = Lcg::new(seed);
+    let all_pools: Vec<Vec<Vec<String>>> = targets
+        .iter()
+        .map(|target| {
+            let mut literals: Vec<String> =
+                target.literals.iter().map(|(_, l)| l.clone()).collect();
+            literals.extend(focus.iter().cloned());
+            target
+                .params
+                .iter()
+                .map(|p| pool(p, &literals, 14))
+                .collect()
+        })
+        .collect();
     let mut calls = Vec::new();
     for (index, target) in targets.iter().enumerate() {
-        let mut literals: Vec<String> = target.literals.iter().map(|(_, l)| l.clone()).collect();
-        literals.extend(focus.iter().cloned());
-        let pools: Vec<Vec<String>> = target
-            .params
-            .iter()
-            .map(|p| pool(p, &literals, 14))
-            .collect();
+        let pools = &all_pools[index];
         let typical: Vec<String> = pools.iter().map(|p| p[0].clone()).collect();
         let mut combos: Vec<Vec<String>> = vec![typical.clone()];
         for (i, values) in pools.iter().enumerate() {
@@ -261,18 +279,94 @@ pub fn synthesize(
             }
             combos = kept;
         }
-        for values in combos {
+        for (n, values) in combos.into_iter().enumerate() {
             let (args, kwargs) = arg_list(&target.params, &values);
             let expr = call_expr(alias, target, &args, &kwargs);
+            let setup = match &target.owner {
+                Owner::Instance { class, init } => {
+                    instance_setup(alias, class, init, targets, &all_pools, n, &mut rng)
+                }
+                _ => Vec::new(),
+            };
             calls.push(Call {
                 target: index,
                 args,
                 kwargs,
                 expr,
+                setup,
             });
+        }
+        // The same arguments on instances in other states: the state a method sees is
+        // an input as much as its arguments are.
+        if matches!(target.owner, Owner::Instance { .. }) {
+            let own: Vec<Call> = calls
+                .iter()
+                .filter(|c| c.target == index)
+                .cloned()
+                .collect();
+            for _ in 0..round_extra(per_target) {
+                let base = own[rng.below(own.len())].clone();
+                let Owner::Instance { class, init } = &target.owner else {
+                    break;
+                };
+                let setup = instance_setup(alias, class, init, targets, &all_pools, 1, &mut rng);
+                if setup.len() > 1 {
+                    calls.push(Call { setup, ..base });
+                }
+            }
         }
     }
     calls
+}
+
+/// How many extra instance states each method is tried in.
+fn round_extra(per_target: usize) -> usize {
+    per_target / 3
+}
+
+/// Statements building the instance for call number `n` of a method: the typical
+/// constructor for the first, then constructors with sampled arguments, followed by up to
+/// two calls of the class's other methods (arguments sampled from their pools).
+fn instance_setup(
+    alias: &str,
+    class: &str,
+    init: &[Param],
+    targets: &[Target],
+    pools: &[Vec<Vec<String>>],
+    n: usize,
+    rng: &mut Lcg,
+) -> Vec<String> {
+    let init_pools: Vec<Vec<String>> = init.iter().map(|p| pool(p, &[], 6)).collect();
+    let values: Vec<String> = init_pools
+        .iter()
+        .map(|p| {
+            if n == 0 || rng.below(2) == 0 {
+                p.first().cloned().unwrap_or_else(|| "1".into())
+            } else {
+                p[rng.below(p.len())].clone()
+            }
+        })
+        .collect();
+    let mut setup = vec![constructor(alias, class, init, &values)];
+    if n == 0 {
+        return setup;
+    }
+    let siblings: Vec<usize> = targets
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| matches!(&t.owner, Owner::Instance { class: c, .. } if c == class))
+        .map(|(i, _)| i)
+        .collect();
+    for _ in 0..rng.below(3) {
+        let i = siblings[rng.below(siblings.len())];
+        let values: Vec<String> = pools[i]
+            .iter()
+            .map(|p| p[rng.below(p.len())].clone())
+            .collect();
+        let (args, kwargs) = arg_list(&targets[i].params, &values);
+        setup.push(call_expr(alias, &targets[i], &args, &kwargs));
+    }
+    setup
 }
 
 #[cfg(test)]
@@ -333,7 +427,9 @@ mod tests {
             "neighbour of the literal 3"
         );
         assert!(
-            calls.iter().any(|c| c.expr == "m.Box(1).fits(1)"),
+            calls
+                .iter()
+                .any(|c| c.expr == "obj.fits(1)" && c.setup == ["obj = m.Box(1)"]),
             "{:?}",
             calls.iter().map(|c| &c.expr).collect::<Vec<_>>()
         );

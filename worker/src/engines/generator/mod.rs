@@ -95,12 +95,18 @@ struct Probed {
     kind: String,
     #[serde(default)]
     lines: Vec<u32>,
+    /// The lines of the call itself, without its setup.
+    #[serde(default)]
+    call_lines: Vec<u32>,
     repr: Option<String>,
     #[serde(default)]
     literal: bool,
     #[serde(default)]
     float: bool,
     exception: Option<String>,
+    /// The instance's public attributes after the call: name, repr, is a float.
+    #[serde(default)]
+    state: Vec<(String, String, bool)>,
 }
 
 /// One measured suite.
@@ -163,7 +169,7 @@ impl Engine for LocalGenerator {
                 let calls: Vec<Call> =
                     synthesize(&alias, &targets, per_target, u64::from(round), &focus)
                         .into_iter()
-                        .filter(|c| probed.insert(c.expr.clone()))
+                        .filter(|c| probed.insert(c.key()))
                         .collect();
                 let outcomes = self
                     .probe_calls(&workspace, &job.module_name, &alias, &calls, deadline)
@@ -234,7 +240,7 @@ impl LocalGenerator {
             "alias": alias,
             "module_file": workspace.module_file.display().to_string(),
             "timeout": self.settings.call_timeout,
-            "calls": calls.iter().enumerate().map(|(i, c)| serde_json::json!({"id": i, "expr": c.expr})).collect::<Vec<_>>(),
+            "calls": calls.iter().enumerate().map(|(i, c)| serde_json::json!({"id": i, "expr": c.expr, "setup": c.setup.join("\n")})).collect::<Vec<_>>(),
         });
         workspace.write(REQUEST_FILE, &request.to_string())?;
         let left = deadline
@@ -390,7 +396,7 @@ fn keep_new_cases(cases: &mut Vec<Case>, calls: &[Call], probed: Vec<Probed>, pe
         if mine.len() >= per_target {
             continue;
         }
-        let new_lines = p.lines.iter().any(|l| !covered.contains(l));
+        let new_lines = p.call_lines.iter().any(|l| !covered.contains(l));
         let first_value = matches!(outcome, Outcome::Value { .. })
             && !mine
                 .iter()
@@ -400,11 +406,12 @@ fn keep_new_cases(cases: &mut Vec<Case>, calls: &[Call], probed: Vec<Probed>, pe
             Outcome::Value { .. } => false,
         };
         if new_lines || first_value || new_exception {
-            covered.extend(p.lines.iter().copied());
+            covered.extend(p.call_lines.iter().copied());
             cases.push(Case {
                 call: call.clone(),
                 outcome,
                 lines: p.lines,
+                state: p.state,
             });
         }
     }
@@ -534,7 +541,10 @@ class Counter:
             "{file}"
         );
         assert!(file.contains("pytest.raises(ValueError)"), "{file}");
-        assert!(file.contains("bank.Counter(0).bump("), "{file}");
+        assert!(
+            file.contains("    obj = bank.Counter(0)\n    assert obj.bump(1) == 1\n    assert obj.value == 1\n"),
+            "the instance's state after the call is asserted:\n{file}"
+        );
         let line = out.line_coverage.expect("line coverage");
         assert!(line >= 0.95, "line coverage {line}\n{file}");
         let mutation = out.mutation_score.expect("mutation score");
@@ -544,6 +554,29 @@ class Counter:
             "stops on a plateau only after a second round"
         );
         assert!(out.quality_score.expect("quality") > 0.7);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn methods_are_reached_through_call_sequences_on_instances() {
+        // `pop` and `peek` return an item only after a `push`: no single call covers them.
+        let source = "class Stack:\n    def __init__(self, capacity: int = 3):\n        self.capacity = capacity\n        self.items = []\n\n    def push(self, x):\n        if len(self.items) >= self.capacity:\n            raise OverflowError(\"full\")\n        self.items.append(x)\n\n    def pop(self):\n        if not self.items:\n            raise IndexError(\"empty\")\n        return self.items.pop()\n\n    def peek(self):\n        if self.items:\n            return self.items[-1]\n        return None\n";
+        let generator = LocalGenerator::probe(None).await;
+        let out = generator
+            .generate(EngineRequest {
+                job: &queued(source),
+                attempt: 1,
+                time_budget: Duration::from_secs(60),
+            })
+            .await
+            .expect("generates");
+        let file = &out.test_file;
+        assert_eq!(out.tests_failed, 0, "{file}");
+        assert_eq!(out.line_coverage, Some(1.0), "{file}");
+        assert!(
+            file.contains("    obj.push(") && file.contains("    assert obj.pop() == "),
+            "{file}"
+        );
+        assert!(file.contains("    assert obj.items == ["), "{file}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

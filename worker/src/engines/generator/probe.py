@@ -2,10 +2,14 @@
 qefleet's local generator. Usage: python qefleet_probe.py REQUEST.json
 
 REQUEST: {"module": "pkg.mod", "alias": "mod", "module_file": "/abs/path/mod.py",
-          "calls": [{"id": 0, "expr": "mod.f(1)"}], "timeout": 1.0}
+          "calls": [{"id": 0, "setup": "obj = mod.C()", "expr": "obj.f(1)"}],
+          "timeout": 1.0}
 Prints a JSON list, one entry per call: kind is "value" (deterministic, assertable
 result), "raises" (deterministic exception), or "skip" (nondeterministic, too slow,
-unassertable); "lines" are the module's lines the call executed.
+unassertable, or the setup itself failed); "lines" are the module's lines the setup and
+the call executed, "call_lines" those of the call alone; "state" lists the instance's
+public attributes after the call, [name, repr, is_float], when they are deterministic
+literals.
 """
 import ast
 import asyncio  # noqa: F401  (async targets are called through asyncio.run)
@@ -46,13 +50,18 @@ def has_float(value):
     return False
 
 
-def run_once(code, namespace, module_file, timeout):
+def run_once(setup, code, namespace, module_file, timeout):
+    # Lines of the call under test, apart from those its setup ran: a case is kept for
+    # what its own call reaches.
     lines = set()
+    setup_lines = set()
+    current = [setup_lines]
+    namespace = dict(namespace)
 
     def tracer(frame, event, arg):
         if frame.f_code.co_filename == module_file:
             if event == "line":
-                lines.add(frame.f_lineno)
+                current[0].add(frame.f_lineno)
             return tracer
         return None
 
@@ -61,7 +70,16 @@ def run_once(code, namespace, module_file, timeout):
     sys.settrace(tracer)
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            outcome = ("value", eval(code, namespace))
+            try:
+                if setup is not None:
+                    exec(setup, namespace)
+            except ProbeTimeout:
+                raise
+            except BaseException as exc:
+                outcome = ("setup", exc)
+            if outcome is None:
+                current[0] = lines
+                outcome = ("value", eval(code, namespace))
     except ProbeTimeout:
         outcome = ("timeout", None)
     except (KeyboardInterrupt, SystemExit) as exc:
@@ -71,7 +89,26 @@ def run_once(code, namespace, module_file, timeout):
     finally:
         sys.settrace(None)
         signal.setitimer(signal.ITIMER_REAL, 0)
-    return outcome, sorted(lines)
+    return outcome, (sorted(lines), sorted(lines | setup_lines)), state_of(namespace.get("obj"))
+
+
+def state_of(obj):
+    """The instance's public attributes whose values are literals, as (name, repr, float)."""
+    try:
+        fields = vars(obj) if obj is not None else {}
+    except TypeError:
+        return []
+    out = []
+    for name, value in sorted(fields.items()):
+        if name.startswith("_") or callable(value):
+            continue
+        try:
+            text = repr(value)
+        except BaseException:
+            continue
+        if len(text) <= 200 and literal(value, text):
+            out.append([name, text, has_float(value)])
+    return out[:4]
 
 
 def exception_name(exc, module, alias):
@@ -87,13 +124,15 @@ def describe(call, module, alias, namespace, module_file, timeout):
     entry = {"id": call["id"], "kind": "skip", "lines": []}
     try:
         code = compile(call["expr"], "<call>", "eval")
+        setup = compile(call["setup"], "<setup>", "exec") if call.get("setup") else None
     except SyntaxError:
         return entry
-    first, lines = run_once(code, namespace, module_file, timeout)
-    second, _ = run_once(code, namespace, module_file, timeout)
-    entry["lines"] = lines
+    first, lines, state = run_once(setup, code, namespace, module_file, timeout)
+    second, _, state_again = run_once(setup, code, namespace, module_file, timeout)
+    entry["call_lines"], entry["lines"] = lines
+    entry["state"] = state if state == state_again else []
     kind, value = first
-    if kind in ("timeout", "exit") or second[0] != kind:
+    if kind in ("timeout", "exit", "setup") or second[0] != kind:
         return entry
     if kind == "raises":
         name = exception_name(value, module, alias)

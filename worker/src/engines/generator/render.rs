@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::inputs::Call;
+use super::inputs::{Call, INSTANCE};
 use super::targets::{Owner, Target};
 
 /// What a call did when probed.
@@ -24,6 +24,8 @@ pub struct Case {
     pub call: Call,
     pub outcome: Outcome,
     pub lines: Vec<u32>,
+    /// Public attributes of the instance after the call (name, repr, is a float).
+    pub state: Vec<(String, String, bool)>,
 }
 
 /// The generated file, and which target each test function belongs to.
@@ -80,6 +82,43 @@ fn assertion(expr: &str, outcome: &Outcome) -> String {
         }
         Outcome::Raises(exc) => format!("with pytest.raises({exc}):\n        {expr}"),
     }
+}
+
+/// The body of one test function, indented: setup, the call with its oracle, and the
+/// instance's state after it. A method tested on a freshly built instance whose state is
+/// not asserted reads best as one line, `mod.Class(args).method(args)`.
+fn body(case: &Case) -> String {
+    let call = &case.call;
+    let constructor = call
+        .setup
+        .first()
+        .and_then(|s| s.strip_prefix(&format!("{INSTANCE} = ")));
+    if call.setup.is_empty() {
+        return format!("    {}\n", assertion(&call.expr, &case.outcome));
+    }
+    let asserts_state = !case.state.is_empty() && matches!(case.outcome, Outcome::Value { .. });
+    if let (1, Some(ctor), false) = (call.setup.len(), constructor, asserts_state) {
+        let expr = call
+            .expr
+            .replacen(&format!("{INSTANCE}."), &format!("{ctor}."), 1);
+        return format!("    {}\n", assertion(&expr, &case.outcome));
+    }
+    let mut out: String = call.setup.iter().map(|s| format!("    {s}\n")).collect();
+    match &case.outcome {
+        Outcome::Value { repr, .. } if repr == "None" && asserts_state => {
+            out.push_str(&format!("    {}\n", call.expr));
+        }
+        outcome => out.push_str(&format!("    {}\n", assertion(&call.expr, outcome))),
+    }
+    if asserts_state {
+        for (name, repr, float) in &case.state {
+            out.push_str(&format!(
+                "    assert {INSTANCE}.{name} == {}\n",
+                expected(repr, *float)
+            ));
+        }
+    }
+    out
 }
 
 fn parametrizable(target: &Target, cases: &[&Case]) -> bool {
@@ -150,10 +189,7 @@ pub fn render(module_name: &str, alias: &str, targets: &[Target], cases: &[Case]
         } else {
             for case in &values {
                 let name = unique(base.clone(), index, &mut tests);
-                text.push_str(&format!(
-                    "\n\ndef {name}():\n    {}\n",
-                    assertion(&case.call.expr, &case.outcome)
-                ));
+                text.push_str(&format!("\n\ndef {name}():\n{}", body(case)));
             }
         }
         for case in mine
@@ -171,10 +207,7 @@ pub fn render(module_name: &str, alias: &str, targets: &[Target], cases: &[Case]
                 index,
                 &mut tests,
             );
-            text.push_str(&format!(
-                "\n\ndef {name}():\n    {}\n",
-                assertion(&case.call.expr, &case.outcome)
-            ));
+            text.push_str(&format!("\n\ndef {name}():\n{}", body(case)));
         }
     }
     Rendered { text, tests }
@@ -198,6 +231,7 @@ mod tests {
                 float,
             },
             lines: vec![2],
+            state: vec![],
         };
         let cases = vec![
             value(&calls[0], "2", false),
@@ -206,6 +240,7 @@ mod tests {
                 call: calls[2].clone(),
                 outcome: Outcome::Raises("TypeError".into()),
                 lines: vec![2],
+                state: vec![],
             },
             value(
                 calls.iter().find(|c| c.target == 1).expect("method call"),
