@@ -1,21 +1,52 @@
 """qefleet's sandbox launcher: apply resource limits, start a new session, drop root,
-then exec the command. Usage: python launch.py CPU_S MEM_MB NPROC FSIZE_MB DROP -- CMD...
-(DROP=1: when running as root, switch to the user nobody first.)
+then exec the command.
+Usage: python launch.py CPU_S MEM_MB NPROC FSIZE_MB DROP PRIVATE_TMP -- CMD...
+(DROP=1: when running as root, switch to the user nobody first. PRIVATE_TMP=1: the Rust
+side started this in a mount namespace; mount empty tmpfs over the shared temp dirs.)
 
 Runs inside a fresh network namespace when the host allows it (the Rust side wraps it in
 `unshare --net`). Limits apply to the command and everything it starts.
 """
+import ctypes
 import os
 import pwd
 import resource
 import sys
 
 
+MS_BIND = 4096
+SHARED_TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def mount(libc, source, target, fstype, flags, data):
+    if libc.mount(source.encode(), target.encode(), fstype and fstype.encode(), flags, data and data.encode()) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), target)
+
+
+def private_temp_dirs(size_mb):
+    """Empty tmpfs over the shared temp dirs; the work dir (often under /tmp) is bound
+    back at its own path, so the run sees it and nothing else of the host's /tmp."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    work = os.getcwd()
+    keep = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
+    for d in SHARED_TEMP_DIRS:
+        if os.path.isdir(d):
+            mount(libc, "tmpfs", d, "tmpfs", 0, f"size={size_mb}m,mode=1777")
+    if any(work == d or work.startswith(d + "/") for d in SHARED_TEMP_DIRS):
+        os.makedirs(work, exist_ok=True)
+        mount(libc, f"/proc/self/fd/{keep}", work, None, MS_BIND, None)
+    os.close(keep)
+    os.chdir(work)
+
+
 def main():
     sep = sys.argv.index("--")
-    cpu, mem_mb, nproc, fsize_mb, drop = (int(v) for v in sys.argv[1:sep])
+    cpu, mem_mb, nproc, fsize_mb, drop, private_tmp = (int(v) for v in sys.argv[1:sep])
     command = sys.argv[sep + 1:]
     mib = 1024 * 1024
+    if private_tmp:
+        private_temp_dirs(fsize_mb)
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     resource.setrlimit(resource.RLIMIT_AS, (mem_mb * mib, mem_mb * mib))
     resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_mb * mib, fsize_mb * mib))

@@ -1,7 +1,8 @@
 //! Where user code runs: a child process with CPU, memory, file-size and process-count
 //! limits, its own session (so a timeout kills everything it started), an unprivileged
 //! user when the worker runs as root, no network when the host allows a fresh network
-//! namespace, a cap on captured output, and a wall-clock limit.
+//! namespace, private `/tmp`, `/var/tmp` and `/dev/shm` when it allows a mount namespace,
+//! a cap on captured output, and a wall-clock limit.
 //!
 //! Every execution of submitted code (importing it, running tests, running mutants) goes
 //! through [`Sandbox::run`].
@@ -50,6 +51,19 @@ pub enum Network {
     Unrestricted,
 }
 
+/// `unshare` flags for a network mode, with a mount namespace when `mount` (util-linux
+/// makes its mounts private, so nothing mounted inside reaches the host).
+fn unshare_args(network: Network, mount: bool) -> Vec<&'static str> {
+    let mut args = vec!["--net"];
+    if mount {
+        args.push("--mount");
+    }
+    if network == Network::UserNamespace {
+        args.push("--map-root-user");
+    }
+    args
+}
+
 /// How a sandboxed run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
@@ -96,6 +110,10 @@ pub struct Sandbox {
     /// Whether runs switch from root to `nobody` (root ignores the process-count limit and
     /// may write anywhere). Off when not root, or when `nobody` cannot run the interpreter.
     pub drop_root: bool,
+    /// Whether runs get a mount namespace with empty, size-limited tmpfs over `/tmp`,
+    /// `/var/tmp` and `/dev/shm` (the places `nobody` could otherwise write to and leave
+    /// files for later runs); the work dir stays reachable at its path.
+    pub private_tmp: bool,
 }
 
 impl Sandbox {
@@ -124,11 +142,26 @@ impl Sandbox {
         if network == Network::Unrestricted {
             tracing::warn!("no network namespace available (unshare --net failed): sandboxed code can reach the network");
         }
+        let private_tmp = match network {
+            Network::Unrestricted => false,
+            _ => Command::new("unshare")
+                .args(unshare_args(network, true))
+                .arg("true")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await
+                .is_ok_and(|s| s.success()),
+        };
+        if !private_tmp {
+            tracing::warn!("no mount namespace available (unshare --mount failed): sandboxed code shares /tmp with the host");
+        }
         let mut sandbox = Self {
             python,
             limits,
             network,
             drop_root: is_root(),
+            private_tmp,
         };
         if sandbox.drop_root {
             let probe = tempfile::tempdir().ok();
@@ -165,17 +198,14 @@ impl Sandbox {
         }
         let cpu_seconds = wall.as_secs().max(1) + 1;
         let mut command = match self.network {
-            Network::Namespace => {
-                let mut c = Command::new("unshare");
-                c.args(["--net", "--"]).arg(&self.python);
-                c
-            }
-            Network::UserNamespace => {
-                let mut c = Command::new("unshare");
-                c.args(["--net", "--map-root-user", "--"]).arg(&self.python);
-                c
-            }
             Network::Unrestricted => Command::new(&self.python),
+            network => {
+                let mut c = Command::new("unshare");
+                c.args(unshare_args(network, self.private_tmp))
+                    .arg("--")
+                    .arg(&self.python);
+                c
+            }
         };
         command
             .arg(LAUNCHER_FILE)
@@ -185,6 +215,7 @@ impl Sandbox {
                 self.limits.processes.to_string(),
                 self.limits.file_size_mb.to_string(),
                 u8::from(self.drop_root).to_string(),
+                u8::from(self.private_tmp).to_string(),
             ])
             .arg("--")
             .arg(&self.python)
@@ -389,6 +420,33 @@ mod tests {
             "this host should allow `unshare --net`"
         );
         assert!(f.stdout.starts_with("BLOCKED"), "{} {}", f.stdout, f.stderr);
+    }
+
+    #[tokio::test]
+    async fn temp_dirs_are_private_to_the_run() {
+        let marker = format!("/tmp/qefleet-escape-{}", std::process::id());
+        let code = format!(
+            "open('{marker}', 'w').write('x')\nopen('left.txt', 'w').write('y')\nprint('WROTE')"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sandbox = Sandbox::new(find_python(), Limits::default()).await;
+        assert!(
+            sandbox.private_tmp,
+            "this host should allow `unshare --mount`"
+        );
+        let f = sandbox
+            .run_python(dir.path(), &["-c", &code], &[], Duration::from_secs(20))
+            .await
+            .expect("runs");
+        assert!(f.stdout.contains("WROTE"), "{} {}", f.stdout, f.stderr);
+        assert!(
+            !std::path::Path::new(&marker).exists(),
+            "a file written to /tmp stayed on the host"
+        );
+        assert!(
+            dir.path().join("left.txt").exists(),
+            "the work dir is the real one"
+        );
     }
 
     #[tokio::test]
