@@ -15,6 +15,7 @@ use qefleet_worker::engine::{Engine, EngineRequest};
 use qefleet_worker::engines::generator::{GeneratorSettings, LocalGenerator};
 use qefleet_worker::engines::measure::{measured_output, mutation_in_time_left, MutationSettings};
 use qefleet_worker::engines::python::{run_suite, Workspace};
+use qefleet_worker::engines::refine::RefineSettings;
 use qefleet_worker::sandbox::{Limits, Sandbox};
 
 #[derive(Debug, Default, Clone)]
@@ -64,7 +65,10 @@ async fn ours(sandbox: &Sandbox, module: &str, source: &str, budget: Duration) -
     let generator = LocalGenerator::new(
         sandbox.clone(),
         GeneratorSettings {
-            refine_budget: budget,
+            refine: RefineSettings {
+                budget,
+                ..RefineSettings::default()
+            },
             ..GeneratorSettings::default()
         },
     );

@@ -5,5 +5,6 @@ pub mod generator;
 pub mod measure;
 pub mod prompt;
 pub mod python;
+pub mod refine;
 
 pub use doctest::DoctestEngine;

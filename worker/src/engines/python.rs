@@ -128,6 +128,8 @@ pub struct SuiteRun {
     pub missing_lines: Vec<u32>,
     /// Names of failing test functions (parametrize ids stripped).
     pub failed_tests: Vec<String>,
+    /// The end of pytest's output (what an engine is shown of failures).
+    pub output: String,
 }
 
 impl SuiteRun {
@@ -139,6 +141,15 @@ impl SuiteRun {
     pub fn passes(&self) -> bool {
         self.failed == 0 && self.total > 0
     }
+}
+
+/// How much of pytest's output a [`SuiteRun`] keeps.
+const OUTPUT_TAIL: usize = 4000;
+
+/// The last `n` characters of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let skip = text.chars().count().saturating_sub(n);
+    text.chars().skip(skip).collect()
 }
 
 /// Runs a pytest file under coverage.py (branch mode) restricted to the module file.
@@ -171,15 +182,7 @@ pub async fn run_suite(
     )
     .await?;
     let report = std::fs::read_to_string(workspace.path().join("report.xml")).map_err(|_| {
-        let tail: String = finished
-            .stdout
-            .chars()
-            .rev()
-            .take(2000)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
+        let tail = tail(&finished.stdout, 2000);
         EngineError::Transient(format!(
             "pytest produced no report ({:?}); is pytest installed for {}? {tail}{}",
             finished.ending,
@@ -228,6 +231,7 @@ pub async fn run_suite(
         branch_coverage,
         missing_lines,
         failed_tests: junit_failed_tests(&report),
+        output: tail(&finished.stdout, OUTPUT_TAIL),
     })
 }
 

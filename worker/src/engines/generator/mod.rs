@@ -1,26 +1,24 @@
 //! The local generator: tests synthesised from the module itself, no LLM.
 //!
-//! Round by round (TRM-style recursive refinement): synthesise calls, probe them in the
-//! sandbox, keep the deterministic ones that execute new lines or show a new exception,
-//! render a pytest suite, run it (dropping tests that fail), measure coverage and mutation
-//! score, and feed the uncovered lines and surviving mutants back as the literals the next
-//! round aims at. The best suite seen is kept; the loop stops on a plateau (quality gains
-//! below `plateau`), at the round limit, or at the time budget.
+//! Its side of the shared refinement loop (`refine.rs`): each round it synthesises calls,
+//! probes them in the sandbox, keeps the deterministic ones that execute new lines or show
+//! a new exception, and renders a pytest suite; the loop runs and measures it and feeds
+//! back the uncovered lines and surviving mutants, whose literals the next round aims at,
+//! and the tests it removed, whose cases are dropped.
 
 pub mod inputs;
 pub mod render;
 pub mod targets;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use qefleet_schemas::Complexity;
 use serde::Deserialize;
 
-use super::measure::{measured_output, mutation_in_time_left, MutationRun, MutationSettings};
-use super::python::{find_python, helper_outcome, run_python, run_suite, Workspace};
-use crate::engine::{Engine, EngineError, EngineFuture, EngineOutput, EngineRequest};
+use super::python::{find_python, helper_outcome, run_python, Workspace};
+use super::refine::{Proposal, ProposalFuture, Proposer, RefineSettings, Refiner, RoundFeedback};
+use crate::engine::{Engine, EngineError, EngineFuture, EngineRequest};
 use crate::sandbox::{Limits, Sandbox};
 use inputs::{synthesize, Call};
 use render::{render, Case, Outcome};
@@ -30,7 +28,7 @@ const PROBE_SCRIPT: &str = include_str!("probe.py");
 const PROBE_FILE: &str = "qefleet_probe.py";
 const REQUEST_FILE: &str = "qefleet_probe_request.json";
 
-/// Knobs of the generator and its refinement loop.
+/// Knobs of the generator; the refinement loop has its own.
 #[derive(Debug, Clone, Copy)]
 pub struct GeneratorSettings {
     /// Calls synthesised per target in the first round (more in later rounds).
@@ -39,18 +37,7 @@ pub struct GeneratorSettings {
     pub cases_per_target: usize,
     /// Seconds one probed call may take.
     pub call_timeout: f64,
-    /// Stop when a round improves quality by less than this.
-    pub plateau: f64,
-    pub max_rounds_simple: u32,
-    pub max_rounds_complex: u32,
-    /// The whole loop's budget (the job's own budget applies when smaller).
-    pub refine_budget: Duration,
-    /// Mutation testing per round.
-    pub mutation_budget: Duration,
-    pub max_mutants: u32,
-    /// Extra runs of a passing suite, each with another hash seed; a test failing in any
-    /// of them is dropped as flaky.
-    pub reruns: u32,
+    pub refine: RefineSettings,
 }
 
 impl Default for GeneratorSettings {
@@ -59,13 +46,7 @@ impl Default for GeneratorSettings {
             calls_per_target: 24,
             cases_per_target: 10,
             call_timeout: 1.0,
-            plateau: 0.01,
-            max_rounds_simple: 5,
-            max_rounds_complex: 7,
-            refine_budget: Duration::from_secs(60),
-            mutation_budget: Duration::from_secs(15),
-            max_mutants: 40,
-            reruns: 2,
+            refine: RefineSettings::default(),
         }
     }
 }
@@ -109,15 +90,6 @@ struct Probed {
     state: Vec<(String, String, bool)>,
 }
 
-/// One measured suite.
-#[derive(Debug, Clone)]
-struct Measured {
-    output: EngineOutput,
-    quality: f64,
-    missing: Vec<u32>,
-    survivor_lines: Vec<u32>,
-}
-
 impl Engine for LocalGenerator {
     fn name(&self) -> &str {
         "local-generator"
@@ -126,8 +98,8 @@ impl Engine for LocalGenerator {
     fn generate<'a>(&'a self, request: EngineRequest<'a>) -> EngineFuture<'a> {
         Box::pin(async move {
             let started = Instant::now();
-            let budget = request.time_budget.min(self.settings.refine_budget);
-            let deadline = started + budget;
+            let refine = self.settings.refine;
+            let deadline = started + request.time_budget.min(refine.budget);
             let job = &request.job.job;
             let mut targets =
                 find_targets(&job.source).map_err(|e| EngineError::JobFailed(e.to_string()))?;
@@ -148,87 +120,107 @@ impl Engine for LocalGenerator {
                 .to_string();
             let workspace = Workspace::new(&job.module_name, &job.source)?;
             workspace.write(PROBE_FILE, PROBE_SCRIPT)?;
-            let max_rounds = match request.job.complexity.class {
-                Complexity::Simple | Complexity::Moderate => self.settings.max_rounds_simple,
-                Complexity::Complex | Complexity::VeryComplex => self.settings.max_rounds_complex,
+            let mut proposer = Proposing {
+                generator: self,
+                workspace: &workspace,
+                module_name: &job.module_name,
+                alias,
+                targets,
+                probed: HashSet::new(),
+                cases: Vec::new(),
+                observed: Vec::new(),
+                tests: BTreeMap::new(),
             };
-            let mut probed: HashSet<String> = HashSet::new();
-            let mut cases: Vec<Case> = Vec::new();
-            let mut focus: Vec<String> = Vec::new();
-            let mut best: Option<Measured> = None;
-            let mut previous = 0.0;
-            let mut rounds = 0;
-            for round in 1..=max_rounds {
-                if round > 1
-                    && deadline.saturating_duration_since(Instant::now()) < Duration::from_secs(3)
-                {
-                    break;
-                }
-                rounds = round;
-                let per_target = self.settings.calls_per_target * round as usize;
-                let calls: Vec<Call> =
-                    synthesize(&alias, &targets, per_target, u64::from(round), &focus)
-                        .into_iter()
-                        .filter(|c| probed.insert(c.key()))
-                        .collect();
-                let outcomes = self
-                    .probe_calls(&workspace, &job.module_name, &alias, &calls, deadline)
-                    .await?;
-                let observed = harvest(&outcomes);
-                keep_new_cases(&mut cases, &calls, outcomes, self.settings.cases_per_target);
-                let measured = self
-                    .measure(
-                        &workspace,
-                        &job.module_name,
-                        &alias,
-                        &targets,
-                        &mut cases,
-                        deadline,
-                    )
-                    .await?;
-                tracing::debug!(
-                    round,
-                    quality = measured.quality,
-                    cases = cases.len(),
-                    "refinement round"
-                );
-                let gain = measured.quality - previous;
-                previous = previous.max(measured.quality);
-                focus = focus_literals(&targets, &measured.missing, &measured.survivor_lines);
-                // Values the module itself produced are inputs it understands (a number
-                // formatted by one function is what its parser accepts).
-                for value in observed {
-                    if !focus.contains(&value) {
-                        focus.push(value);
-                    }
-                }
-                if best.as_ref().is_none_or(|b| measured.quality > b.quality) {
-                    best = Some(measured);
-                }
-                if round > 1 && gain < self.settings.plateau {
-                    break;
-                }
+            Refiner {
+                sandbox: &self.sandbox,
+                workspace: &workspace,
+                module_name: &job.module_name,
+                settings: refine,
             }
-            let mut best =
-                best.ok_or_else(|| EngineError::JobFailed("no test could be generated".into()))?;
-            if best.output.tests_total == 0 {
-                return Err(EngineError::JobFailed(format!(
-                    "no deterministic, passing test could be generated for {}",
-                    job.module_name
-                )));
-            }
-            best.output.refinement_rounds = rounds;
-            Ok(best.output)
+            .refine(
+                &mut proposer,
+                refine.max_rounds(request.job.complexity.class),
+                deadline,
+            )
+            .await
         })
     }
 }
 
-impl LocalGenerator {
+/// The generator's state across the rounds of one job.
+struct Proposing<'a> {
+    generator: &'a LocalGenerator,
+    workspace: &'a Workspace,
+    module_name: &'a str,
+    alias: String,
+    targets: Vec<Target>,
+    /// Calls already probed (by setup and expression).
+    probed: HashSet<String>,
+    cases: Vec<Case>,
+    /// Values the module itself returned.
+    observed: Vec<String>,
+    /// Test function -> target of the last rendered suite.
+    tests: BTreeMap<String, usize>,
+}
+
+impl Proposer for Proposing<'_> {
+    fn propose<'a>(
+        &'a mut self,
+        feedback: &'a RoundFeedback,
+        deadline: Instant,
+    ) -> ProposalFuture<'a> {
+        Box::pin(async move {
+            let dropped: HashSet<usize> = feedback
+                .dropped_tests
+                .iter()
+                .filter_map(|t| self.tests.get(t).copied())
+                .collect();
+            self.cases.retain(|c| !dropped.contains(&c.call.target));
+            let survivor_lines: Vec<u32> = feedback.survivors.iter().map(|s| s.line).collect();
+            let mut focus = if feedback.round > 1 {
+                focus_literals(&self.targets, &feedback.uncovered_lines, &survivor_lines)
+            } else {
+                Vec::new()
+            };
+            // Values the module itself produced are inputs it understands (a number
+            // formatted by one function is what its parser accepts).
+            for value in &self.observed {
+                if !focus.contains(value) {
+                    focus.push(value.clone());
+                }
+            }
+            let settings = self.generator.settings;
+            let per_target = settings.calls_per_target * feedback.round as usize;
+            let calls: Vec<Call> = synthesize(
+                &self.alias,
+                &self.targets,
+                per_target,
+                u64::from(feedback.round),
+                &focus,
+            )
+            .into_iter()
+            .filter(|c| self.probed.insert(c.key()))
+            .collect();
+            let outcomes = self.probe_calls(&calls, deadline).await?;
+            self.observed = harvest(&outcomes);
+            let before = self.cases.len();
+            keep_new_cases(&mut self.cases, &calls, outcomes, settings.cases_per_target);
+            if feedback.round > 1 && self.cases.len() == before && dropped.is_empty() {
+                return Ok(None);
+            }
+            let rendered = render(self.module_name, &self.alias, &self.targets, &self.cases);
+            self.tests = rendered.tests;
+            Ok(Some(Proposal {
+                test_file: rendered.text,
+                ..Proposal::default()
+            }))
+        })
+    }
+}
+
+impl Proposing<'_> {
     async fn probe_calls(
         &self,
-        workspace: &Workspace,
-        module_name: &str,
-        alias: &str,
         calls: &[Call],
         deadline: Instant,
     ) -> Result<Vec<Probed>, EngineError> {
@@ -236,139 +228,26 @@ impl LocalGenerator {
             return Ok(Vec::new());
         }
         let request = serde_json::json!({
-            "module": module_name,
-            "alias": alias,
-            "module_file": workspace.module_file.display().to_string(),
-            "timeout": self.settings.call_timeout,
+            "module": self.module_name,
+            "alias": self.alias,
+            "module_file": self.workspace.module_file.display().to_string(),
+            "timeout": self.generator.settings.call_timeout,
             "calls": calls.iter().enumerate().map(|(i, c)| serde_json::json!({"id": i, "expr": c.expr, "setup": c.setup.join("\n")})).collect::<Vec<_>>(),
         });
-        workspace.write(REQUEST_FILE, &request.to_string())?;
+        self.workspace.write(REQUEST_FILE, &request.to_string())?;
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_secs(5));
-        let finished =
-            run_python(&self.sandbox, workspace, &[PROBE_FILE, REQUEST_FILE], left).await?;
+        let finished = run_python(
+            &self.generator.sandbox,
+            self.workspace,
+            &[PROBE_FILE, REQUEST_FILE],
+            left,
+        )
+        .await?;
         helper_outcome(&finished, "probing the module")?;
         serde_json::from_str(finished.stdout.trim())
             .map_err(|e| EngineError::Transient(format!("unreadable probe output: {e}")))
-    }
-
-    /// Renders, runs (dropping failing tests once), and measures the current cases.
-    async fn measure(
-        &self,
-        workspace: &Workspace,
-        module_name: &str,
-        alias: &str,
-        targets: &[Target],
-        cases: &mut Vec<Case>,
-        deadline: Instant,
-    ) -> Result<Measured, EngineError> {
-        const TEST_FILE: &str = "test_generated.py";
-        let mut rendered = render(module_name, alias, targets, cases);
-        workspace.write(TEST_FILE, &rendered.text)?;
-        let suite_deadline = deadline.max(Instant::now() + Duration::from_secs(20));
-        let mut run = run_suite(&self.sandbox, workspace, TEST_FILE, suite_deadline).await?;
-        if run.failed > 0 {
-            let failing: HashSet<usize> = run
-                .failed_tests
-                .iter()
-                .filter_map(|t| rendered.tests.get(t).copied())
-                .collect();
-            cases.retain(|c| !failing.contains(&c.call.target));
-            rendered = render(module_name, alias, targets, cases);
-            workspace.write(TEST_FILE, &rendered.text)?;
-            run = run_suite(&self.sandbox, workspace, TEST_FILE, suite_deadline).await?;
-        }
-        if run.failed == 0 && run.total > 0 {
-            let flaky = self
-                .flaky_tests(workspace, TEST_FILE, suite_deadline)
-                .await?;
-            if !flaky.is_empty() {
-                let drop: HashSet<usize> = flaky
-                    .iter()
-                    .filter_map(|t| rendered.tests.get(t).copied())
-                    .collect();
-                tracing::debug!(?flaky, "dropping flaky tests");
-                cases.retain(|c| !drop.contains(&c.call.target));
-                rendered = render(module_name, alias, targets, cases);
-                workspace.write(TEST_FILE, &rendered.text)?;
-                run = run_suite(&self.sandbox, workspace, TEST_FILE, suite_deadline).await?;
-            }
-        }
-        let mutation = mutation_in_time_left(
-            &self.sandbox,
-            workspace,
-            module_name,
-            TEST_FILE,
-            &run,
-            deadline,
-            MutationSettings {
-                budget: self.settings.mutation_budget,
-                max_mutants: self.settings.max_mutants,
-                seed: 1,
-                min_time_left: Duration::from_secs(3),
-            },
-        )
-        .await?;
-        let mutation_score = mutation.as_ref().and_then(MutationRun::score);
-        let survivor_lines = mutation
-            .map(|m| m.survivors.iter().map(|s| s.line).collect())
-            .unwrap_or_default();
-        let output = measured_output(rendered.text, &run, mutation_score);
-        Ok(Measured {
-            quality: output.quality_score.unwrap_or(0.0),
-            output,
-            missing: run.missing_lines,
-            survivor_lines,
-        })
-    }
-}
-
-impl LocalGenerator {
-    /// Test functions that fail in any of the reruns (each with its own hash seed).
-    async fn flaky_tests(
-        &self,
-        workspace: &Workspace,
-        test_file: &str,
-        deadline: Instant,
-    ) -> Result<Vec<String>, EngineError> {
-        let mut flaky: Vec<String> = Vec::new();
-        for rerun in 1..=self.settings.reruns {
-            let seed = rerun.to_string();
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left < Duration::from_secs(1) {
-                break;
-            }
-            let finished = self
-                .sandbox
-                .run_python(
-                    workspace.path(),
-                    &[
-                        "-m",
-                        "pytest",
-                        "-q",
-                        "-p",
-                        "no:cacheprovider",
-                        "--junitxml=rerun.xml",
-                        test_file,
-                    ],
-                    &[("PYTHONHASHSEED", &seed)],
-                    left,
-                )
-                .await
-                .map_err(|e| EngineError::Transient(e.to_string()))?;
-            if finished.success() {
-                continue;
-            }
-            let report =
-                std::fs::read_to_string(workspace.path().join("rerun.xml")).unwrap_or_default();
-            for name in super::python::junit_failed_tests(&report) {
-                if !flaky.contains(&name) {
-                    flaky.push(name);
-                }
-            }
-        }
-        Ok(flaky)
     }
 }
 
@@ -453,7 +332,9 @@ fn focus_literals(targets: &[Target], missing: &[u32], survivors: &[u32]) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qefleet_schemas::{ComplexityReport, JobSpec, Pool, QueuedJob, RouteDecision, Strategy};
+    use qefleet_schemas::{
+        Complexity, ComplexityReport, JobSpec, Pool, QueuedJob, RouteDecision, Strategy,
+    };
 
     const MODULE: &str = r#"
 class InsufficientFunds(Exception):
@@ -550,8 +431,8 @@ class Counter:
         let mutation = out.mutation_score.expect("mutation score");
         assert!(mutation >= 0.6, "mutation score {mutation}\n{file}");
         assert!(
-            out.refinement_rounds >= 2,
-            "stops on a plateau only after a second round"
+            (1..=5).contains(&out.refinement_rounds),
+            "rounds are counted, at most 5 for a simple module (stop rules: refine.rs tests)"
         );
         assert!(out.quality_score.expect("quality") > 0.7);
     }

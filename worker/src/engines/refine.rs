@@ -1,0 +1,459 @@
+//! The recursive refinement loop every engine shares (TRM-style): an engine proposes a
+//! suite, the loop runs it in the sandbox, removes failing and flaky tests, measures
+//! coverage and mutation score, and feeds what is still missing (uncovered lines,
+//! surviving mutants, failing output, removed tests, the best suite so far) back into the
+//! next proposal. The best suite seen is kept; the loop stops when a round improves quality
+//! by less than the plateau threshold, at the round limit, when the engine has nothing
+//! new, or at the time budget (the first, single-pass suite is always measured).
+//!
+//! Engines differ only in how they propose: the local generator synthesises and probes
+//! calls, LLM engines turn the feedback into a prompt (`prompt.rs`).
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use qefleet_schemas::{Complexity, TokenUsage};
+use rustpython_ast::{self as ast, Ranged};
+use rustpython_parser::Parse;
+
+use super::measure::{measured_output, mutation_in_time_left, MutationSettings, Survivor};
+use super::python::{junit_failed_tests, run_suite, SuiteRun, Workspace};
+use crate::engine::{EngineError, EngineOutput};
+use crate::sandbox::Sandbox;
+
+/// The file each proposal is written to and run as.
+pub const TEST_FILE: &str = "test_generated.py";
+
+/// What the engine is told before proposing round `round` (1-based).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RoundFeedback {
+    pub round: u32,
+    /// The best suite so far and its quality (0 before the first).
+    pub best_suite: Option<String>,
+    pub best_quality: f64,
+    /// Of the last measured suite: module lines no test executed, mutants no test killed.
+    pub uncovered_lines: Vec<u32>,
+    pub survivors: Vec<Survivor>,
+    /// pytest's output for the tests the loop removed from the last proposal.
+    pub failing_output: Option<String>,
+    /// Test functions removed from the last proposal: failing, or failing under another
+    /// hash seed (flaky).
+    pub dropped_tests: Vec<String>,
+}
+
+/// A suite proposed by an engine, with what proposing it cost.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Proposal {
+    pub test_file: String,
+    pub tokens: TokenUsage,
+    pub cost_usd: f64,
+}
+
+pub type ProposalFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<Proposal>, EngineError>> + Send + 'a>>;
+
+/// An engine's side of the loop. `None`: nothing new to propose, the loop ends.
+pub trait Proposer: Send {
+    fn propose<'a>(
+        &'a mut self,
+        feedback: &'a RoundFeedback,
+        deadline: Instant,
+    ) -> ProposalFuture<'a>;
+}
+
+/// Knobs of the loop.
+#[derive(Debug, Clone, Copy)]
+pub struct RefineSettings {
+    /// Stop when a round improves quality by less than this.
+    pub plateau: f64,
+    pub max_rounds_simple: u32,
+    pub max_rounds_complex: u32,
+    /// The whole loop's budget (the job's own budget applies when smaller).
+    pub budget: Duration,
+    /// Mutation testing per round.
+    pub mutation_budget: Duration,
+    pub max_mutants: u32,
+    /// Extra runs of a passing suite, each with another hash seed; a test failing in any
+    /// of them is removed as flaky.
+    pub reruns: u32,
+    /// No new round starts with less time than this left.
+    pub min_round_time: Duration,
+}
+
+impl Default for RefineSettings {
+    fn default() -> Self {
+        Self {
+            plateau: 0.01,
+            max_rounds_simple: 5,
+            max_rounds_complex: 7,
+            budget: Duration::from_secs(60),
+            mutation_budget: Duration::from_secs(15),
+            max_mutants: 40,
+            reruns: 2,
+            min_round_time: Duration::from_secs(3),
+        }
+    }
+}
+
+impl RefineSettings {
+    pub fn max_rounds(&self, complexity: Complexity) -> u32 {
+        match complexity {
+            Complexity::Simple | Complexity::Moderate => self.max_rounds_simple,
+            Complexity::Complex | Complexity::VeryComplex => self.max_rounds_complex,
+        }
+    }
+}
+
+/// One measured proposal.
+#[derive(Debug, Clone)]
+struct Measured {
+    output: EngineOutput,
+    quality: f64,
+    run: SuiteRun,
+    survivors: Vec<Survivor>,
+    failing_output: Option<String>,
+    dropped: Vec<String>,
+}
+
+/// Runs the loop for one module in one workspace.
+#[derive(Debug, Clone, Copy)]
+pub struct Refiner<'a> {
+    pub sandbox: &'a Sandbox,
+    pub workspace: &'a Workspace,
+    pub module_name: &'a str,
+    pub settings: RefineSettings,
+}
+
+impl Refiner<'_> {
+    /// Refines until a stop condition; returns the best suite with the rounds run and the
+    /// tokens and cost of every proposal. No passing test at all is the job's failure.
+    pub async fn refine(
+        &self,
+        proposer: &mut dyn Proposer,
+        max_rounds: u32,
+        deadline: Instant,
+    ) -> Result<EngineOutput, EngineError> {
+        let mut feedback = RoundFeedback::default();
+        let mut best: Option<Measured> = None;
+        let mut rounds = 0;
+        let mut tokens = TokenUsage::default();
+        let mut cost_usd = 0.0;
+        for round in 1..=max_rounds.max(1) {
+            if round > 1
+                && deadline.saturating_duration_since(Instant::now()) < self.settings.min_round_time
+            {
+                break;
+            }
+            feedback.round = round;
+            let Some(proposal) = proposer.propose(&feedback, deadline).await? else {
+                break;
+            };
+            rounds = round;
+            tokens.prompt += proposal.tokens.prompt;
+            tokens.completion += proposal.tokens.completion;
+            cost_usd += proposal.cost_usd;
+            let measured = self.measure(proposal.test_file, deadline).await?;
+            let gain = measured.quality - feedback.best_quality;
+            tracing::debug!(
+                round,
+                quality = measured.quality,
+                dropped = measured.dropped.len(),
+                "refinement round"
+            );
+            feedback.uncovered_lines = measured.run.missing_lines.clone();
+            feedback.survivors = measured.survivors.clone();
+            feedback.failing_output = measured.failing_output.clone();
+            feedback.dropped_tests = measured.dropped.clone();
+            if best.is_none() || gain > 0.0 {
+                feedback.best_quality = measured.quality;
+                feedback.best_suite = Some(measured.output.test_file.clone());
+                best = Some(measured);
+            }
+            if round > 1 && gain < self.settings.plateau {
+                break;
+            }
+        }
+        let best = best.ok_or_else(|| EngineError::JobFailed("no suite was proposed".into()))?;
+        if best.output.tests_passed == 0 || best.output.tests_failed > 0 {
+            return Err(EngineError::JobFailed(format!(
+                "no deterministic, passing test could be generated for {}",
+                self.module_name
+            )));
+        }
+        Ok(EngineOutput {
+            refinement_rounds: rounds,
+            tokens,
+            cost_usd,
+            ..best.output
+        })
+    }
+
+    /// Runs a proposal, removes failing tests (then flaky ones) and re-runs, then measures.
+    async fn measure(&self, mut text: String, deadline: Instant) -> Result<Measured, EngineError> {
+        self.workspace.write(TEST_FILE, &text)?;
+        // A proposal is always measured, even when the budget ran out meanwhile.
+        let suite_deadline = deadline.max(Instant::now() + Duration::from_secs(20));
+        let mut run = run_suite(self.sandbox, self.workspace, TEST_FILE, suite_deadline).await?;
+        let mut dropped: Vec<String> = Vec::new();
+        let mut failing_output = None;
+        if run.failed > 0 && !run.failed_tests.is_empty() {
+            failing_output = Some(run.output.clone());
+            dropped.extend(run.failed_tests.iter().cloned());
+            text = prune_tests(&text, &run.failed_tests);
+            self.workspace.write(TEST_FILE, &text)?;
+            run = run_suite(self.sandbox, self.workspace, TEST_FILE, suite_deadline).await?;
+        }
+        if run.passes() {
+            let flaky = self.flaky_tests(suite_deadline).await?;
+            if !flaky.is_empty() {
+                tracing::debug!(?flaky, "removing flaky tests");
+                dropped.extend(flaky.iter().cloned());
+                text = prune_tests(&text, &flaky);
+                self.workspace.write(TEST_FILE, &text)?;
+                run = run_suite(self.sandbox, self.workspace, TEST_FILE, suite_deadline).await?;
+            }
+        } else if failing_output.is_none() {
+            failing_output = Some(run.output.clone());
+        }
+        let mutation = mutation_in_time_left(
+            self.sandbox,
+            self.workspace,
+            self.module_name,
+            TEST_FILE,
+            &run,
+            deadline,
+            MutationSettings {
+                budget: self.settings.mutation_budget,
+                max_mutants: self.settings.max_mutants,
+                seed: 1,
+                min_time_left: self.settings.min_round_time,
+            },
+        )
+        .await?;
+        let score = mutation.as_ref().and_then(|m| m.score());
+        let output = measured_output(text, &run, score);
+        Ok(Measured {
+            quality: output.quality_score.unwrap_or(0.0),
+            output,
+            run,
+            survivors: mutation.map(|m| m.survivors).unwrap_or_default(),
+            failing_output,
+            dropped,
+        })
+    }
+
+    /// Test functions that fail in any of the reruns (each with its own hash seed).
+    async fn flaky_tests(&self, deadline: Instant) -> Result<Vec<String>, EngineError> {
+        let mut flaky: Vec<String> = Vec::new();
+        for rerun in 1..=self.settings.reruns {
+            let seed = rerun.to_string();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left < Duration::from_secs(1) {
+                break;
+            }
+            let finished = self
+                .sandbox
+                .run_python(
+                    self.workspace.path(),
+                    &[
+                        "-m",
+                        "pytest",
+                        "-q",
+                        "-p",
+                        "no:cacheprovider",
+                        "--junitxml=rerun.xml",
+                        TEST_FILE,
+                    ],
+                    &[("PYTHONHASHSEED", &seed)],
+                    left,
+                )
+                .await
+                .map_err(|e| EngineError::Transient(e.to_string()))?;
+            if finished.success() {
+                continue;
+            }
+            let report = std::fs::read_to_string(self.workspace.path().join("rerun.xml"))
+                .unwrap_or_default();
+            for name in junit_failed_tests(&report) {
+                if !flaky.contains(&name) {
+                    flaky.push(name);
+                }
+            }
+        }
+        Ok(flaky)
+    }
+}
+
+/// Removes the named test functions (module level or in test classes, with their
+/// decorators) from a pytest file. A file that does not parse is returned unchanged.
+pub fn prune_tests(text: &str, names: &[String]) -> String {
+    let names: HashSet<&str> = names.iter().map(String::as_str).collect();
+    let Ok(suite) = ast::Suite::parse(text, "<tests>") else {
+        return text.to_string();
+    };
+    let mut cut: Vec<(usize, usize)> = Vec::new();
+    let visit = |stmts: &[ast::Stmt], cut: &mut Vec<(usize, usize)>| {
+        for stmt in stmts {
+            let (name, decorators) = match stmt {
+                ast::Stmt::FunctionDef(f) => (f.name.as_str(), &f.decorator_list),
+                ast::Stmt::AsyncFunctionDef(f) => (f.name.as_str(), &f.decorator_list),
+                _ => continue,
+            };
+            if names.contains(name) {
+                let start = decorators
+                    .iter()
+                    .map(|d| usize::from(d.range().start()))
+                    .chain([usize::from(stmt.range().start())])
+                    .min()
+                    .unwrap_or(0);
+                cut.push((start, usize::from(stmt.range().end())));
+            }
+        }
+    };
+    visit(&suite, &mut cut);
+    for stmt in &suite {
+        if let ast::Stmt::ClassDef(c) = stmt {
+            visit(&c.body, &mut cut);
+        }
+    }
+    cut.sort_unstable();
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for (start, end) in cut {
+        // Whole lines: from the start of the first line to the end of the last.
+        let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = text[end..].find('\n').map_or(text.len(), |i| end + i + 1);
+        if line_start < at {
+            continue;
+        }
+        out.push_str(&text[at..line_start]);
+        at = line_end;
+    }
+    out.push_str(&text[at..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engines::python::find_python;
+    use crate::sandbox::Limits;
+
+    #[test]
+    fn failing_tests_are_pruned_with_their_decorators() {
+        let text = "import pytest\n\n\n@pytest.mark.parametrize(\"x\", [1, 2])\ndef test_a(x):\n    assert x\n\n\ndef test_b():\n    assert False\n\n\nclass TestBox:\n    def test_c(self):\n        assert 1\n\n    def test_d(self):\n        assert 0\n";
+        let pruned = prune_tests(text, &["test_a".into(), "test_d".into()]);
+        assert_eq!(
+            pruned,
+            "import pytest\n\n\n\n\ndef test_b():\n    assert False\n\n\nclass TestBox:\n    def test_c(self):\n        assert 1\n\n"
+        );
+        assert_eq!(prune_tests("def (:\n", &["x".into()]), "def (:\n");
+    }
+
+    const MODULE: &str = "def sign(n):\n    if n < 0:\n        return -1\n    if n == 0:\n        return 0\n    return 1\n";
+
+    /// An engine that proposes scripted suites and records what it was told.
+    struct Scripted {
+        suites: Vec<&'static str>,
+        seen: Vec<RoundFeedback>,
+    }
+
+    impl Proposer for Scripted {
+        fn propose<'a>(
+            &'a mut self,
+            feedback: &'a RoundFeedback,
+            _: Instant,
+        ) -> ProposalFuture<'a> {
+            self.seen.push(feedback.clone());
+            let next = self
+                .suites
+                .get(feedback.round as usize - 1)
+                .map(|s| Proposal {
+                    test_file: s.to_string(),
+                    tokens: TokenUsage {
+                        prompt: 100,
+                        completion: 10,
+                    },
+                    cost_usd: 0.5,
+                });
+            Box::pin(async move { Ok(next) })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_loop_feeds_back_what_is_missing_keeps_the_best_and_stops_on_a_plateau() {
+        let sandbox = Sandbox::new(find_python(), Limits::default()).await;
+        let workspace = Workspace::new("signs", MODULE).expect("workspace");
+        let refiner = Refiner {
+            sandbox: &sandbox,
+            workspace: &workspace,
+            module_name: "signs",
+            settings: RefineSettings::default(),
+        };
+        let first = "import signs\n\n\ndef test_positive():\n    assert signs.sign(5) == 1\n\n\ndef test_wrong():\n    assert signs.sign(-5) == 7\n";
+        let second = "import signs\n\n\ndef test_positive():\n    assert signs.sign(5) == 1\n\n\ndef test_negative():\n    assert signs.sign(-5) == -1\n\n\ndef test_zero():\n    assert signs.sign(0) == 0\n";
+        let mut engine = Scripted {
+            suites: vec![first, second, second, first],
+            seen: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let out = refiner
+            .refine(&mut engine, 5, deadline)
+            .await
+            .expect("refines");
+        assert_eq!(out.test_file, second, "the best suite is kept");
+        assert_eq!(out.refinement_rounds, 3, "round 3 gained nothing: plateau");
+        assert_eq!((out.tests_passed, out.tests_failed), (3, 0));
+        assert_eq!(out.line_coverage, Some(1.0));
+        assert_eq!(out.tokens.prompt, 300);
+        assert!((out.cost_usd - 1.5).abs() < 1e-9);
+        let after_first = &engine.seen[1];
+        assert_eq!(after_first.dropped_tests, vec!["test_wrong".to_string()]);
+        assert!(
+            after_first
+                .failing_output
+                .as_deref()
+                .is_some_and(|o| o.contains("test_wrong")),
+            "{after_first:?}"
+        );
+        assert_eq!(
+            after_first.uncovered_lines,
+            vec![3, 5],
+            "the lines the pruned suite misses"
+        );
+        assert!(after_first
+            .best_suite
+            .as_deref()
+            .is_some_and(|s| !s.contains("test_wrong")));
+        assert!(!after_first.survivors.is_empty(), "{after_first:?}");
+        assert!(engine.seen[2].dropped_tests.is_empty());
+        assert!(engine.seen[2].best_quality > after_first.best_quality);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_suite_with_no_passing_test_fails_the_job() {
+        let sandbox = Sandbox::new(find_python(), Limits::default()).await;
+        let workspace = Workspace::new("signs", MODULE).expect("workspace");
+        let refiner = Refiner {
+            sandbox: &sandbox,
+            workspace: &workspace,
+            module_name: "signs",
+            settings: RefineSettings::default(),
+        };
+        let mut engine = Scripted {
+            suites: vec!["import signs\n\n\ndef test_wrong():\n    assert signs.sign(1) == 2\n"],
+            seen: Vec::new(),
+        };
+        let err = refiner
+            .refine(&mut engine, 5, Instant::now() + Duration::from_secs(60))
+            .await
+            .expect_err("nothing passes");
+        assert!(
+            matches!(err, EngineError::JobFailed(ref m) if m.contains("no deterministic, passing test")),
+            "{err:?}"
+        );
+        assert_eq!(engine.seen.len(), 2, "asked again after the failure");
+    }
+}
