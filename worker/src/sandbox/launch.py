@@ -24,19 +24,29 @@ def mount(libc, source, target, fstype, flags, data):
         raise OSError(err, os.strerror(err), target)
 
 
-def private_temp_dirs(size_mb):
-    """Empty tmpfs over the shared temp dirs; the work dir (often under /tmp) is bound
-    back at its own path, so the run sees it and nothing else of the host's /tmp."""
+def under_temp(path):
+    return any(path == d or path.startswith(d + "/") for d in SHARED_TEMP_DIRS)
+
+
+def private_temp_dirs(size_mb, command):
+    """Empty tmpfs over the shared temp dirs. What the run needs from them is bound back
+    at its own path: the work dir (often under /tmp), and the interpreter's environment
+    and the command's directory when they live there (a checkout in /tmp)."""
     libc = ctypes.CDLL(None, use_errno=True)
     work = os.getcwd()
-    keep = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
+    needed = []
+    for path in (work, sys.prefix, os.path.dirname(os.path.abspath(command[0]))):
+        path = os.path.realpath(path)
+        if under_temp(path) and path not in (p for p, _ in needed):
+            needed.append((path, os.open(path, os.O_RDONLY | os.O_DIRECTORY)))
+    needed.sort()  # a parent before what lies inside it
     for d in SHARED_TEMP_DIRS:
         if os.path.isdir(d):
             mount(libc, "tmpfs", d, "tmpfs", 0, f"size={size_mb}m,mode=1777")
-    if any(work == d or work.startswith(d + "/") for d in SHARED_TEMP_DIRS):
-        os.makedirs(work, exist_ok=True)
-        mount(libc, f"/proc/self/fd/{keep}", work, None, MS_BIND, None)
-    os.close(keep)
+    for path, fd in needed:
+        os.makedirs(path, exist_ok=True)
+        mount(libc, f"/proc/self/fd/{fd}", path, None, MS_BIND, None)
+        os.close(fd)
     os.chdir(work)
 
 
@@ -46,7 +56,7 @@ def main():
     command = sys.argv[sep + 1:]
     mib = 1024 * 1024
     if private_tmp:
-        private_temp_dirs(fsize_mb)
+        private_temp_dirs(fsize_mb, command)
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     resource.setrlimit(resource.RLIMIT_AS, (mem_mb * mib, mem_mb * mib))
     resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_mb * mib, fsize_mb * mib))

@@ -450,6 +450,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_interpreter_under_tmp_stays_usable_with_a_private_tmp() {
+        // A checkout in /tmp has its .venv there: the private /tmp must not hide it.
+        let home = tempfile::tempdir().expect("tempdir");
+        let venv = home.path().join("venv");
+        let made = std::process::Command::new(find_python())
+            .args(["-m", "venv", "--without-pip"])
+            .arg(&venv)
+            .status()
+            .expect("venv");
+        assert!(made.success());
+        let sandbox = Sandbox::new(venv.join("bin/python"), Limits::default()).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = sandbox
+            .run_python(
+                dir.path(),
+                &["-c", "import sys; print('PREFIX', sys.prefix)"],
+                &[],
+                Duration::from_secs(20),
+            )
+            .await
+            .expect("runs");
+        assert!(
+            f.stdout.starts_with("PREFIX /tmp"),
+            "{} {}",
+            f.stdout,
+            f.stderr
+        );
+    }
+
+    #[tokio::test]
     async fn memory_and_writes_outside_the_work_dir_are_refused() {
         let code = "try:\n    b = bytearray(2 * 1024**3)\n    print('ALLOCATED')\nexcept MemoryError:\n    print('NO MEMORY')\ntry:\n    open('/etc/qefleet-escape', 'w').write('x')\n    print('WROTE')\nexcept OSError:\n    print('NO WRITE')";
         let (sandbox, f) = run(code, Duration::from_secs(20)).await;
