@@ -382,16 +382,24 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_loop_feeds_back_what_is_missing_keeps_the_best_and_stops_on_a_plateau() {
+    async fn signs() -> (Sandbox, Workspace) {
         let sandbox = Sandbox::new(find_python(), Limits::default()).await;
-        let workspace = Workspace::new("signs", MODULE).expect("workspace");
-        let refiner = Refiner {
-            sandbox: &sandbox,
-            workspace: &workspace,
+        (sandbox, Workspace::new("signs", MODULE).expect("workspace"))
+    }
+
+    fn refiner<'a>(sandbox: &'a Sandbox, workspace: &'a Workspace) -> Refiner<'a> {
+        Refiner {
+            sandbox,
+            workspace,
             module_name: "signs",
             settings: RefineSettings::default(),
-        };
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_loop_feeds_back_what_is_missing_keeps_the_best_and_stops_on_a_plateau() {
+        let (sandbox, workspace) = signs().await;
+        let refiner = refiner(&sandbox, &workspace);
         let first = "import signs\n\n\ndef test_positive():\n    assert signs.sign(5) == 1\n\n\ndef test_wrong():\n    assert signs.sign(-5) == 7\n";
         let second = "import signs\n\n\ndef test_positive():\n    assert signs.sign(5) == 1\n\n\ndef test_negative():\n    assert signs.sign(-5) == -1\n\n\ndef test_zero():\n    assert signs.sign(0) == 0\n";
         let mut engine = Scripted {
@@ -434,14 +442,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_suite_with_no_passing_test_fails_the_job() {
-        let sandbox = Sandbox::new(find_python(), Limits::default()).await;
-        let workspace = Workspace::new("signs", MODULE).expect("workspace");
-        let refiner = Refiner {
-            sandbox: &sandbox,
-            workspace: &workspace,
-            module_name: "signs",
-            settings: RefineSettings::default(),
-        };
+        let (sandbox, workspace) = signs().await;
+        let refiner = refiner(&sandbox, &workspace);
         let mut engine = Scripted {
             suites: vec!["import signs\n\n\ndef test_wrong():\n    assert signs.sign(1) == 2\n"],
             seen: Vec::new(),
