@@ -35,6 +35,12 @@ pub struct MutationRun {
     pub baseline_seconds: f64,
     /// Not every site was run (cap or budget).
     pub sampled: bool,
+    /// Test functions that were the first to fail on some killed mutant.
+    #[serde(default)]
+    pub killers: Vec<String>,
+    /// Kills no test function is named for (timeouts).
+    #[serde(default)]
+    pub unattributed: u32,
 }
 
 impl MutationRun {

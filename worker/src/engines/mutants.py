@@ -7,7 +7,9 @@ Operators: arithmetic (+ - * / // % **), comparison (< <= > >= == != in is), boo
 (and/or, dropping `not`), constants (numbers +1, booleans flipped, strings emptied),
 return values (-> None) and condition negation (if, while, conditional expressions).
 A mutant is killed when the suite fails or times out on it. Sites are sampled in a seeded
-order; evaluation stops at MAX_MUTANTS or when the time budget is spent.
+order; evaluation stops at MAX_MUTANTS or when the time budget is spent. The report names
+the first failing test function of each killed mutant (`killers`, for minimising the
+suite); `unattributed` counts kills no test is named for (timeouts).
 """
 import ast
 import concurrent.futures
@@ -125,16 +127,28 @@ def mutant_source(source, target):
 
 
 def run_suite(directory, test_file, timeout):
+    """("passed" | "failed" | "timeout", the first failing test function or None)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = directory
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", test_file],
+            [sys.executable, "-m", "pytest", "-x", "-q", "--tb=no", "-rfE", "-p", "no:cacheprovider", test_file],
             cwd=directory, env=env, timeout=timeout,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return "passed" if done.returncode == 0 else "failed"
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        return "timeout"
+        return "timeout", None
+    if done.returncode == 0:
+        return "passed", None
+    return "failed", first_failing(done.stdout.decode("utf-8", "replace"))
+
+
+def first_failing(output):
+    """`FAILED test_x.py::TestC::test_f[1] - ...` -> `test_f`."""
+    for line in output.splitlines():
+        if line.startswith(("FAILED ", "ERROR ")) and "::" in line:
+            name = line.split(" ", 1)[1].split(" - ")[0].rsplit("::", 1)[-1]
+            return name.split("[")[0]
+    return None
 
 
 def prepare(work, name, module_rel, module_text, test_file):
@@ -163,10 +177,10 @@ def main():
     _, sites = mutant_source(source, None)
     report = {"sites": len(sites), "evaluated": 0, "killed": 0, "timeouts": 0,
               "survivors": [], "baseline_passed": False, "baseline_seconds": 0.0,
-              "sampled": False}
+              "sampled": False, "killers": [], "unattributed": 0}
     base_dir = prepare(work, "baseline", module_rel, source, test_file)
     t0 = time.monotonic()
-    baseline = run_suite(base_dir, os.path.basename(test_file), max(5.0, budget))
+    baseline, _ = run_suite(base_dir, os.path.basename(test_file), max(5.0, budget))
     report["baseline_seconds"] = round(time.monotonic() - t0, 3)
     report["baseline_passed"] = baseline == "passed"
     if not report["baseline_passed"]:
@@ -198,12 +212,17 @@ def main():
                 continue
             if outcome == "equivalent":
                 continue
+            outcome, killer = outcome
             report["evaluated"] += 1
             if outcome == "passed":
                 report["survivors"].append(sites[index])
             else:
                 report["killed"] += 1
                 report["timeouts"] += outcome == "timeout"
+                if killer is None:
+                    report["unattributed"] += 1
+                elif killer not in report["killers"]:
+                    report["killers"].append(killer)
     report["survivors"].sort(key=lambda s: s["line"])
     shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(report))

@@ -3,6 +3,7 @@
 //!
 //! Every run goes through the [`Sandbox`](crate::sandbox::Sandbox).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -130,6 +131,9 @@ pub struct SuiteRun {
     pub failed_tests: Vec<String>,
     /// The end of pytest's output (what an engine is shown of failures).
     pub output: String,
+    /// Module lines each test function executed (coverage.py's dynamic contexts), by the
+    /// function's name.
+    pub lines_by_test: BTreeMap<String, Vec<u32>>,
 }
 
 impl SuiteRun {
@@ -142,6 +146,9 @@ impl SuiteRun {
         self.failed == 0 && self.total > 0
     }
 }
+
+/// coverage.py settings of a suite run: which test executed which line.
+const COVERAGE_RC: &str = ".qefleet_coveragerc";
 
 /// How much of pytest's output a [`SuiteRun`] keeps.
 const OUTPUT_TAIL: usize = 4000;
@@ -161,6 +168,8 @@ pub async fn run_suite(
 ) -> Result<SuiteRun, EngineError> {
     let remaining = || deadline.saturating_duration_since(Instant::now());
     let include = format!("--include={}", workspace.module_file.display());
+    workspace.write(COVERAGE_RC, "[run]\ndynamic_context = test_function\n")?;
+    let rcfile = format!("--rcfile={COVERAGE_RC}");
     let finished = run_python(
         sandbox,
         workspace,
@@ -168,6 +177,7 @@ pub async fn run_suite(
             "-m",
             "coverage",
             "run",
+            &rcfile,
             "--branch",
             &include,
             "-m",
@@ -194,7 +204,16 @@ pub async fn run_suite(
     let coverage = run_python(
         sandbox,
         workspace,
-        &["-m", "coverage", "json", "-q", "-o", "coverage.json"],
+        &[
+            "-m",
+            "coverage",
+            "json",
+            &rcfile,
+            "--show-contexts",
+            "-q",
+            "-o",
+            "coverage.json",
+        ],
         remaining(),
     )
     .await?;
@@ -232,6 +251,7 @@ pub async fn run_suite(
         missing_lines,
         failed_tests: junit_failed_tests(&report),
         output: tail(&finished.stdout, OUTPUT_TAIL),
+        lines_by_test: json.as_ref().map(lines_by_test).unwrap_or_default(),
     })
 }
 
@@ -276,6 +296,37 @@ pub fn junit_failed_tests(xml: &str) -> Vec<String> {
     out
 }
 
+/// Module lines per test function from `coverage json --show-contexts` (contexts are
+/// `test_file.test_f` or `test_file.TestClass.test_f`; the import-time context is `""`).
+pub fn lines_by_test(json: &serde_json::Value) -> BTreeMap<String, Vec<u32>> {
+    let mut out: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    let Some(file) = json["files"].as_object().and_then(|f| f.values().next()) else {
+        return out;
+    };
+    let Some(contexts) = file["contexts"].as_object() else {
+        return out;
+    };
+    for (line, names) in contexts {
+        let Ok(line) = line.parse::<u32>() else {
+            continue;
+        };
+        for name in names
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_str())
+        {
+            if let Some(test) = name.rsplit('.').next().filter(|t| !t.is_empty()) {
+                out.entry(test.to_string()).or_default().push(line);
+            }
+        }
+    }
+    for lines in out.values_mut() {
+        lines.sort_unstable();
+    }
+    out
+}
+
 /// Line and branch coverage fractions from `coverage json` totals.
 pub fn coverage_fractions(json: &serde_json::Value) -> (Option<f64>, Option<f64>) {
     let totals = &json["totals"];
@@ -305,6 +356,20 @@ mod tests {
     fn failing_tests_are_named_once() {
         let xml = r#"<testsuite tests="3"><testcase classname="t" name="test_a[args0-1]" time="0"><failure message="x"/></testcase><testcase classname="t" name="test_a[args1-2]" time="0"><failure/></testcase><testcase classname="t" name="test_b" time="0"></testcase><testcase classname="t" name="test_c" time="0"><error/></testcase></testsuite>"#;
         assert_eq!(junit_failed_tests(xml), vec!["test_a", "test_c"]);
+    }
+
+    #[test]
+    fn lines_are_attributed_to_test_functions() {
+        let json = serde_json::json!({"files": {"m.py": {"contexts": {
+            "1": [""],
+            "2": ["test_g.TestC.test_c", "test_g.test_a"],
+            "4": ["test_g.test_b"],
+        }}}});
+        let by_test = lines_by_test(&json);
+        assert_eq!(by_test.get("test_a"), Some(&vec![2]));
+        assert_eq!(by_test.get("test_c"), Some(&vec![2]));
+        assert_eq!(by_test.get("test_b"), Some(&vec![4]));
+        assert_eq!(by_test.len(), 3);
     }
 
     #[test]

@@ -115,6 +115,8 @@ struct Measured {
     survivors: Vec<Survivor>,
     failing_output: Option<String>,
     dropped: Vec<String>,
+    /// Test functions first to fail on some killed mutant.
+    killers: Vec<String>,
 }
 
 /// Runs the loop for one module in one workspace.
@@ -175,7 +177,11 @@ impl Refiner<'_> {
                 break;
             }
         }
-        let best = best.ok_or_else(|| EngineError::JobFailed("no suite was proposed".into()))?;
+        let mut best =
+            best.ok_or_else(|| EngineError::JobFailed("no suite was proposed".into()))?;
+        if let Some(smaller) = self.minimise(&best, deadline).await? {
+            best = smaller;
+        }
         if best.output.tests_passed == 0 || best.output.tests_failed > 0 {
             return Err(EngineError::JobFailed(format!(
                 "no deterministic, passing test could be generated for {}",
@@ -188,6 +194,39 @@ impl Refiner<'_> {
             cost_usd,
             ..best.output
         })
+    }
+
+    /// The best suite without the test functions it does not need: a greedy cover of the
+    /// lines the suite executes, plus every test that was first to kill a mutant. The
+    /// smaller suite is measured like any proposal and taken only when its quality is not
+    /// lower, so every reported figure is the kept suite's own. Skipped when there is
+    /// nothing to remove or less than a round's time is left.
+    async fn minimise(
+        &self,
+        best: &Measured,
+        deadline: Instant,
+    ) -> Result<Option<Measured>, EngineError> {
+        let text = &best.output.test_file;
+        let needed = needed_tests(&best.run.lines_by_test, &best.killers);
+        let remove: Vec<String> = test_functions(text)
+            .into_iter()
+            .filter(|t| !needed.contains(t))
+            .collect();
+        if remove.is_empty()
+            || !best.run.passes()
+            || deadline.saturating_duration_since(Instant::now()) < self.settings.min_round_time
+        {
+            return Ok(None);
+        }
+        let smaller = self.measure(prune_tests(text, &remove), deadline).await?;
+        let kept = smaller.run.passes() && smaller.quality >= best.quality - 1e-9;
+        tracing::debug!(
+            removed = remove.len(),
+            kept,
+            quality = smaller.quality,
+            "suite minimisation"
+        );
+        Ok(kept.then_some(smaller))
     }
 
     /// Runs a proposal, removes failing tests (then flaky ones) and re-runs, then measures.
@@ -234,13 +273,17 @@ impl Refiner<'_> {
         .await?;
         let score = mutation.as_ref().and_then(|m| m.score());
         let output = measured_output(text, &run, score);
+        let (survivors, killers) = mutation
+            .map(|m| (m.survivors, m.killers))
+            .unwrap_or_default();
         Ok(Measured {
             quality: output.quality_score.unwrap_or(0.0),
             output,
             run,
-            survivors: mutation.map(|m| m.survivors).unwrap_or_default(),
+            survivors,
             failing_output,
             dropped,
+            killers,
         })
     }
 
@@ -284,6 +327,70 @@ impl Refiner<'_> {
         }
         Ok(flaky)
     }
+}
+
+/// Test functions to keep: greedily, the one executing most lines not yet executed until
+/// every line is, then every mutant killer.
+pub fn needed_tests(
+    lines_by_test: &std::collections::BTreeMap<String, Vec<u32>>,
+    killers: &[String],
+) -> HashSet<String> {
+    let mut left: HashSet<u32> = lines_by_test.values().flatten().copied().collect();
+    let mut keep: HashSet<String> = killers.iter().cloned().collect();
+    for lines in keep.iter().filter_map(|k| lines_by_test.get(k)) {
+        for l in lines {
+            left.remove(l);
+        }
+    }
+    while !left.is_empty() {
+        let Some((name, lines)) = lines_by_test
+            .iter()
+            .filter(|(name, _)| !keep.contains(*name))
+            .max_by_key(|(name, lines)| {
+                (
+                    lines.iter().filter(|l| left.contains(l)).count(),
+                    std::cmp::Reverse(name.as_str()),
+                )
+            })
+        else {
+            break;
+        };
+        if !lines.iter().any(|l| left.contains(l)) {
+            break;
+        }
+        for l in lines {
+            left.remove(l);
+        }
+        keep.insert(name.clone());
+    }
+    keep
+}
+
+/// Names of the test functions of a pytest file (module level and in test classes).
+pub fn test_functions(text: &str) -> Vec<String> {
+    let Ok(suite) = ast::Suite::parse(text, "<tests>") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut visit = |stmts: &[ast::Stmt]| {
+        for stmt in stmts {
+            let name = match stmt {
+                ast::Stmt::FunctionDef(f) => f.name.as_str(),
+                ast::Stmt::AsyncFunctionDef(f) => f.name.as_str(),
+                _ => continue,
+            };
+            if name.starts_with("test") {
+                out.push(name.to_string());
+            }
+        }
+    };
+    visit(&suite);
+    for stmt in &suite {
+        if let ast::Stmt::ClassDef(c) = stmt {
+            visit(&c.body);
+        }
+    }
+    out
 }
 
 /// Removes the named test functions (module level or in test classes, with their
@@ -350,6 +457,31 @@ mod tests {
             "import pytest\n\n\n\n\ndef test_b():\n    assert False\n\n\nclass TestBox:\n    def test_c(self):\n        assert 1\n\n"
         );
         assert_eq!(prune_tests("def (:\n", &["x".into()]), "def (:\n");
+    }
+
+    #[test]
+    fn the_needed_tests_cover_every_line_and_keep_every_killer() {
+        let map = |entries: &[(&str, &[u32])]| -> std::collections::BTreeMap<String, Vec<u32>> {
+            entries
+                .iter()
+                .map(|(n, l)| (n.to_string(), l.to_vec()))
+                .collect()
+        };
+        let keep = needed_tests(&map(&[("a", &[1, 2, 3]), ("b", &[2]), ("c", &[3])]), &[]);
+        assert_eq!(keep, HashSet::from(["a".to_string()]));
+        let keep = needed_tests(
+            &map(&[("a", &[1, 2]), ("b", &[2]), ("c", &[3]), ("d", &[3])]),
+            &["b".into()],
+        );
+        assert_eq!(
+            keep,
+            HashSet::from(["a".to_string(), "b".to_string(), "c".to_string()]),
+            "the killer b stays, a covers 1, c (before d) covers 3"
+        );
+        assert_eq!(
+            test_functions("import x\n\ndef test_a():\n    pass\n\ndef helper():\n    pass\n\nclass TestB:\n    def test_c(self):\n        pass\n"),
+            vec!["test_a".to_string(), "test_c".to_string()]
+        );
     }
 
     const MODULE: &str = "def sign(n):\n    if n < 0:\n        return -1\n    if n == 0:\n        return 0\n    return 1\n";
@@ -438,6 +570,31 @@ mod tests {
         assert!(!after_first.survivors.is_empty(), "{after_first:?}");
         assert!(engine.seen[2].dropped_tests.is_empty());
         assert!(engine.seen[2].best_quality > after_first.best_quality);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tests_that_add_no_line_and_kill_no_mutant_first_are_removed() {
+        let (sandbox, workspace) = signs().await;
+        let refiner = refiner(&sandbox, &workspace);
+        let suite = "import signs\n\n\ndef test_negative():\n    assert signs.sign(-5) == -1\n\n\ndef test_negative_again():\n    assert signs.sign(-7) == -1\n\n\ndef test_zero():\n    assert signs.sign(0) == 0\n\n\ndef test_positive():\n    assert signs.sign(5) == 1\n";
+        let mut engine = Scripted {
+            suites: vec![suite],
+            seen: Vec::new(),
+        };
+        let out = refiner
+            .refine(&mut engine, 5, Instant::now() + Duration::from_secs(120))
+            .await
+            .expect("refines");
+        assert!(
+            !out.test_file.contains("def test_negative_again")
+                && out.test_file.contains("def test_negative()")
+                && out.test_file.contains("def test_zero()")
+                && out.test_file.contains("def test_positive()"),
+            "{}",
+            out.test_file
+        );
+        assert_eq!((out.tests_passed, out.tests_failed), (3, 0));
+        assert_eq!(out.line_coverage, Some(1.0));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
