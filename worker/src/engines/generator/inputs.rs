@@ -240,11 +240,26 @@ pub fn synthesize(
             let mut literals: Vec<String> =
                 target.literals.iter().map(|(_, l)| l.clone()).collect();
             literals.extend(focus.iter().cloned());
-            target
+            let mut pools: Vec<Vec<String>> = target
                 .params
                 .iter()
                 .map(|p| pool(p, &literals, 14))
-                .collect()
+                .collect();
+            // Arguments of the module's own doctest examples are inputs it documents.
+            for example in &target.examples {
+                for (i, value) in example.args.iter().enumerate() {
+                    let Some((param, pool)) = target.params.get(i).zip(pools.get_mut(i)) else {
+                        break;
+                    };
+                    if param.name.starts_with('*') {
+                        break;
+                    }
+                    if !pool.contains(value) {
+                        pool.insert(1.min(pool.len()), value.clone());
+                    }
+                }
+            }
+            pools
         })
         .collect();
     let mut calls = Vec::new();
@@ -278,6 +293,23 @@ pub fn synthesize(
                 kept.push(combos.remove(rng.below(combos.len())));
             }
             combos = kept;
+        }
+        // The documented calls themselves, as written.
+        for example in &target.examples {
+            let expr = call_expr(alias, target, &example.args, &example.kwargs);
+            let setup = match &target.owner {
+                Owner::Instance { class, init } => {
+                    instance_setup(alias, class, init, targets, &all_pools, 0, &mut rng)
+                }
+                _ => Vec::new(),
+            };
+            calls.push(Call {
+                target: index,
+                args: example.args.clone(),
+                kwargs: example.kwargs.clone(),
+                expr,
+                setup,
+            });
         }
         for (n, values) in combos.into_iter().enumerate() {
             let (args, kwargs) = arg_list(&target.params, &values);
@@ -399,6 +431,21 @@ mod tests {
         let opt_pool = super::pool(&opt, &[], 20);
         assert_eq!(opt_pool[0], "\"a\"");
         assert!(opt_pool.contains(&"None".into()));
+    }
+
+    #[test]
+    fn doctest_examples_are_called_as_written_and_seed_the_pools() {
+        let src = "def span(text, sep=','):\n    \"\"\">>> span('1-3', sep='-')\n    [1, 2, 3]\n    \"\"\"\n    return text.split(sep)\n";
+        let targets = find_targets(src).expect("parses");
+        let calls = synthesize("m", &targets, 12, 1, &[]);
+        let exprs: Vec<&str> = calls.iter().map(|c| c.expr.as_str()).collect();
+        assert!(exprs.contains(&"m.span('1-3', sep='-')"), "{exprs:?}");
+        assert!(
+            calls
+                .iter()
+                .any(|c| c.args.first().map(String::as_str) == Some("'1-3'") && c.kwargs.is_empty()),
+            "the example's argument joins the parameter's pool: {exprs:?}"
+        );
     }
 
     #[test]

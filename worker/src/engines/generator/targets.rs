@@ -39,6 +39,16 @@ pub struct Target {
     pub lines: (u32, u32),
     /// Literal values in the body as Python source, with their line.
     pub literals: Vec<(u32, String)>,
+    /// Argument lists of calls to it in the module's doctest examples (`>>> f(2, x=3)`),
+    /// when every argument is a literal.
+    pub examples: Vec<Example>,
+}
+
+/// The arguments of one example call, as Python source.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Example {
+    pub args: Vec<String>,
+    pub kwargs: Vec<(String, String)>,
 }
 
 impl Target {
@@ -171,7 +181,120 @@ pub fn find_targets(source: &str) -> Result<Vec<Target>, ParseFailure> {
             _ => {}
         }
     }
+    let examples = doctest_examples(&suite);
+    for target in &mut out {
+        target.examples = examples
+            .iter()
+            .filter(|(callee, _)| callee == &target.name)
+            .map(|(_, e)| e.clone())
+            .collect();
+        target.examples.dedup();
+    }
     Ok(out)
+}
+
+/// Docstrings of the module, its classes and their functions.
+fn docstrings(suite: &[ast::Stmt], out: &mut Vec<String>) {
+    if let Some(ast::Stmt::Expr(e)) = suite.first() {
+        if let ast::Expr::Constant(c) = e.value.as_ref() {
+            if let ast::Constant::Str(s) = &c.value {
+                out.push(s.clone());
+            }
+        }
+    }
+    for stmt in suite {
+        match stmt {
+            ast::Stmt::FunctionDef(f) => docstrings(&f.body, out),
+            ast::Stmt::AsyncFunctionDef(f) => docstrings(&f.body, out),
+            ast::Stmt::ClassDef(c) => docstrings(&c.body, out),
+            _ => {}
+        }
+    }
+}
+
+/// Calls in the `>>>` lines of every docstring whose arguments are all literals, as
+/// (callee name, arguments): `mod.f(1)`, `f(1)` and `obj.f(1)` all name `f`.
+fn doctest_examples(suite: &[ast::Stmt]) -> Vec<(String, Example)> {
+    let mut texts = Vec::new();
+    docstrings(suite, &mut texts);
+    let mut calls = ExampleCalls::default();
+    for text in &texts {
+        for line in text.lines() {
+            let Some(code) = line.trim_start().strip_prefix(">>> ") else {
+                continue;
+            };
+            let Ok(parsed) = ast::Suite::parse(code, "<doctest>") else {
+                continue;
+            };
+            calls.source = code.to_string();
+            for stmt in parsed {
+                calls.visit_stmt(stmt);
+            }
+        }
+    }
+    calls.found
+}
+
+#[derive(Default)]
+struct ExampleCalls {
+    source: String,
+    found: Vec<(String, Example)>,
+}
+
+/// A constant, or a container or sign of constants.
+fn is_literal(expr: &ast::Expr) -> bool {
+    match expr {
+        ast::Expr::Constant(c) => !matches!(c.value, ast::Constant::Ellipsis),
+        ast::Expr::List(l) => l.elts.iter().all(is_literal),
+        ast::Expr::Tuple(t) => t.elts.iter().all(is_literal),
+        ast::Expr::Set(s) => s.elts.iter().all(is_literal),
+        ast::Expr::Dict(d) => {
+            d.keys.iter().all(|k| k.as_ref().is_some_and(is_literal))
+                && d.values.iter().all(is_literal)
+        }
+        ast::Expr::UnaryOp(u) => {
+            matches!(u.op, ast::UnaryOp::USub | ast::UnaryOp::UAdd) && is_literal(&u.operand)
+        }
+        _ => false,
+    }
+}
+
+impl Visitor for ExampleCalls {
+    fn visit_expr_call(&mut self, node: ast::ExprCall) {
+        let callee = match node.func.as_ref() {
+            ast::Expr::Name(n) => Some(n.id.to_string()),
+            ast::Expr::Attribute(a) => Some(a.attr.to_string()),
+            _ => None,
+        };
+        let literal = node.args.iter().all(is_literal)
+            && node
+                .keywords
+                .iter()
+                .all(|k| k.arg.is_some() && is_literal(&k.value));
+        if let (Some(callee), true) = (callee, literal) {
+            let example = Example {
+                args: node
+                    .args
+                    .iter()
+                    .map(|a| text(&self.source, ast::Ranged::range(a)))
+                    .collect(),
+                kwargs: node
+                    .keywords
+                    .iter()
+                    .filter_map(|k| {
+                        k.arg.as_ref().map(|name| {
+                            (
+                                name.to_string(),
+                                text(&self.source, ast::Ranged::range(&k.value)),
+                            )
+                        })
+                    })
+                    .collect(),
+            };
+            self.found.push((callee, example));
+        }
+        self.generic_visit_expr_call(node);
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -239,6 +362,7 @@ fn build(
             lines.line(usize::from(range.end()).saturating_sub(1)),
         ),
         literals: found,
+        examples: Vec::new(),
     })
 }
 
@@ -327,6 +451,33 @@ impl Visitor for Literals<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn doctest_calls_with_literal_arguments_become_examples() {
+        let src = "\"\"\"Tools.\n\n>>> parse('1:30')\n90\n\"\"\"\n\ndef parse(text, *, strict=False):\n    \"\"\"Seconds.\n\n    >>> parse(\"2:00\", strict=True)\n    120\n    >>> parse(name)\n    >>> x = parse([1, -2])\n    \"\"\"\n    return 0\n\n\nclass Box:\n    \"\"\">>> Box().fit(3)\"\"\"\n    def fit(self, n):\n        return n\n";
+        let targets = find_targets(src).expect("parses");
+        let parse = &targets[0];
+        assert_eq!(
+            parse.examples,
+            vec![
+                Example {
+                    args: vec!["'1:30'".into()],
+                    kwargs: vec![]
+                },
+                Example {
+                    args: vec!["\"2:00\"".into()],
+                    kwargs: vec![("strict".into(), "True".into())]
+                },
+                Example {
+                    args: vec!["[1, -2]".into()],
+                    kwargs: vec![]
+                },
+            ],
+            "`parse(name)` has a non-literal argument"
+        );
+        assert_eq!(targets[1].examples.len(), 1);
+        assert_eq!(targets[1].examples[0].args, vec!["3".to_string()]);
+    }
 
     const MODULE: &str = r#"
 import math
