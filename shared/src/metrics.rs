@@ -19,6 +19,7 @@ pub mod labels {
     pub const OUTCOME: &str = "outcome";
     pub const ERROR_TYPE: &str = "error_type";
     pub const REASON: &str = "reason";
+    pub const ENGINE: &str = "engine";
 }
 
 /// Every metric a qefleet process may export. Unused ones simply stay at zero.
@@ -32,6 +33,10 @@ pub struct Metrics {
     pub jobs_retried: IntCounterVec,
     pub jobs_dead_lettered: IntCounterVec,
     pub job_duration: HistogramVec,
+    /// Refinement rounds of succeeded jobs.
+    pub refinement_rounds: HistogramVec,
+    /// Quality score (0-1) of succeeded jobs.
+    pub quality_score: HistogramVec,
     pub consolidations_triggered: IntCounter,
     pub outbox_pending: IntGauge,
     pub jobs_in_flight: IntGauge,
@@ -91,6 +96,25 @@ impl Metrics {
         )
         .unwrap_or_else(|e| panic!("job duration histogram: {e}"));
         let _ = registry.register(Box::new(job_duration.clone()));
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets),
+                &[POOL, ENGINE],
+            )
+            .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            let _ = registry.register(Box::new(h.clone()));
+            h
+        };
+        let refinement_rounds = histogram(
+            "qefleet_refinement_rounds",
+            "Refinement rounds of a succeeded job",
+            vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0],
+        );
+        let quality_score = histogram(
+            "qefleet_quality_score",
+            "Quality score (0-1) of a succeeded job's suite",
+            vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+        );
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
             let _ = registry.register(Box::new(g.clone()));
@@ -116,6 +140,8 @@ impl Metrics {
             jobs_retried,
             jobs_dead_lettered,
             job_duration,
+            refinement_rounds,
+            quality_score,
             consolidations_triggered,
             outbox_pending,
             jobs_in_flight,

@@ -1,6 +1,7 @@
 //! Connecting and provisioning: old, unreachable and misconfigured servers get advice.
 
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::stream::{Config, RetentionPolicy};
@@ -9,6 +10,7 @@ use qefleet_shared::embedded::free_port;
 use qefleet_shared::nats::{connect, ConnectError, NatsArgs};
 use qefleet_shared::provision::{ensure_all, ProvisionError};
 use qefleet_shared::subjects::*;
+use qefleet_worker::PoolArg;
 
 use crate::support::*;
 
@@ -154,6 +156,30 @@ async fn the_scheduler_serves_prometheus_metrics() {
         body.contains("qefleet_submissions_rejected_total{reason=\"unsupported_language\"} 1"),
         "{body}"
     );
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_serves_outcome_rounds_and_quality_metrics() {
+    let mut fleet = Fleet::start().await;
+    fleet.scheduler(SchedulerArgs::default()).await;
+    let port = free_port();
+    let mut args = fleet.worker_args(PoolArg::Local);
+    args.metrics_addr = Some(format!("127.0.0.1:{port}").parse().expect("addr"));
+    fleet
+        .worker(args, Arc::new(ScriptedEngine::succeeding(Duration::ZERO)))
+        .await;
+    let job_id = fleet.submit_ok(&job(CALC)).await;
+    fleet.result(&job_id, Duration::from_secs(30)).await;
+    let body = http_get(port, "/metrics").await;
+    for line in [
+        "qefleet_jobs_completed_total{complexity=\"simple\",outcome=\"succeeded\",pool=\"local\"} 1",
+        "qefleet_refinement_rounds_bucket{engine=\"scripted\",pool=\"local\",le=\"1\"} 1",
+        "qefleet_quality_score_bucket{engine=\"scripted\",pool=\"local\",le=\"0.9\"} 0",
+        "qefleet_quality_score_count{engine=\"scripted\",pool=\"local\"} 1",
+    ] {
+        assert!(body.contains(line), "{line} missing:\n{body}");
+    }
     fleet.stop().await;
 }
 

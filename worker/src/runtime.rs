@@ -548,6 +548,19 @@ async fn finish(ctx: &Ctx, result: &JobResult, ct: ContentType) -> Disposition {
             .jobs_completed
             .with_label_values(&[ctx.pool.as_str(), result.complexity.as_str(), outcome])
             .inc();
+        if result.status == JobStatus::Succeeded {
+            let labels = [ctx.pool.as_str(), result.engine.as_str()];
+            ctx.metrics
+                .refinement_rounds
+                .with_label_values(&labels)
+                .observe(f64::from(result.refinement_rounds));
+            if let Some(q) = result.quality_score {
+                ctx.metrics
+                    .quality_score
+                    .with_label_values(&labels)
+                    .observe(q);
+            }
+        }
         let kind = match result.status {
             JobStatus::Succeeded => EventKind::Completed,
             JobStatus::Failed => EventKind::Failed,
