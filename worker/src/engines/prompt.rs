@@ -1,7 +1,8 @@
 //! Prompts for LLM engines (the local causal LM and the cloud engines of later issues),
 //! built from the same feedback the refinement loop uses: the module's source with line
-//! numbers, lines no test executes yet, surviving mutants, the output of failing tests,
-//! the current suite and retrieved examples of suites that worked.
+//! numbers, lines no test executes yet, branches no test takes, surviving mutants, the
+//! output of failing tests, the current suite and retrieved examples of suites that
+//! worked.
 
 use super::measure::Survivor;
 
@@ -15,6 +16,8 @@ pub struct Feedback<'a> {
     /// 0 for the first (single-pass) prompt.
     pub round: u32,
     pub uncovered_lines: &'a [u32],
+    /// Branches no test took: (from line, to line); a negative target leaves the function.
+    pub uncovered_branches: &'a [(i64, i64)],
     pub survivors: &'a [Survivor],
     /// pytest output of failing tests, if the last suite had any.
     pub failing_output: Option<&'a str>,
@@ -63,6 +66,26 @@ pub fn build(feedback: &Feedback<'_>, max_chars: usize) -> Prompt {
             legend = if uncovered.is_empty() { "" } else { "; lines marked >> are not executed by any test yet" },
         ),
     ));
+    if !feedback.uncovered_branches.is_empty() {
+        let list: Vec<String> = feedback
+            .uncovered_branches
+            .iter()
+            .map(|&(from, to)| {
+                if to < 0 {
+                    format!("- line {from} → leaving the function")
+                } else {
+                    format!("- line {from} → line {to}")
+                }
+            })
+            .collect();
+        parts.push((
+            7,
+            format!(
+                "No test takes these branches yet; add inputs that do:\n{}\n",
+                list.join("\n")
+            ),
+        ));
+    }
     if !feedback.survivors.is_empty() {
         let list: Vec<String> = feedback
             .survivors
@@ -125,7 +148,7 @@ mod tests {
     }
 
     #[test]
-    fn the_prompt_carries_source_uncovered_lines_survivors_and_failures() {
+    fn the_prompt_carries_source_uncovered_lines_and_branches_survivors_and_failures() {
         let survivors = [survivor()];
         let p = build(
             &Feedback {
@@ -133,6 +156,7 @@ mod tests {
                 source: SOURCE,
                 round: 2,
                 uncovered_lines: &[3],
+                uncovered_branches: &[(2, 3), (4, -1)],
                 survivors: &survivors,
                 failing_output: Some("E assert 2 == 1"),
                 current_suite: Some("import m\n\ndef test_f():\n    assert m.f(0) == 0\n"),
@@ -145,6 +169,9 @@ mod tests {
         assert!(p.user.contains(">>    3 |         return 1"), "{}", p.user);
         assert!(p.user.contains("      2 |     if x > 0:"), "{}", p.user);
         assert!(p.user.contains("- line 2: Gt -> GtE (comparison)"));
+        assert!(p
+            .user
+            .contains("- line 2 → line 3\n- line 4 → leaving the function"));
         assert!(p.user.contains("E assert 2 == 1"));
         assert!(p.user.contains("round 2"));
     }

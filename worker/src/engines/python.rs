@@ -127,6 +127,9 @@ pub struct SuiteRun {
     pub branch_coverage: Option<f64>,
     /// Lines of the module no test executed.
     pub missing_lines: Vec<u32>,
+    /// Branches (from line, to line; a negative target is an exit from the function
+    /// starting there) no test took.
+    pub missing_branches: Vec<(i64, i64)>,
     /// Names of failing test functions (parametrize ids stripped).
     pub failed_tests: Vec<String>,
     /// The end of pytest's output (what an engine is shown of failures).
@@ -252,6 +255,20 @@ pub async fn run_suite(
         failed_tests: junit_failed_tests(&report),
         output: tail(&finished.stdout, OUTPUT_TAIL),
         lines_by_test: json.as_ref().map(lines_by_test).unwrap_or_default(),
+        missing_branches: json
+            .as_ref()
+            .and_then(|j| {
+                j["files"]
+                    .as_object()
+                    .and_then(|f| f.values().next().cloned())
+            })
+            .and_then(|file| file["missing_branches"].as_array().cloned())
+            .map(|arcs| {
+                arcs.iter()
+                    .filter_map(|a| Some((a[0].as_i64()?, a[1].as_i64()?)))
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
 

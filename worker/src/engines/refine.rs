@@ -35,6 +35,8 @@ pub struct RoundFeedback {
     pub best_quality: f64,
     /// Of the last measured suite: module lines no test executed, mutants no test killed.
     pub uncovered_lines: Vec<u32>,
+    /// Branches no test took: (from line, to line), a negative target leaves the function.
+    pub uncovered_branches: Vec<(i64, i64)>,
     pub survivors: Vec<Survivor>,
     /// pytest's output for the tests the loop removed from the last proposal.
     pub failing_output: Option<String>,
@@ -165,6 +167,7 @@ impl Refiner<'_> {
                 "refinement round"
             );
             feedback.uncovered_lines = measured.run.missing_lines.clone();
+            feedback.uncovered_branches = measured.run.missing_branches.clone();
             feedback.survivors = measured.survivors.clone();
             feedback.failing_output = measured.failing_output.clone();
             feedback.dropped_tests = measured.dropped.clone();
@@ -562,6 +565,11 @@ mod tests {
             after_first.uncovered_lines,
             vec![3, 5],
             "the lines the pruned suite misses"
+        );
+        assert_eq!(
+            after_first.uncovered_branches,
+            vec![(2, 3), (4, 5)],
+            "the branches it never takes"
         );
         assert!(after_first
             .best_suite

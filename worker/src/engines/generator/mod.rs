@@ -176,7 +176,19 @@ impl Proposer for Proposing<'_> {
                 .filter_map(|t| self.tests.get(t).copied())
                 .collect();
             self.cases.retain(|c| !dropped.contains(&c.call.target));
-            let survivor_lines: Vec<u32> = feedback.survivors.iter().map(|s| s.line).collect();
+            // Mutants survive and branches go untaken on lines the suite does execute: their
+            // literals are what the next inputs should sit around.
+            let survivor_lines: Vec<u32> = feedback
+                .survivors
+                .iter()
+                .map(|s| s.line)
+                .chain(
+                    feedback
+                        .uncovered_branches
+                        .iter()
+                        .filter_map(|(from, _)| u32::try_from(*from).ok()),
+                )
+                .collect();
             let mut focus = if feedback.round > 1 {
                 focus_literals(&self.targets, &feedback.uncovered_lines, &survivor_lines)
             } else {
