@@ -137,9 +137,24 @@ async fn measured(
     .flatten()
     .and_then(|m| m.score());
     let out = measured_output(String::new(), &suite, mutation_score);
+    let note = if suite.failed_tests.is_empty() {
+        String::new()
+    } else {
+        let tail: String = suite
+            .output
+            .lines()
+            .rev()
+            .take(6)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join(" | ");
+        format!("failing: {} ({tail})", suite.failed_tests.join(", "))
+    };
     Row {
         ok: true,
-        note: String::new(),
+        note,
         passed: out.tests_passed,
         total: out.tests_total,
         line: out.line_coverage,
@@ -272,7 +287,7 @@ fn main() {
                 println!(
                     "{:<24} {:<9} {:>4} {:>4} {:>6} {:>6} {:>6} {:>6.3} {:>3} {:>6.1} {}",
                     module, tool, r.passed, r.total, pct(r.line), pct(r.branch), pct(r.mutation), r.quality, r.rounds, r.seconds,
-                    if r.ok { String::new() } else { format!("FAILED: {}", r.note.chars().take(90).collect::<String>()) }
+                    if r.ok { r.note.chars().take(300).collect::<String>() } else { format!("FAILED: {}", r.note.chars().take(90).collect::<String>()) }
                 );
                 let s = &mut sums[i];
                 s.0 += r.quality;

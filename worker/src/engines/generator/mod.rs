@@ -130,6 +130,7 @@ impl Engine for LocalGenerator {
                 cases: Vec::new(),
                 observed: Vec::new(),
                 tests: BTreeMap::new(),
+                seeded: uses_random(&job.source),
             };
             Refiner {
                 sandbox: &self.sandbox,
@@ -161,6 +162,8 @@ struct Proposing<'a> {
     observed: Vec<String>,
     /// Test function -> target of the last rendered suite.
     tests: BTreeMap<String, usize>,
+    /// The module uses `random`: probe and tests seed it.
+    seeded: bool,
 }
 
 impl Proposer for Proposing<'_> {
@@ -220,7 +223,13 @@ impl Proposer for Proposing<'_> {
             if feedback.round > 1 && self.cases.len() == before && dropped.is_empty() {
                 return Ok(None);
             }
-            let rendered = render(self.module_name, &self.alias, &self.targets, &self.cases);
+            let rendered = render(
+                self.module_name,
+                &self.alias,
+                &self.targets,
+                &self.cases,
+                self.seeded,
+            );
             self.tests = rendered.tests;
             Ok(Some(Proposal {
                 test_file: rendered.text,
@@ -261,6 +270,18 @@ impl Proposing<'_> {
         serde_json::from_str(finished.stdout.trim())
             .map_err(|e| EngineError::Transient(format!("unreadable probe output: {e}")))
     }
+}
+
+/// Whether the module imports `random` (its draws are only reproducible when seeded).
+fn uses_random(source: &str) -> bool {
+    source.lines().map(str::trim_start).any(|l| {
+        l.starts_with("from random import")
+            || l.strip_prefix("import ").is_some_and(|names| {
+                names
+                    .split(',')
+                    .any(|n| n.split_whitespace().next() == Some("random"))
+            })
+    })
 }
 
 /// Adds probed calls that are deterministic and assertable and execute new lines, are
@@ -470,6 +491,27 @@ class Counter:
             "{file}"
         );
         assert!(file.contains("    assert obj.items == ["), "{file}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_module_drawing_random_numbers_is_tested_from_a_seed() {
+        assert!(uses_random("import os, random\n") && !uses_random("import randomx\n"));
+        // Unseeded, two draws of random() never agree: no value could be asserted.
+        let source =
+            "import random\n\n\ndef noisy(n: int) -> float:\n    return n + random.random()\n";
+        let generator = LocalGenerator::probe(None).await;
+        let out = generator
+            .generate(EngineRequest {
+                job: &queued(source),
+                attempt: 1,
+                time_budget: Duration::from_secs(60),
+            })
+            .await
+            .expect("a seeded draw is reproducible");
+        let file = &out.test_file;
+        assert!(file.contains("    random.seed(0)\n"), "{file}");
+        assert!(file.contains("def test_noisy("), "{file}");
+        assert_eq!(out.tests_failed, 0, "{file}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
