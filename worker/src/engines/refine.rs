@@ -267,7 +267,11 @@ impl Refiner<'_> {
             &run,
             deadline,
             MutationSettings {
-                budget: self.settings.mutation_budget,
+                // At most half of what is left, so later rounds get time too.
+                budget: self
+                    .settings
+                    .mutation_budget
+                    .min(deadline.saturating_duration_since(Instant::now()) / 2),
                 max_mutants: self.settings.max_mutants,
                 seed: 1,
                 min_time_left: self.settings.min_round_time,
