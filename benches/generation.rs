@@ -4,8 +4,9 @@
 //! quality score) in the same sandbox.
 //!
 //! Set up once: `benches/eval/setup.sh`. Run: `cargo bench --bench generation`
-//! (env EVAL_BUDGET seconds per module and tool, default 30; EVAL_MODULES to pick some;
-//! EVAL_TOOLS=qefleet or pynguin to run one tool).
+//! (env EVAL_BUDGET seconds per module and tool, default 60 as in the targets;
+//! EVAL_MODULES to pick some; EVAL_TOOLS=qefleet or pynguin to run one tool). Prints each
+//! module's figures and, per tool, means and the medians the targets are stated in.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -228,6 +229,17 @@ async fn pynguin(sandbox: &Sandbox, module: &str, source: &str, budget: Duration
     row
 }
 
+/// The median of some figures (0 for none).
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// Whether `tool` runs: all do unless EVAL_TOOLS names some (e.g. `EVAL_TOOLS=qefleet`
 /// while working on the generator; reported figures come from a run of both).
 fn run_tool(tool: &str) -> bool {
@@ -245,7 +257,7 @@ fn main() {
         std::env::var("EVAL_BUDGET")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(30),
+            .unwrap_or(60),
     );
     let only: Option<Vec<String>> = std::env::var("EVAL_MODULES")
         .ok()
@@ -266,6 +278,9 @@ fn main() {
         println!("generation eval: {} modules, {}s budget per module and tool, sandbox network {:?}", modules.len(), budget.as_secs(), sandbox.network);
         println!("{:<24} {:<9} {:>4} {:>4} {:>6} {:>6} {:>6} {:>6} {:>3} {:>6}", "module", "tool", "pass", "tot", "line%", "brch%", "mut%", "qual", "rnd", "secs");
         let mut sums = [(0.0, 0u32, 0.0, 0.0, 0.0), (0.0, 0u32, 0.0, 0.0, 0.0)];
+        // Per tool: line, branch and mutation figures of every module, for the medians the
+        // issue's targets are stated in.
+        let mut figures: [[Vec<f64>; 3]; 2] = Default::default();
         for module in &modules {
             let source = std::process::Command::new(&python)
                 .args(["-c", &format!("import {module} as m; print(open(m.__file__).read(), end='')")])
@@ -290,6 +305,9 @@ fn main() {
                     if r.ok { r.note.chars().take(300).collect::<String>() } else { format!("FAILED: {}", r.note.chars().take(90).collect::<String>()) }
                 );
                 let s = &mut sums[i];
+                figures[i][0].push(r.line.unwrap_or(0.0));
+                figures[i][1].push(r.branch.unwrap_or(0.0));
+                figures[i][2].push(r.mutation.unwrap_or(0.0));
                 s.0 += r.quality;
                 s.1 += u32::from(r.ok && r.total > 0 && r.passed == r.total);
                 s.2 += r.line.unwrap_or(0.0);
@@ -307,6 +325,11 @@ fn main() {
             println!(
                 "  {tool:<8} mean quality {:.3}  all-passing suites {}/{}  mean line {:.1}%  mean mutation {:.1}%  mean seconds {:.1}",
                 s.0 / n, s.1, modules.len(), 100.0 * s.2 / n, 100.0 * s.3 / n, s.4 / n
+            );
+            let [line, branch, mutation] = &figures[i];
+            println!(
+                "  {tool:<8} median line {:.1}%  median branch {:.1}%  median mutation {:.1}%",
+                100.0 * median(line), 100.0 * median(branch), 100.0 * median(mutation)
             );
         }
     });
