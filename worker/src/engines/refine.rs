@@ -429,7 +429,31 @@ pub fn prune_tests(text: &str, names: &[String]) -> String {
     visit(&suite, &mut cut);
     for stmt in &suite {
         if let ast::Stmt::ClassDef(c) = stmt {
-            visit(&c.body, &mut cut);
+            let mut inside = Vec::new();
+            visit(&c.body, &mut inside);
+            let methods = c
+                .body
+                .iter()
+                .filter(|s| {
+                    matches!(
+                        s,
+                        ast::Stmt::FunctionDef(_) | ast::Stmt::AsyncFunctionDef(_)
+                    )
+                })
+                .count();
+            if !inside.is_empty() && inside.len() == methods {
+                // Every method goes: the class would be left without a body.
+                let start = c
+                    .decorator_list
+                    .iter()
+                    .map(|d| usize::from(d.range().start()))
+                    .chain([usize::from(c.range.start())])
+                    .min()
+                    .unwrap_or(0);
+                cut.push((start, usize::from(c.range.end())));
+            } else {
+                cut.extend(inside);
+            }
         }
     }
     cut.sort_unstable();
@@ -438,7 +462,15 @@ pub fn prune_tests(text: &str, names: &[String]) -> String {
     for (start, end) in cut {
         // Whole lines: from the start of the first line to the end of the last.
         let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
-        let line_end = text[end..].find('\n').map_or(text.len(), |i| end + i + 1);
+        let mut line_end = text[end..].find('\n').map_or(text.len(), |i| end + i + 1);
+        // The blank lines after a removed function go with it; those before it stay and
+        // separate what preceded from what follows.
+        while let Some(next) = text[line_end..].find('\n') {
+            if !text[line_end..line_end + next].trim().is_empty() {
+                break;
+            }
+            line_end += next + 1;
+        }
         if line_start < at {
             continue;
         }
@@ -446,6 +478,10 @@ pub fn prune_tests(text: &str, names: &[String]) -> String {
         at = line_end;
     }
     out.push_str(&text[at..]);
+    // Nothing may follow the last definition but one newline.
+    let kept = out.trim_end_matches(['\n', ' ']).len();
+    out.truncate(kept);
+    out.push('\n');
     out
 }
 
@@ -461,9 +497,14 @@ mod tests {
         let pruned = prune_tests(text, &["test_a".into(), "test_d".into()]);
         assert_eq!(
             pruned,
-            "import pytest\n\n\n\n\ndef test_b():\n    assert False\n\n\nclass TestBox:\n    def test_c(self):\n        assert 1\n\n"
+            "import pytest\n\n\ndef test_b():\n    assert False\n\n\nclass TestBox:\n    def test_c(self):\n        assert 1\n"
         );
         assert_eq!(prune_tests("def (:\n", &["x".into()]), "def (:\n");
+        assert_eq!(
+            prune_tests(text, &["test_c".into(), "test_d".into(), "test_b".into()]),
+            "import pytest\n\n\n@pytest.mark.parametrize(\"x\", [1, 2])\ndef test_a(x):\n    assert x\n",
+            "a test class losing every method goes as a whole"
+        );
     }
 
     #[test]
