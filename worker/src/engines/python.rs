@@ -102,19 +102,11 @@ pub async fn run_python(
 /// module does not import; any other ending is the module crashing the interpreter. The
 /// last two are the job's failure, with the end of stderr as the reason.
 pub fn helper_outcome(finished: &Finished, what: &str) -> Result<(), EngineError> {
-    let tail = |text: &str| {
-        let chars: Vec<char> = text.trim().chars().collect();
-        chars[chars.len().saturating_sub(1500)..]
-            .iter()
-            .collect::<String>()
-    };
+    let reason = tail(finished.stderr.trim(), 1500);
     match finished.ending {
         Ending::Exited(Some(0)) => Ok(()),
-        Ending::Exited(Some(3)) => Err(EngineError::JobFailed(tail(&finished.stderr))),
-        _ => Err(EngineError::JobFailed(format!(
-            "{what} failed: {}",
-            tail(&finished.stderr)
-        ))),
+        Ending::Exited(Some(3)) => Err(EngineError::JobFailed(reason)),
+        _ => Err(EngineError::JobFailed(format!("{what} failed: {reason}"))),
     }
 }
 
@@ -231,18 +223,25 @@ pub async fn run_suite(
         .as_ref()
         .map(coverage_fractions)
         .unwrap_or((None, None));
-    let missing_lines = json
+    // The report covers the module file only (`--include`): its one entry.
+    let file = json
         .as_ref()
-        .and_then(|j| {
-            j["files"]
-                .as_object()
-                .and_then(|files| files.values().next().cloned())
-        })
-        .and_then(|file| file["missing_lines"].as_array().cloned())
+        .and_then(|j| j["files"].as_object())
+        .and_then(|files| files.values().next());
+    let missing_lines = file
+        .and_then(|f| f["missing_lines"].as_array())
         .map(|lines| {
             lines
                 .iter()
                 .filter_map(|l| l.as_u64().map(|l| l as u32))
+                .collect()
+        })
+        .unwrap_or_default();
+    let missing_branches = file
+        .and_then(|f| f["missing_branches"].as_array())
+        .map(|arcs| {
+            arcs.iter()
+                .filter_map(|a| Some((a[0].as_i64()?, a[1].as_i64()?)))
                 .collect()
         })
         .unwrap_or_default();
@@ -252,23 +251,10 @@ pub async fn run_suite(
         line_coverage,
         branch_coverage,
         missing_lines,
+        missing_branches,
         failed_tests: junit_failed_tests(&report),
         output: tail(&finished.stdout, OUTPUT_TAIL),
-        lines_by_test: json.as_ref().map(lines_by_test).unwrap_or_default(),
-        missing_branches: json
-            .as_ref()
-            .and_then(|j| {
-                j["files"]
-                    .as_object()
-                    .and_then(|f| f.values().next().cloned())
-            })
-            .and_then(|file| file["missing_branches"].as_array().cloned())
-            .map(|arcs| {
-                arcs.iter()
-                    .filter_map(|a| Some((a[0].as_i64()?, a[1].as_i64()?)))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        lines_by_test: file.map(lines_by_test).unwrap_or_default(),
     })
 }
 
@@ -313,13 +299,11 @@ pub fn junit_failed_tests(xml: &str) -> Vec<String> {
     out
 }
 
-/// Module lines per test function from `coverage json --show-contexts` (contexts are
-/// `test_file.test_f` or `test_file.TestClass.test_f`; the import-time context is `""`).
-pub fn lines_by_test(json: &serde_json::Value) -> BTreeMap<String, Vec<u32>> {
+/// Module lines per test function from the module file's entry of `coverage json
+/// --show-contexts` (contexts are `test_file.test_f` or `test_file.TestClass.test_f`; the
+/// import-time context is `""`).
+pub fn lines_by_test(file: &serde_json::Value) -> BTreeMap<String, Vec<u32>> {
     let mut out: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-    let Some(file) = json["files"].as_object().and_then(|f| f.values().next()) else {
-        return out;
-    };
     let Some(contexts) = file["contexts"].as_object() else {
         return out;
     };
@@ -377,11 +361,11 @@ mod tests {
 
     #[test]
     fn lines_are_attributed_to_test_functions() {
-        let json = serde_json::json!({"files": {"m.py": {"contexts": {
+        let json = serde_json::json!({"contexts": {
             "1": [""],
             "2": ["test_g.TestC.test_c", "test_g.test_a"],
             "4": ["test_g.test_b"],
-        }}}});
+        }});
         let by_test = lines_by_test(&json);
         assert_eq!(by_test.get("test_a"), Some(&vec![2]));
         assert_eq!(by_test.get("test_c"), Some(&vec![2]));

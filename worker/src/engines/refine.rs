@@ -234,18 +234,16 @@ impl Refiner<'_> {
 
     /// Runs a proposal, removes failing tests (then flaky ones) and re-runs, then measures.
     async fn measure(&self, mut text: String, deadline: Instant) -> Result<Measured, EngineError> {
-        self.workspace.write(TEST_FILE, &text)?;
         // A proposal is always measured, even when the budget ran out meanwhile.
         let suite_deadline = deadline.max(Instant::now() + Duration::from_secs(20));
-        let mut run = run_suite(self.sandbox, self.workspace, TEST_FILE, suite_deadline).await?;
+        let mut run = self.run(&text, suite_deadline).await?;
         let mut dropped: Vec<String> = Vec::new();
         let mut failing_output = None;
         if run.failed > 0 && !run.failed_tests.is_empty() {
             failing_output = Some(run.output.clone());
             dropped.extend(run.failed_tests.iter().cloned());
             text = prune_tests(&text, &run.failed_tests);
-            self.workspace.write(TEST_FILE, &text)?;
-            run = run_suite(self.sandbox, self.workspace, TEST_FILE, suite_deadline).await?;
+            run = self.run(&text, suite_deadline).await?;
         }
         if run.passes() {
             let flaky = self.flaky_tests(suite_deadline).await?;
@@ -253,8 +251,7 @@ impl Refiner<'_> {
                 tracing::debug!(?flaky, "removing flaky tests");
                 dropped.extend(flaky.iter().cloned());
                 text = prune_tests(&text, &flaky);
-                self.workspace.write(TEST_FILE, &text)?;
-                run = run_suite(self.sandbox, self.workspace, TEST_FILE, suite_deadline).await?;
+                run = self.run(&text, suite_deadline).await?;
             }
         } else if failing_output.is_none() {
             failing_output = Some(run.output.clone());
@@ -292,6 +289,12 @@ impl Refiner<'_> {
             dropped,
             killers,
         })
+    }
+
+    /// Writes `text` as the test file and runs it under coverage.
+    async fn run(&self, text: &str, deadline: Instant) -> Result<SuiteRun, EngineError> {
+        self.workspace.write(TEST_FILE, text)?;
+        run_suite(self.sandbox, self.workspace, TEST_FILE, deadline).await
     }
 
     /// Test functions that fail in any of the reruns (each with its own hash seed).
@@ -373,31 +376,63 @@ pub fn needed_tests(
     keep
 }
 
+/// A function of a pytest file, module level or in a class: its name and byte span, its
+/// decorators included.
+struct Function<'a> {
+    name: &'a str,
+    span: (usize, usize),
+}
+
+/// Where a definition starts: its first decorator, or the statement itself.
+fn decorated_start(stmt: &ast::Stmt, decorators: &[ast::Expr]) -> usize {
+    decorators
+        .iter()
+        .map(|d| usize::from(d.range().start()))
+        .chain([usize::from(stmt.range().start())])
+        .min()
+        .unwrap_or(0)
+}
+
+/// The functions among `stmts`.
+fn functions(stmts: &[ast::Stmt]) -> Vec<Function<'_>> {
+    stmts
+        .iter()
+        .filter_map(|stmt| {
+            let (name, decorators) = match stmt {
+                ast::Stmt::FunctionDef(f) => (f.name.as_str(), &f.decorator_list),
+                ast::Stmt::AsyncFunctionDef(f) => (f.name.as_str(), &f.decorator_list),
+                _ => return None,
+            };
+            Some(Function {
+                name,
+                span: (
+                    decorated_start(stmt, decorators),
+                    usize::from(stmt.range().end()),
+                ),
+            })
+        })
+        .collect()
+}
+
+/// The classes of a module with their statement and body.
+fn classes(suite: &[ast::Stmt]) -> impl Iterator<Item = (&ast::Stmt, &ast::StmtClassDef)> {
+    suite.iter().filter_map(|stmt| match stmt {
+        ast::Stmt::ClassDef(c) => Some((stmt, c)),
+        _ => None,
+    })
+}
+
 /// Names of the test functions of a pytest file (module level and in test classes).
 pub fn test_functions(text: &str) -> Vec<String> {
     let Ok(suite) = ast::Suite::parse(text, "<tests>") else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    let mut visit = |stmts: &[ast::Stmt]| {
-        for stmt in stmts {
-            let name = match stmt {
-                ast::Stmt::FunctionDef(f) => f.name.as_str(),
-                ast::Stmt::AsyncFunctionDef(f) => f.name.as_str(),
-                _ => continue,
-            };
-            if name.starts_with("test") {
-                out.push(name.to_string());
-            }
-        }
-    };
-    visit(&suite);
-    for stmt in &suite {
-        if let ast::Stmt::ClassDef(c) = stmt {
-            visit(&c.body);
-        }
-    }
-    out
+    functions(&suite)
+        .into_iter()
+        .chain(classes(&suite).flat_map(|(_, c)| functions(&c.body)))
+        .filter(|f| f.name.starts_with("test"))
+        .map(|f| f.name.to_string())
+        .collect()
 }
 
 /// Removes the named test functions (module level or in test classes, with their
@@ -407,53 +442,25 @@ pub fn prune_tests(text: &str, names: &[String]) -> String {
     let Ok(suite) = ast::Suite::parse(text, "<tests>") else {
         return text.to_string();
     };
-    let mut cut: Vec<(usize, usize)> = Vec::new();
-    let visit = |stmts: &[ast::Stmt], cut: &mut Vec<(usize, usize)>| {
-        for stmt in stmts {
-            let (name, decorators) = match stmt {
-                ast::Stmt::FunctionDef(f) => (f.name.as_str(), &f.decorator_list),
-                ast::Stmt::AsyncFunctionDef(f) => (f.name.as_str(), &f.decorator_list),
-                _ => continue,
-            };
-            if names.contains(name) {
-                let start = decorators
-                    .iter()
-                    .map(|d| usize::from(d.range().start()))
-                    .chain([usize::from(stmt.range().start())])
-                    .min()
-                    .unwrap_or(0);
-                cut.push((start, usize::from(stmt.range().end())));
-            }
-        }
+    let named = |fs: Vec<Function<'_>>| -> Vec<(usize, usize)> {
+        fs.into_iter()
+            .filter(|f| names.contains(f.name))
+            .map(|f| f.span)
+            .collect()
     };
-    visit(&suite, &mut cut);
-    for stmt in &suite {
-        if let ast::Stmt::ClassDef(c) = stmt {
-            let mut inside = Vec::new();
-            visit(&c.body, &mut inside);
-            let methods = c
-                .body
-                .iter()
-                .filter(|s| {
-                    matches!(
-                        s,
-                        ast::Stmt::FunctionDef(_) | ast::Stmt::AsyncFunctionDef(_)
-                    )
-                })
-                .count();
-            if !inside.is_empty() && inside.len() == methods {
-                // Every method goes: the class would be left without a body.
-                let start = c
-                    .decorator_list
-                    .iter()
-                    .map(|d| usize::from(d.range().start()))
-                    .chain([usize::from(c.range.start())])
-                    .min()
-                    .unwrap_or(0);
-                cut.push((start, usize::from(c.range.end())));
-            } else {
-                cut.extend(inside);
-            }
+    let mut cut = named(functions(&suite));
+    for (stmt, c) in classes(&suite) {
+        let methods = functions(&c.body);
+        let total = methods.len();
+        let inside = named(methods);
+        if !inside.is_empty() && inside.len() == total {
+            // Every method goes: the class would be left without a body.
+            cut.push((
+                decorated_start(stmt, &c.decorator_list),
+                usize::from(c.range.end()),
+            ));
+        } else {
+            cut.extend(inside);
         }
     }
     cut.sort_unstable();
@@ -562,42 +569,47 @@ mod tests {
         }
     }
 
-    async fn signs() -> (Sandbox, Workspace) {
+    /// Refines the `signs` module with a scripted engine proposing `suites`; returns the
+    /// outcome and the feedback the engine was given each round.
+    async fn refine_scripted(
+        suites: Vec<&'static str>,
+        seconds: u64,
+    ) -> (Result<EngineOutput, EngineError>, Vec<RoundFeedback>) {
         let sandbox = Sandbox::new(find_python(), Limits::default()).await;
-        (sandbox, Workspace::new("signs", MODULE).expect("workspace"))
-    }
-
-    fn refiner<'a>(sandbox: &'a Sandbox, workspace: &'a Workspace) -> Refiner<'a> {
-        Refiner {
-            sandbox,
-            workspace,
+        let workspace = Workspace::new("signs", MODULE).expect("workspace");
+        let refiner = Refiner {
+            sandbox: &sandbox,
+            workspace: &workspace,
             module_name: "signs",
             settings: RefineSettings::default(),
-        }
+        };
+        let mut engine = Scripted {
+            suites,
+            seen: Vec::new(),
+        };
+        let out = refiner
+            .refine(
+                &mut engine,
+                5,
+                Instant::now() + Duration::from_secs(seconds),
+            )
+            .await;
+        (out, engine.seen)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_loop_feeds_back_what_is_missing_keeps_the_best_and_stops_on_a_plateau() {
-        let (sandbox, workspace) = signs().await;
-        let refiner = refiner(&sandbox, &workspace);
         let first = "import signs\n\n\ndef test_positive():\n    assert signs.sign(5) == 1\n\n\ndef test_wrong():\n    assert signs.sign(-5) == 7\n";
         let second = "import signs\n\n\ndef test_positive():\n    assert signs.sign(5) == 1\n\n\ndef test_negative():\n    assert signs.sign(-5) == -1\n\n\ndef test_zero():\n    assert signs.sign(0) == 0\n";
-        let mut engine = Scripted {
-            suites: vec![first, second, second, first],
-            seen: Vec::new(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let out = refiner
-            .refine(&mut engine, 5, deadline)
-            .await
-            .expect("refines");
+        let (out, seen) = refine_scripted(vec![first, second, second, first], 120).await;
+        let out = out.expect("refines");
         assert_eq!(out.test_file, second, "the best suite is kept");
         assert_eq!(out.refinement_rounds, 3, "round 3 gained nothing: plateau");
         assert_eq!((out.tests_passed, out.tests_failed), (3, 0));
         assert_eq!(out.line_coverage, Some(1.0));
         assert_eq!(out.tokens.prompt, 300);
         assert!((out.cost_usd - 1.5).abs() < 1e-9);
-        let after_first = &engine.seen[1];
+        let after_first = &seen[1];
         assert_eq!(after_first.dropped_tests, vec!["test_wrong".to_string()]);
         assert!(
             after_first
@@ -621,23 +633,14 @@ mod tests {
             .as_deref()
             .is_some_and(|s| !s.contains("test_wrong")));
         assert!(!after_first.survivors.is_empty(), "{after_first:?}");
-        assert!(engine.seen[2].dropped_tests.is_empty());
-        assert!(engine.seen[2].best_quality > after_first.best_quality);
+        assert!(seen[2].dropped_tests.is_empty());
+        assert!(seen[2].best_quality > after_first.best_quality);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tests_that_add_no_line_and_kill_no_mutant_first_are_removed() {
-        let (sandbox, workspace) = signs().await;
-        let refiner = refiner(&sandbox, &workspace);
         let suite = "import signs\n\n\ndef test_negative():\n    assert signs.sign(-5) == -1\n\n\ndef test_negative_again():\n    assert signs.sign(-7) == -1\n\n\ndef test_zero():\n    assert signs.sign(0) == 0\n\n\ndef test_positive():\n    assert signs.sign(5) == 1\n";
-        let mut engine = Scripted {
-            suites: vec![suite],
-            seen: Vec::new(),
-        };
-        let out = refiner
-            .refine(&mut engine, 5, Instant::now() + Duration::from_secs(120))
-            .await
-            .expect("refines");
+        let out = refine_scripted(vec![suite], 120).await.0.expect("refines");
         assert!(
             !out.test_file.contains("def test_negative_again")
                 && out.test_file.contains("def test_negative()")
@@ -652,20 +655,16 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_suite_with_no_passing_test_fails_the_job() {
-        let (sandbox, workspace) = signs().await;
-        let refiner = refiner(&sandbox, &workspace);
-        let mut engine = Scripted {
-            suites: vec!["import signs\n\n\ndef test_wrong():\n    assert signs.sign(1) == 2\n"],
-            seen: Vec::new(),
-        };
-        let err = refiner
-            .refine(&mut engine, 5, Instant::now() + Duration::from_secs(60))
-            .await
-            .expect_err("nothing passes");
+        let (out, seen) = refine_scripted(
+            vec!["import signs\n\n\ndef test_wrong():\n    assert signs.sign(1) == 2\n"],
+            60,
+        )
+        .await;
+        let err = out.expect_err("nothing passes");
         assert!(
             matches!(err, EngineError::JobFailed(ref m) if m.contains("no deterministic, passing test")),
             "{err:?}"
         );
-        assert_eq!(engine.seen.len(), 2, "asked again after the failure");
+        assert_eq!(seen.len(), 2, "asked again after the failure");
     }
 }

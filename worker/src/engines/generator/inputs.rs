@@ -294,59 +294,47 @@ pub fn synthesize(
             }
             combos = kept;
         }
+        let instance = Instance::of(target, targets);
+        let call = |args: Vec<String>, kwargs: Vec<(String, String)>, n: usize, rng: &mut Lcg| {
+            let setup = instance
+                .as_ref()
+                .map(|i| i.setup(alias, targets, &all_pools, n, rng))
+                .unwrap_or_default();
+            Call {
+                target: index,
+                expr: call_expr(alias, target, &args, &kwargs),
+                args,
+                kwargs,
+                setup,
+            }
+        };
+        let mut own: Vec<Call> = Vec::new();
         // The documented calls themselves, as written.
         for example in &target.examples {
-            let expr = call_expr(alias, target, &example.args, &example.kwargs);
-            let setup = match &target.owner {
-                Owner::Instance { class, init } => {
-                    instance_setup(alias, class, init, targets, &all_pools, 0, &mut rng)
-                }
-                _ => Vec::new(),
-            };
-            calls.push(Call {
-                target: index,
-                args: example.args.clone(),
-                kwargs: example.kwargs.clone(),
-                expr,
-                setup,
-            });
+            own.push(call(
+                example.args.clone(),
+                example.kwargs.clone(),
+                0,
+                &mut rng,
+            ));
         }
         for (n, values) in combos.into_iter().enumerate() {
             let (args, kwargs) = arg_list(&target.params, &values);
-            let expr = call_expr(alias, target, &args, &kwargs);
-            let setup = match &target.owner {
-                Owner::Instance { class, init } => {
-                    instance_setup(alias, class, init, targets, &all_pools, n, &mut rng)
-                }
-                _ => Vec::new(),
-            };
-            calls.push(Call {
-                target: index,
-                args,
-                kwargs,
-                expr,
-                setup,
-            });
+            own.push(call(args, kwargs, n, &mut rng));
         }
         // The same arguments on instances in other states: the state a method sees is
         // an input as much as its arguments are.
-        if matches!(target.owner, Owner::Instance { .. }) {
-            let own: Vec<Call> = calls
-                .iter()
-                .filter(|c| c.target == index)
-                .cloned()
-                .collect();
+        if let Some(instance) = &instance {
+            let states = own.len();
             for _ in 0..round_extra(per_target) {
-                let base = own[rng.below(own.len())].clone();
-                let Owner::Instance { class, init } = &target.owner else {
-                    break;
-                };
-                let setup = instance_setup(alias, class, init, targets, &all_pools, 1, &mut rng);
+                let base = own[rng.below(states)].clone();
+                let setup = instance.setup(alias, targets, &all_pools, 1, &mut rng);
                 if setup.len() > 1 {
-                    calls.push(Call { setup, ..base });
+                    own.push(Call { setup, ..base });
                 }
             }
         }
+        calls.extend(own);
     }
     calls
 }
@@ -356,49 +344,71 @@ fn round_extra(per_target: usize) -> usize {
     per_target / 3
 }
 
-/// Statements building the instance for call number `n` of a method: the typical
-/// constructor for the first, then constructors with sampled arguments, followed by up to
-/// two calls of the class's other methods (arguments sampled from their pools).
-fn instance_setup(
-    alias: &str,
-    class: &str,
-    init: &[Param],
-    targets: &[Target],
-    pools: &[Vec<Vec<String>>],
-    n: usize,
-    rng: &mut Lcg,
-) -> Vec<String> {
-    let init_pools: Vec<Vec<String>> = init.iter().map(|p| pool(p, &[], 6)).collect();
-    let values: Vec<String> = init_pools
-        .iter()
-        .map(|p| {
-            if n == 0 || rng.below(2) == 0 {
-                p.first().cloned().unwrap_or_else(|| "1".into())
-            } else {
-                p[rng.below(p.len())].clone()
-            }
+/// What building instances of a method's class takes, computed once per target: the
+/// constructor's parameters and their pools, and the class's methods (targets).
+struct Instance<'a> {
+    class: &'a str,
+    init: &'a [Param],
+    init_pools: Vec<Vec<String>>,
+    siblings: Vec<usize>,
+}
+
+impl<'a> Instance<'a> {
+    /// `None` for a target that is not a method called on an instance.
+    fn of(target: &'a Target, targets: &[Target]) -> Option<Self> {
+        let Owner::Instance { class, init } = &target.owner else {
+            return None;
+        };
+        Some(Self {
+            class,
+            init,
+            init_pools: init.iter().map(|p| pool(p, &[], 6)).collect(),
+            siblings: targets
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| matches!(&t.owner, Owner::Instance { class: c, .. } if c == class))
+                .map(|(i, _)| i)
+                .collect(),
         })
-        .collect();
-    let mut setup = vec![constructor(alias, class, init, &values)];
-    if n == 0 {
-        return setup;
     }
-    let siblings: Vec<usize> = targets
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| matches!(&t.owner, Owner::Instance { class: c, .. } if c == class))
-        .map(|(i, _)| i)
-        .collect();
-    for _ in 0..rng.below(3) {
-        let i = siblings[rng.below(siblings.len())];
-        let values: Vec<String> = pools[i]
+
+    /// Statements building the instance for call number `n` of a method: the typical
+    /// constructor for the first, then constructors with sampled arguments, followed by up
+    /// to two calls of the class's methods (arguments sampled from their pools).
+    fn setup(
+        &self,
+        alias: &str,
+        targets: &[Target],
+        pools: &[Vec<Vec<String>>],
+        n: usize,
+        rng: &mut Lcg,
+    ) -> Vec<String> {
+        let values: Vec<String> = self
+            .init_pools
             .iter()
-            .map(|p| p[rng.below(p.len())].clone())
+            .map(|p| {
+                if n == 0 || rng.below(2) == 0 {
+                    p.first().cloned().unwrap_or_else(|| "1".into())
+                } else {
+                    p[rng.below(p.len())].clone()
+                }
+            })
             .collect();
-        let (args, kwargs) = arg_list(&targets[i].params, &values);
-        setup.push(call_expr(alias, &targets[i], &args, &kwargs));
+        let mut setup = vec![constructor(alias, self.class, self.init, &values)];
+        if n == 0 {
+            return setup;
+        }
+        for _ in 0..rng.below(3) {
+            let i = self.siblings[rng.below(self.siblings.len())];
+            let values: Vec<String> = pools[i]
+                .iter()
+                .map(|p| p[rng.below(p.len())].clone())
+                .collect();
+            let (args, kwargs) = arg_list(&targets[i].params, &values);
+            setup.push(call_expr(alias, &targets[i], &args, &kwargs));
+        }
+        setup
     }
-    setup
 }
 
 #[cfg(test)]

@@ -430,18 +430,24 @@ class Counter:
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn generates_a_passing_suite_that_covers_and_kills_mutants() {
-        let generator = LocalGenerator::probe(None).await;
-        let job = queued(MODULE);
-        let out = generator
+    /// Runs a default generator on `source` with a time budget.
+    async fn generate(
+        source: &str,
+        seconds: u64,
+    ) -> Result<crate::engine::EngineOutput, EngineError> {
+        LocalGenerator::probe(None)
+            .await
             .generate(EngineRequest {
-                job: &job,
+                job: &queued(source),
                 attempt: 1,
-                time_budget: Duration::from_secs(90),
+                time_budget: Duration::from_secs(seconds),
             })
             .await
-            .expect("generates");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn generates_a_passing_suite_that_covers_and_kills_mutants() {
+        let out = generate(MODULE, 90).await.expect("generates");
         assert!(out.tests_total >= 5, "{out:?}");
         assert_eq!(out.tests_failed, 0);
         let file = &out.test_file;
@@ -474,15 +480,7 @@ class Counter:
     async fn methods_are_reached_through_call_sequences_on_instances() {
         // `pop` and `peek` return an item only after a `push`: no single call covers them.
         let source = "class Stack:\n    def __init__(self, capacity: int = 3):\n        self.capacity = capacity\n        self.items = []\n\n    def push(self, x):\n        if len(self.items) >= self.capacity:\n            raise OverflowError(\"full\")\n        self.items.append(x)\n\n    def pop(self):\n        if not self.items:\n            raise IndexError(\"empty\")\n        return self.items.pop()\n\n    def peek(self):\n        if self.items:\n            return self.items[-1]\n        return None\n";
-        let generator = LocalGenerator::probe(None).await;
-        let out = generator
-            .generate(EngineRequest {
-                job: &queued(source),
-                attempt: 1,
-                time_budget: Duration::from_secs(60),
-            })
-            .await
-            .expect("generates");
+        let out = generate(source, 60).await.expect("generates");
         let file = &out.test_file;
         assert_eq!(out.tests_failed, 0, "{file}");
         assert_eq!(out.line_coverage, Some(1.0), "{file}");
@@ -499,13 +497,7 @@ class Counter:
         // Unseeded, two draws of random() never agree: no value could be asserted.
         let source =
             "import random\n\n\ndef noisy(n: int) -> float:\n    return n + random.random()\n";
-        let generator = LocalGenerator::probe(None).await;
-        let out = generator
-            .generate(EngineRequest {
-                job: &queued(source),
-                attempt: 1,
-                time_budget: Duration::from_secs(60),
-            })
+        let out = generate(source, 60)
             .await
             .expect("a seeded draw is reproducible");
         let file = &out.test_file;
@@ -518,16 +510,7 @@ class Counter:
     async fn tests_that_fail_under_another_hash_seed_are_dropped() {
         // Eight distinct strings: their set order differs between hash seeds.
         let source = "def order(words: list[str]) -> str:\n    return ','.join(set(words + list('stuvwxyz')))\n\n\ndef total(xs: list) -> int:\n    return len(xs)\n";
-        let generator = LocalGenerator::probe(None).await;
-        let job = queued(source);
-        let out = generator
-            .generate(EngineRequest {
-                job: &job,
-                attempt: 1,
-                time_budget: Duration::from_secs(60),
-            })
-            .await
-            .expect("generates");
+        let out = generate(source, 60).await.expect("generates");
         assert!(
             out.test_file.contains("def test_total"),
             "{}",
@@ -543,14 +526,7 @@ class Counter:
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_module_without_public_functions_fails_clearly() {
-        let generator = LocalGenerator::probe(None).await;
-        let job = queued("X = 1\n\ndef _hidden():\n    return 2\n");
-        let err = generator
-            .generate(EngineRequest {
-                job: &job,
-                attempt: 1,
-                time_budget: Duration::from_secs(30),
-            })
+        let err = generate("X = 1\n\ndef _hidden():\n    return 2\n", 30)
             .await
             .expect_err("nothing to test");
         assert!(
