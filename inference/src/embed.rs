@@ -101,10 +101,14 @@ impl EmbeddingModel {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let encodings = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| InferenceError::Inference(format!("tokenisation: {e}")))?;
+        let tokenised = if let [text] = texts {
+            // One text needs no padding and no hop to the tokenizer's thread pool.
+            self.tokenizer.encode(*text, true).map(|e| vec![e])
+        } else {
+            self.tokenizer.encode_batch(texts.to_vec(), true)
+        };
+        let encodings =
+            tokenised.map_err(|e| InferenceError::Inference(format!("tokenisation: {e}")))?;
         let batch = encodings.len();
         let seq = encodings.iter().map(|e| e.len()).max().unwrap_or(0).max(1);
         // The tokenizer pads to the longest of the batch; a file without padding gets it here.

@@ -1,0 +1,288 @@
+//! Embedding benchmark: the MiniLM model through qefleet's embedder beside onnxruntime's
+//! Python API on the same model file, tokenizer, pooling and thread count, in one run.
+//!
+//! - single sentence: latency p50/p95 of one text per model run;
+//! - batch of 32: texts/s;
+//! - through the batching thread: 8 concurrent callers each embedding one text at a time.
+//!
+//! Run: `cargo bench --bench embedding` (env BENCH_THREADS=2, BENCH_SINGLE=300,
+//! BENCH_TEXTS=1024, BENCH_DEVICE=cpu; `cuda` on a GPU machine).
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use qefleet_inference::embed::find_default_model;
+use qefleet_inference::{Device, Embedder, EmbedderSettings, EmbeddingModel, SessionSettings};
+
+const BATCH: usize = 32;
+const CALLERS: usize = 8;
+/// Rounds the measurements alternate in, Python then Rust.
+const ROUNDS: usize = 4;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Deterministic texts of 3 to 60 words, prose and code, so batches pad as real ones do.
+fn texts(n: usize) -> Vec<String> {
+    const WORDS: &[&str] = &[
+        "the",
+        "queue",
+        "worker",
+        "returns",
+        "a",
+        "list",
+        "of",
+        "tests",
+        "def",
+        "self",
+        "if",
+        "else",
+        "raise",
+        "ValueError",
+        "for",
+        "item",
+        "in",
+        "items",
+        "coverage",
+        "branch",
+        "mutation",
+        "score",
+        "parse",
+        "header",
+        "value",
+        "None",
+        "return",
+        "class",
+        "Stack",
+        "push",
+        "pop",
+        "empty",
+        "index",
+        "string",
+        "format",
+        "json",
+        "dict",
+        "key",
+        "lambda",
+        "yield",
+        "async",
+        "await",
+        "import",
+        "os",
+        "path",
+        "sum",
+        "count",
+        "len",
+        "range",
+        "while",
+        "True",
+        "False",
+        "assert",
+        "==",
+    ];
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    (0..n)
+        .map(|_| {
+            let len = 3 + (next() % 58) as usize;
+            (0..len)
+                .map(|_| WORDS[(next() % WORDS.len() as u64) as usize])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+fn main() {
+    let threads = env_or("BENCH_THREADS", 2);
+    let single_runs = env_or("BENCH_SINGLE", 300);
+    let n = env_or("BENCH_TEXTS", 1024).max(BATCH);
+    let device: Device = std::env::var("BENCH_DEVICE")
+        .unwrap_or_else(|_| "cpu".into())
+        .parse()
+        .expect("BENCH_DEVICE");
+    let dir =
+        find_default_model().expect("no onnx-models/all-MiniLM-L6-v2: run ./scripts/setup.sh");
+    let texts = texts(n);
+    let session = SessionSettings {
+        device,
+        intra_threads: threads,
+        ..SessionSettings::default()
+    };
+
+    // The Python baseline is a server the rounds alternate with, so both sides see the
+    // same drift of this shared machine.
+    let python = qefleet_shared::embedded::venv_tool_candidates("python")
+        .into_iter()
+        .find(|p| p.is_file())
+        .expect(".venv/bin/python: run ./scripts/setup.sh");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/embedding_ort.py");
+    let mut child = Command::new(python)
+        .arg(script)
+        .arg(&dir)
+        .arg(threads.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python baseline");
+    let mut to_py = child.stdin.take().expect("stdin");
+    let mut from_py = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut ready = String::new();
+    from_py.read_line(&mut ready).expect("baseline start");
+    let mut ask = |request: serde_json::Value| -> serde_json::Value {
+        writeln!(to_py, "{request}").expect("write to the baseline");
+        let mut line = String::new();
+        from_py
+            .read_line(&mut line)
+            .expect("read from the baseline");
+        serde_json::from_str(&line).expect("baseline answer")
+    };
+
+    let mut model = EmbeddingModel::open(&dir, &session).expect("open model");
+    let provider = model.provider();
+    let warm: Vec<String> = texts[..8].to_vec();
+    ask(serde_json::json!({ "single": warm }));
+    for t in &warm {
+        model.embed(&[t]).expect("warm-up");
+    }
+
+    let (mut single, mut py_single) = (Vec::new(), Vec::new());
+    let (mut batch_secs, mut py_batch_secs) = (0f64, 0f64);
+    let mut batched = 0usize;
+    let per_round = single_runs.div_ceil(ROUNDS);
+    let batch_texts = (texts.len() / ROUNDS / BATCH).max(1) * BATCH;
+    for round in 0..ROUNDS {
+        let picks: Vec<&String> = (0..per_round)
+            .map(|i| &texts[(round * per_round + i) % texts.len()])
+            .collect();
+        let answer = ask(serde_json::json!({ "single": picks }));
+        py_single.extend(
+            answer
+                .as_array()
+                .expect("ms")
+                .iter()
+                .filter_map(|v| v.as_f64()),
+        );
+        for t in &picks {
+            let started = Instant::now();
+            model.embed(&[t.as_str()]).expect("embed");
+            single.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        let chunk: Vec<&String> = texts
+            .iter()
+            .cycle()
+            .skip(round * batch_texts)
+            .take(batch_texts)
+            .collect();
+        let answer = ask(serde_json::json!({ "batch": chunk, "size": BATCH }));
+        py_batch_secs += answer.as_f64().expect("seconds");
+        let started = Instant::now();
+        for part in chunk.chunks(BATCH) {
+            let refs: Vec<&str> = part.iter().map(|s| s.as_str()).collect();
+            model.embed(&refs).expect("embed");
+        }
+        batch_secs += started.elapsed().as_secs_f64();
+        batched += chunk.len();
+    }
+    single.sort_by(f64::total_cmp);
+    py_single.sort_by(f64::total_cmp);
+    let batch_rate = batched as f64 / batch_secs;
+    let py_batch = batched as f64 / py_batch_secs;
+    drop(model);
+    drop(to_py);
+    let _ = child.wait();
+
+    // Through the batching thread with concurrent callers.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let embedder = Embedder::start(
+        &dir,
+        EmbedderSettings {
+            session: session.clone(),
+            max_batch: BATCH,
+            queue: 4096,
+        },
+        None,
+    )
+    .expect("embedder");
+    let shared = Arc::new(texts.clone());
+    let (latencies, seconds) = runtime.block_on(async {
+        for t in shared.iter().take(8) {
+            embedder.embed_one(t).await.expect("warm-up");
+        }
+        let started = Instant::now();
+        let mut callers = Vec::new();
+        for c in 0..CALLERS {
+            let (e, texts) = (embedder.clone(), shared.clone());
+            callers.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                for t in texts.iter().skip(c).step_by(CALLERS) {
+                    let s = Instant::now();
+                    e.embed_one(t).await.expect("embed");
+                    lat.push(s.elapsed().as_secs_f64() * 1000.0);
+                }
+                lat
+            }));
+        }
+        let mut all = Vec::new();
+        for c in callers {
+            all.extend(c.await.expect("caller"));
+        }
+        (all, started.elapsed().as_secs_f64())
+    });
+    let mut latencies = latencies;
+    latencies.sort_by(f64::total_cmp);
+    let e2e_rate = latencies.len() as f64 / seconds;
+
+    println!("all-MiniLM-L6-v2, {threads} intra-op threads, provider {provider}, {n} texts of 3-60 words, {single_runs} single runs");
+    println!();
+    println!("| measure | qefleet (Rust, ort) | onnxruntime Python | ratio |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| single sentence p50, ms | {:.2} | {:.2} | {:.2}× |",
+        percentile(&single, 50.0),
+        percentile(&py_single, 50.0),
+        percentile(&py_single, 50.0) / percentile(&single, 50.0)
+    );
+    println!(
+        "| single sentence p95, ms | {:.2} | {:.2} | {:.2}× |",
+        percentile(&single, 95.0),
+        percentile(&py_single, 95.0),
+        percentile(&py_single, 95.0) / percentile(&single, 95.0)
+    );
+    println!(
+        "| batch of {BATCH}, texts/s | {batch_rate:.0} | {py_batch:.0} | {:.2}× |",
+        batch_rate / py_batch
+    );
+    println!(
+        "| batching thread, {CALLERS} callers, texts/s | {e2e_rate:.0} | {py_batch:.0} (batch of {BATCH}) | {:.2}× |",
+        e2e_rate / py_batch
+    );
+    println!(
+        "| batching thread, {CALLERS} callers, latency p50 / p95, ms | {:.2} / {:.2} | | |",
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 95.0)
+    );
+}
