@@ -2,6 +2,7 @@
 //! the execution provider chosen per session (`--device auto|cpu|cuda[:N]`), and sentence
 //! embeddings served by a batching inference thread.
 
+pub mod causal;
 pub mod embed;
 pub mod runtime;
 
@@ -27,3 +28,6 @@ pub enum InferenceError {
 
 #[cfg(test)]
 mod parity_tests;
+
+#[cfg(test)]
+mod causal_tests;
