@@ -1,7 +1,7 @@
-"""The baseline of benches/embedding.rs: the same model file through onnxruntime's Python
+"""The baseline of benches/inference.rs (embeddings): the same model file through onnxruntime's Python
 API, with the same tokenizer file, pooling and normalisation and the same thread count.
 
-    python benches/embedding_ort.py MODEL_DIR THREADS
+    python benches/inference_ort.py MODEL_DIR THREADS
 
 Serves requests, one JSON object a line on stdin, so the bench can interleave its rounds
 with the Rust side's (this machine's speed drifts): {"single": [texts]} answers the

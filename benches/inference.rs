@@ -1,18 +1,23 @@
-//! Embedding benchmark: the MiniLM model through qefleet's embedder beside onnxruntime's
-//! Python API on the same model file, tokenizer, pooling and thread count, in one run.
+//! Local inference benchmark.
 //!
+//! Embeddings: the MiniLM model through qefleet's embedder beside onnxruntime's Python
+//! API on the same model file, tokenizer, pooling and thread count, in one run:
 //! - single sentence: latency p50/p95 of one text per model run;
 //! - batch of 32: texts/s;
 //! - through the batching thread: 8 concurrent callers each embedding one text at a time.
 //!
-//! Run: `cargo bench --bench embedding` (env BENCH_THREADS=2, BENCH_SINGLE=300,
-//! BENCH_TEXTS=1024, BENCH_DEVICE=cpu; `cuda` on a GPU machine).
+//! Causal LM, on the tiny generated model (onnx-models/tiny_llm.py): prefill and decode
+//! tokens/s, decoding with the KV cache against recomputing the whole sequence each step.
+//!
+//! Run: `cargo bench --bench inference` (env BENCH_PARTS=embedding,causal, BENCH_THREADS=2,
+//! BENCH_SINGLE=300, BENCH_TEXTS=1024, BENCH_DEVICE=cpu; `cuda` on a GPU machine).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
+use qefleet_inference::causal::CausalLm;
 use qefleet_inference::embed::find_default_model;
 use qefleet_inference::{Device, Embedder, EmbedderSettings, EmbeddingModel, SessionSettings};
 
@@ -113,13 +118,108 @@ fn texts(n: usize) -> Vec<String> {
 }
 
 fn main() {
-    let threads = env_or("BENCH_THREADS", 2);
-    let single_runs = env_or("BENCH_SINGLE", 300);
-    let n = env_or("BENCH_TEXTS", 1024).max(BATCH);
+    let parts = std::env::var("BENCH_PARTS").unwrap_or_else(|_| "embedding,causal".into());
     let device: Device = std::env::var("BENCH_DEVICE")
         .unwrap_or_else(|_| "cpu".into())
         .parse()
         .expect("BENCH_DEVICE");
+    let threads = env_or("BENCH_THREADS", 2);
+    if parts.contains("embedding") {
+        embedding(device, threads);
+    }
+    if parts.contains("causal") {
+        causal(device, threads);
+    }
+}
+
+fn python() -> std::path::PathBuf {
+    qefleet_shared::embedded::venv_tool_candidates("python")
+        .into_iter()
+        .find(|p| p.is_file())
+        .expect(".venv/bin/python: run ./scripts/setup.sh")
+}
+
+fn causal(device: Device, threads: usize) {
+    const PROMPT: usize = 128;
+    const NEW: usize = 64;
+    let runs = env_or("BENCH_LM_RUNS", 5);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model_dir = dir.path().join("tiny");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("onnx-models/tiny_llm.py");
+    let status = Command::new(python())
+        .arg(script)
+        .arg(&model_dir)
+        .stdout(Stdio::null())
+        .status()
+        .expect("tiny_llm.py");
+    assert!(status.success(), "tiny_llm.py failed");
+    let session = SessionSettings {
+        device,
+        intra_threads: threads,
+        ..SessionSettings::default()
+    };
+    let mut lm = CausalLm::open(&model_dir, &session).expect("open tiny model");
+    let provider = lm.provider();
+    let filler = "def add(a, b):\n    return a + b\n".repeat(8);
+    let mut prompt_ids = lm.encode(&filler).expect("encode");
+    prompt_ids.truncate(PROMPT);
+    assert_eq!(prompt_ids.len(), PROMPT);
+
+    let (mut prefill, mut kv, mut recompute) = (0f64, 0f64, 0f64);
+    for _ in 0..runs {
+        // Prefill, then NEW greedy steps with the cache.
+        let started = Instant::now();
+        let (logits, vocab, mut cache) = lm.forward(&prompt_ids, None, 0).expect("prefill");
+        prefill += started.elapsed().as_secs_f64();
+        let mut next = argmax(&logits[logits.len() - vocab..]);
+        let started = Instant::now();
+        for step in 0..NEW {
+            let (logits, _, present) = lm
+                .forward(&[next], Some(cache), PROMPT + step)
+                .expect("step");
+            cache = present;
+            next = argmax(&logits);
+        }
+        kv += started.elapsed().as_secs_f64();
+        // The same steps recomputing the whole sequence each time.
+        let mut ids = prompt_ids.clone();
+        let started = Instant::now();
+        for _ in 0..NEW {
+            let (logits, vocab, _) = lm.forward(&ids, None, 0).expect("recompute");
+            ids.push(argmax(&logits[logits.len() - vocab..]));
+        }
+        recompute += started.elapsed().as_secs_f64();
+    }
+    let total = runs as f64;
+    println!();
+    println!("causal LM: tiny generated model (2 layers, hidden 64, GQA 4/2 heads), {threads} intra-op threads, provider {provider}, prompt {PROMPT} tokens, {NEW} new tokens, {runs} runs");
+    println!();
+    println!("| measure | tokens/s |");
+    println!("|---|---:|");
+    println!(
+        "| prefill ({PROMPT} tokens in one run) | {:.0} |",
+        PROMPT as f64 * total / prefill
+    );
+    println!("| decode with KV cache | {:.0} |", NEW as f64 * total / kv);
+    println!(
+        "| decode recomputing the sequence | {:.0} |",
+        NEW as f64 * total / recompute
+    );
+    println!("| KV cache speed-up | {:.2}× |", recompute / kv);
+}
+
+fn argmax(logits: &[f32]) -> u32 {
+    logits
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i as u32)
+        .unwrap_or(0)
+}
+
+fn embedding(device: Device, threads: usize) {
+    let single_runs = env_or("BENCH_SINGLE", 300);
+    let n = env_or("BENCH_TEXTS", 1024).max(BATCH);
     let dir =
         find_default_model().expect("no onnx-models/all-MiniLM-L6-v2: run ./scripts/setup.sh");
     let texts = texts(n);
@@ -131,11 +231,8 @@ fn main() {
 
     // The Python baseline is a server the rounds alternate with, so both sides see the
     // same drift of this shared machine.
-    let python = qefleet_shared::embedded::venv_tool_candidates("python")
-        .into_iter()
-        .find(|p| p.is_file())
-        .expect(".venv/bin/python: run ./scripts/setup.sh");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/embedding_ort.py");
+    let python = python();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/inference_ort.py");
     let mut child = Command::new(python)
         .arg(script)
         .arg(&dir)
