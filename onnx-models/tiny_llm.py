@@ -2,6 +2,7 @@
 for testing and benchmarking the Rust causal-LM runner without downloading anything.
 
     python onnx-models/tiny_llm.py OUT_DIR [--family qwen2|llama|mistral|phi3] [--seed N]
+                                           [--answer FILE]
 
 Writes model.onnx, tokenizer.json and config.json. The model is a llama-style decoder
 (RMSNorm, rotary position embeddings, grouped-query attention, SwiGLU MLP): 2 layers,
@@ -16,6 +17,12 @@ inputs and outputs carry the names of optimum exports for llama, mistral, qwen2 
 The tokenizer is byte-level (every byte a token, no merges) plus the family's special
 tokens, so any text round-trips. Output is deterministic for a seed (weights are scaled
 so that greedy decoding does not just repeat one token).
+
+With --answer FILE the model also knows one answer by heart, for testing engines end to
+end: each line of the file becomes a token of its own, and a bigram head added to the
+logits makes greedy decoding after a prompt ending in a newline (every chat template
+here) produce exactly the file's text, then end-of-sequence. The transformer layers, KV
+cache and all, still run underneath.
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ def byte_alphabet() -> list[str]:
     return [chr(table[b]) for b in range(256)]
 
 
-def tokenizer(family: str):
+def tokenizer(family: str, answer_lines: list[str]):
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
     vocab = {ch: i for i, ch in enumerate(byte_alphabet())}
@@ -67,10 +74,26 @@ def tokenizer(family: str):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL[family]])
+    tok.add_tokens([AddedToken(line, special=False, normalized=False) for line in dict.fromkeys(answer_lines)])
     return tok
 
 
-def build(family: str, vocab: int, seed: int):
+def answer_bigrams(tok, family: str, answer_lines: list[str], vocab: int) -> np.ndarray:
+    """[vocab, vocab] additive logits: after a newline the first line, after each line
+    the next, after the last end-of-sequence."""
+    table = np.zeros((vocab, vocab), dtype=np.float32)
+    if not answer_lines:
+        return table
+    ids = [tok.token_to_id(line) for line in answer_lines]
+    if len(set(ids)) != len(ids):
+        sys.exit("tiny_llm: the answer's lines must be distinct")
+    chain = [tok.encode("\n").ids[-1]] + ids + [tok.token_to_id(EOS[family][0])]
+    for a, b in zip(chain, chain[1:]):
+        table[a, b] = 1000.0
+    return table
+
+
+def build(family: str, vocab: int, seed: int, bigrams: np.ndarray):
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -176,7 +199,8 @@ def build(family: str, vocab: int, seed: int):
         x = node("Add", [x, down], f"{n}/mlp_res")
 
     x = rms_norm(x, "norm")
-    node("MatMul", [x, weight("lm_head", HIDDEN, vocab, 0.5)], "logits")
+    lm = node("MatMul", [x, weight("lm_head", HIDDEN, vocab, 0.5)], "lm_logits")
+    node("Add", [lm, node("Gather", [const("answer_bigrams", bigrams), "input_ids"], "bigram")], "logits")
 
     ids = lambda name, dims: helper.make_tensor_value_info(name, TensorProto.INT64, dims)
     inputs = [ids("input_ids", ["batch", "sequence"]), ids("attention_mask", ["batch", "total"]), ids("position_ids", ["batch", "sequence"])]
@@ -199,10 +223,18 @@ def main(argv: list[str]) -> None:
         sys.exit(f"tiny_llm: unknown family {family!r}; one of {', '.join(SPECIAL)}")
     import onnx
 
+    answer_lines = []
+    if "--answer" in argv:
+        # One token a line; blank lines join the line before them.
+        for line in Path(argv[argv.index("--answer") + 1]).read_text().splitlines(keepends=True):
+            if answer_lines and not line.strip():
+                answer_lines[-1] += line
+            else:
+                answer_lines.append(line)
     out.mkdir(parents=True, exist_ok=True)
-    tok = tokenizer(family)
+    tok = tokenizer(family, answer_lines)
     vocab = tok.get_vocab_size()
-    model = build(family, vocab, seed)
+    model = build(family, vocab, seed, answer_bigrams(tok, family, answer_lines, vocab))
     onnx.checker.check_model(model)
     onnx.save(model, str(out / "model.onnx"))
     tok.save(str(out / "tokenizer.json"))

@@ -71,6 +71,8 @@ pub struct GenerateOptions {
     pub seed: u64,
     /// Generation stops at the first of these in the generated text, which is cut there.
     pub stop: Vec<String>,
+    /// Generation stops when this passes (what was generated so far is kept).
+    pub deadline: Option<Instant>,
 }
 
 impl Default for GenerateOptions {
@@ -81,6 +83,7 @@ impl Default for GenerateOptions {
             top_p: 1.0,
             seed: 0,
             stop: Vec::new(),
+            deadline: None,
         }
     }
 }
@@ -91,6 +94,7 @@ pub enum StopReason {
     EndOfSequence,
     StopSequence,
     MaxTokens,
+    Deadline,
 }
 
 #[derive(Debug, Clone)]
@@ -333,6 +337,10 @@ impl CausalLm {
                 break;
             }
             if tokens.len() == options.max_new_tokens {
+                break;
+            }
+            if options.deadline.is_some_and(|d| Instant::now() >= d) {
+                stop = StopReason::Deadline;
                 break;
             }
             let (logits, _, present) = self.forward(&[token], Some(cache), position)?;

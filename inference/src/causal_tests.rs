@@ -85,6 +85,21 @@ fn greedy_is_deterministic_and_stops_at_the_token_limit() {
     assert_eq!(a.tokens.len(), 12);
     assert_eq!(a.stop, StopReason::MaxTokens);
     assert!(a.prefill_tokens_per_second() > 0.0 && a.decode_tokens_per_second() > 0.0);
+    let late = lm
+        .generate(
+            &prompt,
+            &GenerateOptions {
+                deadline: Some(std::time::Instant::now()),
+                ..options.clone()
+            },
+        )
+        .expect("generate");
+    assert_eq!(late.stop, StopReason::Deadline);
+    assert_eq!(
+        late.tokens,
+        a.tokens[..1],
+        "a passed deadline keeps the first token only"
+    );
 
     // Greedy decoding with the cache picks the argmax of full recomputation at every step.
     let mut ids = lm.encode(&prompt).expect("encode");

@@ -2,10 +2,12 @@
 //! the execution provider chosen per session (`--device auto|cpu|cuda[:N]`), and sentence
 //! embeddings served by a batching inference thread.
 
+pub mod args;
 pub mod causal;
 pub mod embed;
 pub mod runtime;
 
+pub use args::InferenceArgs;
 pub use embed::{Embedder, EmbedderSettings, EmbeddingModel};
 pub use runtime::{Device, Provider, SessionSettings};
 

@@ -9,6 +9,7 @@ use qefleet_shared::shutdown;
 use qefleet_worker::consolidator::RecordOnly;
 use qefleet_worker::engine::Engine;
 use qefleet_worker::engines::generator::LocalGenerator;
+use qefleet_worker::engines::llm::{LlmSettings, LocalLlm};
 use qefleet_worker::engines::DoctestEngine;
 use qefleet_worker::{EngineArg, PoolArg, WorkerArgs};
 
@@ -37,10 +38,44 @@ pub async fn scheduler(args: SchedulerCmd) -> anyhow::Result<ExitCode> {
 /// The engine a pool runs. Cloud engines arrive with the hybrid-routing issue.
 pub async fn engine_for(worker: &WorkerArgs) -> anyhow::Result<Arc<dyn Engine>> {
     match worker.pool {
-        PoolArg::Local | PoolArg::Maint => Ok(match worker.engine {
-            EngineArg::Generator => Arc::new(LocalGenerator::probe(worker.python.clone()).await),
-            EngineArg::Doctest => Arc::new(DoctestEngine::probe(worker.python.clone()).await),
-        }),
+        // Maint workers run the Consolidator, never an engine: they load no model.
+        PoolArg::Maint => Ok(Arc::new(
+            DoctestEngine::probe(worker.python.clone()).await,
+        )),
+        PoolArg::Local => {
+            let inference = &worker.inference;
+            if worker.engine != EngineArg::LocalLlm {
+                if let Some(model) = &inference.local_model {
+                    anyhow::bail!(
+                        "--local-model {} is for --engine local-llm (this worker runs --engine {:?})",
+                        model.display(),
+                        worker.engine
+                    );
+                }
+            }
+            Ok(match worker.engine {
+                EngineArg::Generator => {
+                    Arc::new(LocalGenerator::probe(worker.python.clone()).await)
+                }
+                EngineArg::Doctest => Arc::new(DoctestEngine::probe(worker.python.clone()).await),
+                EngineArg::LocalLlm => {
+                    let Some(model) = &inference.local_model else {
+                        anyhow::bail!(
+                            "--engine local-llm needs --local-model PATH: a directory with an optimum ONNX export \
+                             (model.onnx with past_key_values, tokenizer.json, config.json) of a llama, mistral, qwen2 or phi-3 model"
+                        );
+                    };
+                    let settings = LlmSettings {
+                        generate: inference.generate_options(),
+                        ..LlmSettings::default()
+                    };
+                    Arc::new(
+                        LocalLlm::open(model, inference.session(), worker.python.clone(), settings)
+                            .await?,
+                    )
+                }
+            })
+        }
         PoolArg::Cloud => anyhow::bail!(
             "no cloud engine is available in this build yet: run local or maint workers (jobs that need the cloud pool are routed local while no cloud worker is live)"
         ),

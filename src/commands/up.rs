@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use qefleet_inference::InferenceArgs;
 use qefleet_scheduler::SchedulerArgs;
 use qefleet_schemas::{ContentType, JobSpec, JobStatus, SubmitReply};
 use qefleet_shared::client::{submit, wait_for_result};
@@ -38,6 +39,8 @@ pub struct UpArgs {
     /// Engine of the local worker.
     #[arg(long, env = "QEFLEET_ENGINE", value_enum, default_value = "generator")]
     pub engine: EngineArg,
+    #[command(flatten)]
+    pub inference: InferenceArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -93,6 +96,7 @@ async fn start(args: &UpArgs, shutdown: Shutdown) -> anyhow::Result<Fleet> {
         );
         if pool == PoolArg::Local {
             worker.concurrency = args.concurrency;
+            worker.inference = args.inference.clone();
         }
         let engine = engine_for(&worker).await?;
         let worker_client = client.clone();

@@ -182,17 +182,3 @@ async fn the_worker_serves_outcome_rounds_and_quality_metrics() {
     }
     fleet.stop().await;
 }
-
-async fn http_get(port: u16, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    socket
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
-    let mut body = String::new();
-    socket.read_to_string(&mut body).await.expect("read");
-    body
-}

@@ -5,6 +5,7 @@ mod connection;
 mod consolidation;
 mod durability;
 mod failures;
+mod inference;
 mod operators;
 mod submission;
 mod support;

@@ -321,3 +321,18 @@ pub fn header(m: &StreamMessage, name: &str) -> String {
         .map(|v| v.as_str().to_string())
         .unwrap_or_default()
 }
+
+/// The body of a plain HTTP GET on localhost (for /metrics).
+pub async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    socket
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut body = String::new();
+    socket.read_to_string(&mut body).await.expect("read");
+    body
+}

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use qefleet_inference::InferenceArgs;
 use qefleet_shared::config::parse_duration;
 
 /// Pools a worker can serve, as command-line values.
@@ -31,6 +32,9 @@ pub enum EngineArg {
     Generator,
     /// Only the module's doctest examples, as pytest tests: the floor.
     Doctest,
+    /// A local causal LM (`--local-model`, on ONNX Runtime) proposing suites inside the
+    /// refinement loop.
+    LocalLlm,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -74,6 +78,8 @@ pub struct WorkerArgs {
     /// Address of the /metrics endpoint (e.g. 0.0.0.0:9465); none when absent.
     #[arg(long = "worker-metrics-addr", env = "QEFLEET_WORKER_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    pub inference: InferenceArgs,
 }
 
 impl WorkerArgs {
@@ -93,6 +99,7 @@ impl WorkerArgs {
             worker_id: None,
             python: None,
             metrics_addr: None,
+            inference: InferenceArgs::default(),
         }
     }
 }

@@ -32,6 +32,17 @@ pub struct EngineOutput {
     pub refinement_rounds: u32,
     pub tokens: TokenUsage,
     pub cost_usd: f64,
+    /// Local model time spent on the job, for the inference metrics.
+    pub inference: Option<InferenceUsage>,
+}
+
+/// What a job cost on a local model.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct InferenceUsage {
+    /// Seconds in model runs (prefill and decode).
+    pub seconds: f64,
+    /// Tokens generated.
+    pub tokens: u64,
 }
 
 /// Why an engine produced no suite.
@@ -54,5 +65,10 @@ pub type EngineFuture<'a> =
 pub trait Engine: Send + Sync + std::fmt::Debug {
     /// Name recorded on results and metrics.
     fn name(&self) -> &str;
+    /// The ONNX Runtime execution provider of an engine that runs a local model
+    /// (`cpu`, `cuda:0`), shown in `qefleet status` and as a metric label.
+    fn execution_provider(&self) -> Option<String> {
+        None
+    }
     fn generate<'a>(&'a self, request: EngineRequest<'a>) -> EngineFuture<'a>;
 }

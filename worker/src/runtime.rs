@@ -121,6 +121,7 @@ pub async fn run(
         "worker_id": worker_id,
         "pool": pool,
         "engine": ctx.engine.name(),
+        "inference_provider": ctx.engine.execution_provider(),
         "concurrency": args.concurrency,
         "started_at_ms": now_unix_ms(),
     })
@@ -388,6 +389,16 @@ async fn run_job(ctx: &Ctx, message: &Arc<Message>, deliveries: i64) -> Disposit
         }
     };
     let run_ms = now_unix_ms().saturating_sub(started);
+    if let (Some(usage), Some(provider)) = (output.inference, ctx.engine.execution_provider()) {
+        ctx.metrics
+            .inference_seconds
+            .with_label_values(&["generate", provider_label(&provider)])
+            .observe(usage.seconds);
+        ctx.metrics
+            .inference_tokens
+            .with_label_values(&[provider_label(&provider)])
+            .inc_by(usage.tokens);
+    }
     let result = JobResult {
         schema_version: SCHEMA_VERSION,
         job_id: job_id.clone(),
@@ -624,4 +635,9 @@ async fn flush_outbox_forever(ctx: Arc<Ctx>, mut shutdown: Shutdown) {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
+}
+
+/// The metric label of an execution provider: `cuda:1` is `cuda` (no device ids as labels).
+fn provider_label(provider: &str) -> &str {
+    provider.split(':').next().unwrap_or(provider)
 }

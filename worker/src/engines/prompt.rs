@@ -133,9 +133,41 @@ pub fn build(feedback: &Feedback<'_>, max_chars: usize) -> Prompt {
     }
 }
 
+/// The Python file in a model's reply: the first fenced block (```python, ```py or a bare
+/// fence; an unclosed fence runs to the end), else the whole reply.
+pub fn extract_python(reply: &str) -> String {
+    let Some(open) = reply.find("```") else {
+        return reply.trim().to_string() + "\n";
+    };
+    let after_fence = &reply[open + 3..];
+    // The info string (python, py, nothing) ends the fence's line.
+    let body = after_fence
+        .find('\n')
+        .map(|nl| &after_fence[nl + 1..])
+        .unwrap_or("");
+    let code = body.find("```").map(|end| &body[..end]).unwrap_or(body);
+    code.trim_end().to_string() + "\n"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_fenced_block_is_the_suite() {
+        let reply = "Here you go:\n```python\nimport m\n\ndef test_a():\n    assert m.a() == 1\n```\nAnd more:\n```python\nx\n```";
+        assert_eq!(
+            extract_python(reply),
+            "import m\n\ndef test_a():\n    assert m.a() == 1\n"
+        );
+        assert_eq!(extract_python("```\nimport m\n```"), "import m\n");
+        assert_eq!(
+            extract_python("```py\nimport m\n"),
+            "import m\n",
+            "unclosed fence"
+        );
+        assert_eq!(extract_python("import m\n\n"), "import m\n", "no fence");
+    }
 
     const SOURCE: &str = "def f(x):\n    if x > 0:\n        return 1\n    return 0\n";
 

@@ -365,9 +365,7 @@ fn focus_literals(targets: &[Target], missing: &[u32], survivors: &[u32]) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qefleet_schemas::{
-        Complexity, ComplexityReport, JobSpec, Pool, QueuedJob, RouteDecision, Strategy,
-    };
+    use crate::engines::test_support::queued;
 
     const MODULE: &str = r#"
 class InsufficientFunds(Exception):
@@ -401,35 +399,6 @@ class Counter:
         return self.value
 "#;
 
-    fn queued(source: &str) -> QueuedJob {
-        let mut job = JobSpec::python("bank", source);
-        job.job_id = Some("gen-test".into());
-        QueuedJob {
-            schema_version: qefleet_schemas::SCHEMA_VERSION,
-            job,
-            complexity: ComplexityReport {
-                class: Complexity::Simple,
-                score: 5.0,
-                cyclomatic: 9,
-                max_function_cyclomatic: 4,
-                code_lines: 25,
-                functions: 4,
-                async_functions: 0,
-                classes: 2,
-                branches: 5,
-                imports: 0,
-            },
-            route: RouteDecision {
-                pool: Pool::Local,
-                subject: "qe.jobs.local.simple".into(),
-                router: "test".into(),
-                strategy: Strategy::Balanced,
-                reasons: vec![],
-            },
-            submitted_at_ms: 0,
-        }
-    }
-
     /// Runs a default generator on `source` with a time budget.
     async fn generate(
         source: &str,
@@ -438,7 +407,7 @@ class Counter:
         LocalGenerator::probe(None)
             .await
             .generate(EngineRequest {
-                job: &queued(source),
+                job: &queued("bank", source),
                 attempt: 1,
                 time_budget: Duration::from_secs(seconds),
             })

@@ -1,0 +1,100 @@
+//! Local inference through the fleet: a `qefleet worker --engine local-llm` process on a
+//! tiny generated causal LM (onnx-models/tiny_llm.py, answering one suite by heart) serves
+//! a job end to end; status shows the execution provider and /metrics its figures.
+
+use std::path::Path;
+use std::time::Duration;
+
+use qefleet_scheduler::SchedulerArgs;
+use qefleet_shared::embedded::{free_port, venv_tool_candidates};
+
+use crate::support::*;
+
+const MODULE: &str = "def add(a, b):\n    return a + b\n\n\ndef sign(x):\n    if x < 0:\n        return -1\n    return 1\n";
+const ANSWER: &str = "```python\nimport calc\n\n\ndef test_add():\n    assert calc.add(2, 3) == 5\n\n\ndef test_sign():\n    assert calc.sign(-4) == -1\n    assert calc.sign(4) == 1\n```\n";
+
+fn tiny_model(dir: &Path) -> std::path::PathBuf {
+    let answer = dir.join("answer.txt");
+    std::fs::write(&answer, ANSWER).expect("write answer");
+    let python = venv_tool_candidates("python")
+        .into_iter()
+        .find(|p| p.is_file())
+        .expect(".venv/bin/python (run ./scripts/setup.sh)");
+    let model = dir.join("tiny-qwen2");
+    let status = std::process::Command::new(python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("onnx-models/tiny_llm.py"))
+        .arg(&model)
+        .arg("--answer")
+        .arg(&answer)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("tiny_llm.py");
+    assert!(status.success());
+    model
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_llm_worker_serves_a_job_and_reports_its_provider() {
+    let mut fleet = Fleet::start().await;
+    fleet.scheduler(SchedulerArgs::default()).await;
+    let model = tiny_model(fleet.dir.path());
+    let metrics_port = free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    fleet.worker_process(&[
+        "--engine",
+        "local-llm",
+        "--local-model",
+        model.to_str().expect("path"),
+        "--device",
+        "cpu",
+        "--inference-threads",
+        "1",
+        "--worker-metrics-addr",
+        &metrics_addr,
+    ]);
+    let mut spec = job(MODULE);
+    spec.module_name = "calc".into();
+    let job_id = fleet.submit_ok(&spec).await;
+    let (result, _) = fleet.result(&job_id, Duration::from_secs(120)).await;
+    assert_eq!(
+        result.engine,
+        "local-llm",
+        "{result:?}\n{}",
+        fleet.worker_log(1)
+    );
+    assert_eq!(
+        result.status,
+        qefleet_schemas::JobStatus::Succeeded,
+        "{result:?}"
+    );
+    assert_eq!((result.tests_passed, result.tests_failed), (2, 0));
+    assert_eq!(result.line_coverage, Some(1.0));
+    assert!(
+        result.tokens.prompt > 0 && result.tokens.completion > 0,
+        "{:?}",
+        result.tokens
+    );
+
+    let status = fleet.cli(&["status", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json status");
+    let workers = report["live_workers"].as_array().expect("workers");
+    assert!(
+        workers
+            .iter()
+            .any(|w| w["engine"] == "local-llm" && w["inference_provider"] == "cpu"),
+        "{report}"
+    );
+    let body = http_get(metrics_port, "/metrics").await;
+    let tokens: f64 = body
+        .lines()
+        .find(|l| l.starts_with("qefleet_inference_tokens_total{provider=\"cpu\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no inference tokens metric:\n{body}"));
+    assert!(tokens >= result.tokens.completion as f64, "{tokens}");
+    assert!(
+        body.contains("qefleet_inference_seconds_count{op=\"generate\",provider=\"cpu\"} 1"),
+        "{body}"
+    );
+    fleet.stop().await;
+}
