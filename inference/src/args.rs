@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use crate::causal::GenerateOptions;
+use crate::embed::{find_default_model, shared, Embedder, EmbedderSettings, DEFAULT_MODEL_DIR};
 use crate::runtime::{Device, SessionSettings};
+use crate::InferenceError;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct InferenceArgs {
@@ -19,6 +21,17 @@ pub struct InferenceArgs {
     /// repeated runs).
     #[arg(long, env = "QEFLEET_INFERENCE_LOW_MEMORY")]
     pub inference_low_memory: bool,
+    /// Start the process's embedder (sentence embeddings for routing and retrieval):
+    /// one per process, shared by the scheduler and workers in it.
+    #[arg(long, env = "QEFLEET_EMBEDDINGS")]
+    pub embeddings: bool,
+    /// Embedding model directory (model.onnx, tokenizer.json); default: the bundled
+    /// onnx-models/all-MiniLM-L6-v2 that ./scripts/setup.sh converts.
+    #[arg(long, env = "QEFLEET_EMBEDDING_MODEL")]
+    pub embedding_model: Option<PathBuf>,
+    /// Most texts the embedder runs in one batch.
+    #[arg(long, env = "QEFLEET_EMBED_BATCH", default_value_t = 32)]
+    pub embed_batch: usize,
     /// A causal LM exported with optimum (model.onnx with its KV cache, tokenizer.json,
     /// config.json; llama, mistral, qwen2 or phi-3) for `--engine local-llm`.
     #[arg(long, env = "QEFLEET_LOCAL_MODEL")]
@@ -47,6 +60,9 @@ impl Default for InferenceArgs {
             device: Device::Auto,
             inference_threads: 0,
             inference_low_memory: false,
+            embeddings: false,
+            embedding_model: None,
+            embed_batch: 32,
             local_model: None,
             llm_max_new_tokens: 1024,
             llm_temperature: 0.0,
@@ -64,6 +80,28 @@ impl InferenceArgs {
             inter_threads: 1,
             memory_arena: !self.inference_low_memory,
         }
+    }
+
+    /// The process's embedder when `--embeddings` is on (the same one for every caller
+    /// with the same model). Loading blocks: call it from a blocking context.
+    pub fn embedder(&self) -> Result<Option<Embedder>, InferenceError> {
+        if !self.embeddings {
+            return Ok(None);
+        }
+        let dir = match &self.embedding_model {
+            Some(dir) => dir.clone(),
+            None => find_default_model().ok_or_else(|| {
+                InferenceError::Model(format!(
+                    "no {DEFAULT_MODEL_DIR} here or above: run ./scripts/setup.sh, or pass --embedding-model DIR"
+                ))
+            })?,
+        };
+        let settings = EmbedderSettings {
+            session: self.session(),
+            max_batch: self.embed_batch.max(1),
+            ..EmbedderSettings::default()
+        };
+        shared(&dir, settings).map(Some)
     }
 
     pub fn generate_options(&self) -> GenerateOptions {

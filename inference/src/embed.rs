@@ -2,7 +2,9 @@
 //! `last_hidden_state`): tokenisation, mean pooling over the attention mask and L2
 //! normalisation, on a dedicated inference thread that batches concurrent requests.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use ndarray::{Array2, Axis};
@@ -273,6 +275,32 @@ impl Embedder {
         let mut v = self.embed(vec![text.to_string()]).await?;
         v.pop()
             .ok_or_else(|| InferenceError::Inference("no embedding returned".into()))
+    }
+}
+
+/// The process's embedder for `model_dir`: started by the first caller, shared by every
+/// later one (scheduler and workers in one process hold one model, one thread).
+pub fn shared(model_dir: &Path, settings: EmbedderSettings) -> Result<Embedder, InferenceError> {
+    static EMBEDDERS: OnceLock<Mutex<HashMap<PathBuf, Embedder>>> = OnceLock::new();
+    let key = model_dir
+        .canonicalize()
+        .unwrap_or_else(|_| model_dir.to_path_buf());
+    let mut embedders = EMBEDDERS
+        .get_or_init(Default::default)
+        .lock()
+        .map_err(|_| InferenceError::Runtime("the embedder registry is poisoned".into()))?;
+    if let Some(existing) = embedders.get(&key) {
+        return Ok(existing.clone());
+    }
+    let embedder = Embedder::start(&key, settings, None)?;
+    embedders.insert(key, embedder.clone());
+    Ok(embedder)
+}
+
+impl Embedder {
+    /// Whether two handles reach the same inference thread.
+    pub fn same_as(&self, other: &Embedder) -> bool {
+        self.tx.same_channel(&other.tx)
     }
 }
 

@@ -221,3 +221,19 @@ fn a_directory_without_a_model_says_how_to_make_one() {
     let err = EmbeddingModel::open(empty.path(), &cpu()).expect_err("no model");
     assert!(err.to_string().contains("minilm.py convert"), "{err}");
 }
+
+#[test]
+fn a_process_shares_one_embedder_per_model() {
+    let settings = || EmbedderSettings {
+        session: cpu(),
+        ..EmbedderSettings::default()
+    };
+    let a = crate::embed::shared(&model_dir(), settings()).expect("first");
+    let b = crate::embed::shared(&model_dir().join("."), settings()).expect("second");
+    assert!(
+        a.same_as(&b),
+        "a second embedder was started for the same model"
+    );
+    let separate = Embedder::start(&model_dir(), settings(), None).expect("own");
+    assert!(!a.same_as(&separate));
+}

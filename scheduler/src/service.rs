@@ -17,6 +17,8 @@ use qefleet_shared::shutdown::Shutdown;
 use qefleet_shared::subjects::*;
 use tokio::task::JoinSet;
 
+use qefleet_inference::Embedder;
+
 use crate::liveness::Liveness;
 use crate::router::RuleRouter;
 use crate::submit::Submitter;
@@ -40,6 +42,10 @@ pub struct SchedulerArgs {
         env = "QEFLEET_SCHEDULER_METRICS_ADDR"
     )]
     pub metrics_addr: Option<SocketAddr>,
+    /// The process's embedder, when started (`--embeddings`); shared with workers in the
+    /// same process.
+    #[arg(skip)]
+    pub embedder: Option<Embedder>,
 }
 
 impl Default for SchedulerArgs {
@@ -49,6 +55,7 @@ impl Default for SchedulerArgs {
             max_source_bytes: Limits::default().max_source_bytes,
             consolidate_every: 100,
             metrics_addr: None,
+            embedder: None,
         }
     }
 }
@@ -97,6 +104,9 @@ pub async fn run(
             .await
             .map_err(SchedulerError::Metrics)?;
         tracing::info!(%bound, "scheduler metrics at /metrics");
+    }
+    if let Some(embedder) = &args.embedder {
+        metrics.report_inference_provider("embed", embedder.provider().label());
     }
     let submitter = Submitter {
         js: js.clone(),

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use qefleet_inference::{Embedder, InferenceArgs};
 use qefleet_scheduler::SchedulerArgs;
 use qefleet_shared::nats::NatsArgs;
 use qefleet_shared::shutdown;
@@ -19,6 +20,14 @@ pub struct SchedulerCmd {
     pub nats: NatsArgs,
     #[command(flatten)]
     pub scheduler: SchedulerArgs,
+    #[command(flatten)]
+    pub inference: InferenceArgs,
+}
+
+/// The process's embedder when `--embeddings` is on, loaded off the async threads.
+pub async fn embedder(inference: &InferenceArgs) -> anyhow::Result<Option<Embedder>> {
+    let inference = inference.clone();
+    Ok(tokio::task::spawn_blocking(move || inference.embedder()).await??)
 }
 
 #[derive(Debug, clap::Args)]
@@ -29,7 +38,8 @@ pub struct WorkerCmd {
     pub worker: WorkerArgs,
 }
 
-pub async fn scheduler(args: SchedulerCmd) -> anyhow::Result<ExitCode> {
+pub async fn scheduler(mut args: SchedulerCmd) -> anyhow::Result<ExitCode> {
+    args.scheduler.embedder = embedder(&args.inference).await?;
     let client = super::client(&args.nats).await?;
     qefleet_scheduler::run(client, args.scheduler, shutdown::on_signals()).await?;
     Ok(ExitCode::SUCCESS)
@@ -82,7 +92,8 @@ pub async fn engine_for(worker: &WorkerArgs) -> anyhow::Result<Arc<dyn Engine>> 
     }
 }
 
-pub async fn worker(args: WorkerCmd) -> anyhow::Result<ExitCode> {
+pub async fn worker(mut args: WorkerCmd) -> anyhow::Result<ExitCode> {
+    args.worker.embedder = embedder(&args.worker.inference).await?;
     let engine = engine_for(&args.worker).await?;
     let client = super::client(&args.nats).await?;
     qefleet_worker::run(

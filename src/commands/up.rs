@@ -77,9 +77,12 @@ async fn start(args: &UpArgs, shutdown: Shutdown) -> anyhow::Result<Fleet> {
         None
     };
     let client = super::client(&nats).await?;
+    // One embedder for the whole process: the scheduler and the local worker share it.
+    let embedder = super::serve::embedder(&args.inference).await?;
     let mut tasks = JoinSet::new();
     let scheduler_client = client.clone();
-    let scheduler_args = args.scheduler.clone();
+    let mut scheduler_args = args.scheduler.clone();
+    scheduler_args.embedder = embedder.clone();
     let scheduler_shutdown = shutdown.clone();
     tasks.spawn(async move {
         qefleet_scheduler::run(scheduler_client, scheduler_args, scheduler_shutdown).await?;
@@ -97,6 +100,7 @@ async fn start(args: &UpArgs, shutdown: Shutdown) -> anyhow::Result<Fleet> {
         if pool == PoolArg::Local {
             worker.concurrency = args.concurrency;
             worker.inference = args.inference.clone();
+            worker.embedder = embedder.clone();
         }
         let engine = engine_for(&worker).await?;
         let worker_client = client.clone();

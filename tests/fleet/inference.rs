@@ -1,6 +1,7 @@
 //! Local inference through the fleet: a `qefleet worker --engine local-llm` process on a
 //! tiny generated causal LM (onnx-models/tiny_llm.py, answering one suite by heart) serves
-//! a job end to end; status shows the execution provider and /metrics its figures.
+//! a job end to end with the process's embedder started; status shows the execution
+//! providers and /metrics the inference figures.
 
 use std::path::Path;
 use std::time::Duration;
@@ -51,6 +52,7 @@ async fn a_local_llm_worker_serves_a_job_and_reports_its_provider() {
         "1",
         "--worker-metrics-addr",
         &metrics_addr,
+        "--embeddings",
     ]);
     let mut spec = job(MODULE);
     spec.module_name = "calc".into();
@@ -79,9 +81,9 @@ async fn a_local_llm_worker_serves_a_job_and_reports_its_provider() {
     let report: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json status");
     let workers = report["live_workers"].as_array().expect("workers");
     assert!(
-        workers
-            .iter()
-            .any(|w| w["engine"] == "local-llm" && w["inference_provider"] == "cpu"),
+        workers.iter().any(|w| w["engine"] == "local-llm"
+            && w["inference_provider"] == "cpu"
+            && w["embedding_provider"] == "cpu"),
         "{report}"
     );
     let body = http_get(metrics_port, "/metrics").await;
@@ -92,9 +94,12 @@ async fn a_local_llm_worker_serves_a_job_and_reports_its_provider() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no inference tokens metric:\n{body}"));
     assert!(tokens >= result.tokens.completion as f64, "{tokens}");
-    assert!(
-        body.contains("qefleet_inference_seconds_count{op=\"generate\",provider=\"cpu\"} 1"),
-        "{body}"
-    );
+    for expected in [
+        "qefleet_inference_seconds_count{op=\"generate\",provider=\"cpu\"} 1",
+        "qefleet_inference_provider_info{op=\"generate\",provider=\"cpu\"} 1",
+        "qefleet_inference_provider_info{op=\"embed\",provider=\"cpu\"} 1",
+    ] {
+        assert!(body.contains(expected), "no {expected}:\n{body}");
+    }
     fleet.stop().await;
 }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use qefleet_inference::InferenceArgs;
+use qefleet_inference::{Embedder, InferenceArgs};
 use qefleet_shared::config::parse_duration;
 
 /// Pools a worker can serve, as command-line values.
@@ -80,6 +80,9 @@ pub struct WorkerArgs {
     pub metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     pub inference: InferenceArgs,
+    /// The process's embedder, when started (`--embeddings`).
+    #[arg(skip)]
+    pub embedder: Option<Embedder>,
 }
 
 impl WorkerArgs {
@@ -100,6 +103,7 @@ impl WorkerArgs {
             python: None,
             metrics_addr: None,
             inference: InferenceArgs::default(),
+            embedder: None,
         }
     }
 }

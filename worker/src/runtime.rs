@@ -87,6 +87,12 @@ pub async fn run(
             .map_err(WorkerError::Metrics)?;
         tracing::info!(%bound, "worker metrics at /metrics");
     }
+    if let Some(embedder) = &args.embedder {
+        metrics.report_inference_provider("embed", embedder.provider().label());
+    }
+    if let Some(provider) = engine.execution_provider() {
+        metrics.report_inference_provider("generate", provider_label(&provider));
+    }
     let settings = DeliverySettings {
         ack_wait: args.ack_wait,
         max_deliver: args.max_deliver,
@@ -122,6 +128,7 @@ pub async fn run(
         "pool": pool,
         "engine": ctx.engine.name(),
         "inference_provider": ctx.engine.execution_provider(),
+        "embedding_provider": args.embedder.as_ref().map(|e| e.provider().to_string()),
         "concurrency": args.concurrency,
         "started_at_ms": now_unix_ms(),
     })
