@@ -12,37 +12,25 @@
 //! Run: `cargo bench --bench inference` (env BENCH_PARTS=embedding,causal, BENCH_THREADS=2,
 //! BENCH_SINGLE=300, BENCH_TEXTS=1024, BENCH_DEVICE=cpu; `cuda` on a GPU machine).
 
+mod support;
+use support::{env_or, percentile};
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
-use qefleet_inference::causal::CausalLm;
+use qefleet_inference::causal::{argmax, CausalLm};
 use qefleet_inference::embed::find_default_model;
 use qefleet_inference::{Device, Embedder, EmbedderSettings, EmbeddingModel, SessionSettings};
 
 const BATCH: usize = 32;
 const CALLERS: usize = 8;
 /// Rounds the measurements alternate in, Python then Rust.
-const ROUNDS: usize = 4;
+const ROUNDS: usize = 6;
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-/// Deterministic texts of 3 to 60 words, prose and code, so batches pad as real ones do.
-fn texts(n: usize) -> Vec<String> {
+/// Deterministic texts of `min..=max` words, prose and code, so batches pad as real ones do.
+fn make_texts(n: usize, min: usize, max: usize, seed: u64) -> Vec<String> {
     const WORDS: &[&str] = &[
         "the",
         "queue",
@@ -99,7 +87,7 @@ fn texts(n: usize) -> Vec<String> {
         "assert",
         "==",
     ];
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15 ^ seed;
     let mut next = || {
         state ^= state << 13;
         state ^= state >> 7;
@@ -108,7 +96,7 @@ fn texts(n: usize) -> Vec<String> {
     };
     (0..n)
         .map(|_| {
-            let len = 3 + (next() % 58) as usize;
+            let len = min + (next() % (max - min + 1) as u64) as usize;
             (0..len)
                 .map(|_| WORDS[(next() % WORDS.len() as u64) as usize])
                 .collect::<Vec<_>>()
@@ -123,7 +111,7 @@ fn main() {
         .unwrap_or_else(|_| "cpu".into())
         .parse()
         .expect("BENCH_DEVICE");
-    let threads = env_or("BENCH_THREADS", 2);
+    let threads: usize = env_or("BENCH_THREADS", 2);
     if parts.contains("embedding") {
         embedding(device, threads);
     }
@@ -142,7 +130,7 @@ fn python() -> std::path::PathBuf {
 fn causal(device: Device, threads: usize) {
     const PROMPT: usize = 128;
     const NEW: usize = 64;
-    let runs = env_or("BENCH_LM_RUNS", 5);
+    let runs: usize = env_or("BENCH_LM_RUNS", 5);
     let dir = tempfile::tempdir().expect("tempdir");
     let model_dir = dir.path().join("tiny");
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("onnx-models/tiny_llm.py");
@@ -208,21 +196,14 @@ fn causal(device: Device, threads: usize) {
     println!("| KV cache speed-up | {:.2}× |", recompute / kv);
 }
 
-fn argmax(logits: &[f32]) -> u32 {
-    logits
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map(|(i, _)| i as u32)
-        .unwrap_or(0)
-}
-
 fn embedding(device: Device, threads: usize) {
-    let single_runs = env_or("BENCH_SINGLE", 300);
+    let single_runs: usize = env_or("BENCH_SINGLE", 300);
     let n = env_or("BENCH_TEXTS", 1024).max(BATCH);
     let dir =
         find_default_model().expect("no onnx-models/all-MiniLM-L6-v2: run ./scripts/setup.sh");
-    let texts = texts(n);
+    // Batches: texts of 3-60 words. Single runs: sentence-sized texts of 5-15 words.
+    let texts = make_texts(n, 3, 60, 0);
+    let sentences = make_texts(single_runs.max(1), 5, 15, 1);
     let session = SessionSettings {
         device,
         intra_threads: threads,
@@ -269,7 +250,7 @@ fn embedding(device: Device, threads: usize) {
     let batch_texts = (texts.len() / ROUNDS / BATCH).max(1) * BATCH;
     for round in 0..ROUNDS {
         let picks: Vec<&String> = (0..per_round)
-            .map(|i| &texts[(round * per_round + i) % texts.len()])
+            .map(|i| &sentences[(round * per_round + i) % sentences.len()])
             .collect();
         let answer = ask(serde_json::json!({ "single": picks }));
         py_single.extend(
@@ -353,7 +334,7 @@ fn embedding(device: Device, threads: usize) {
     latencies.sort_by(f64::total_cmp);
     let e2e_rate = latencies.len() as f64 / seconds;
 
-    println!("all-MiniLM-L6-v2, {threads} intra-op threads, provider {provider}, {n} texts of 3-60 words, {single_runs} single runs");
+    println!("all-MiniLM-L6-v2, {threads} intra-op threads, provider {provider}; batches from {n} texts of 3-60 words, {single_runs} single sentences of 5-15 words; {ROUNDS} rounds alternating with Python");
     println!();
     println!("| measure | qefleet (Rust, ort) | onnxruntime Python | ratio |");
     println!("|---|---:|---:|---:|");

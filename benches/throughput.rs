@@ -5,6 +5,9 @@
 //!
 //! Run: `cargo bench --bench throughput` (env BENCH_JOBS, BENCH_RATE, BENCH_SECONDS).
 
+mod support;
+use support::{env_or, percentile};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,21 +44,6 @@ impl Engine for NoopEngine {
             })
         })
     }
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
 }
 
 struct Figures {
@@ -235,9 +223,9 @@ async fn start_fleet(
 }
 
 async fn measure(default_sync: bool) -> Figures {
-    let jobs = env_or("BENCH_JOBS", 3000) as usize;
-    let rate = env_or("BENCH_RATE", 1000);
-    let seconds = env_or("BENCH_SECONDS", 5);
+    let jobs = env_or::<u64>("BENCH_JOBS", 3000) as usize;
+    let rate = env_or::<u64>("BENCH_RATE", 1000);
+    let seconds = env_or::<u64>("BENCH_SECONDS", 5);
     let server = EmbeddedServer::start(EmbeddedOptions {
         default_sync,
         ..Default::default()
@@ -407,9 +395,9 @@ fn main() {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
-        env_or("BENCH_JOBS", 3000),
-        env_or("BENCH_RATE", 1000),
-        env_or("BENCH_SECONDS", 5)
+        env_or::<u64>("BENCH_JOBS", 3000),
+        env_or::<u64>("BENCH_RATE", 1000),
+        env_or::<u64>("BENCH_SECONDS", 5)
     );
     for (label, default_sync) in [
         ("sync_interval: always", false),

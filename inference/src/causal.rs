@@ -362,16 +362,8 @@ impl CausalLm {
 /// Picks the next token: argmax at temperature 0, else a draw from the top-p nucleus of
 /// the softmax at that temperature.
 fn sample(logits: &[f32], options: &GenerateOptions, rng: &mut SplitMix64) -> u32 {
-    let argmax = || {
-        logits
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(i, _)| i as u32)
-            .unwrap_or(0)
-    };
     if options.temperature <= 0.0 {
-        return argmax();
+        return argmax(logits);
     }
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut probs: Vec<(u32, f64)> = logits
@@ -400,7 +392,17 @@ fn sample(logits: &[f32], options: &GenerateOptions, rng: &mut SplitMix64) -> u3
         }
         draw -= p;
     }
-    probs.last().map(|p| p.0).unwrap_or_else(argmax)
+    probs.last().map(|p| p.0).unwrap_or_else(|| argmax(logits))
+}
+
+/// The index of the largest logit (greedy decoding's choice).
+pub fn argmax(logits: &[f32]) -> u32 {
+    logits
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i as u32)
+        .unwrap_or(0)
 }
 
 /// A small seeded generator (SplitMix64): reproducible draws without another dependency.

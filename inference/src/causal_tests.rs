@@ -106,12 +106,7 @@ fn greedy_is_deterministic_and_stops_at_the_token_limit() {
     for &token in &a.tokens {
         let (logits, vocab, _) = lm.forward(&ids, None, 0).expect("full");
         let last = &logits[logits.len() - vocab..];
-        let argmax = last
-            .iter()
-            .enumerate()
-            .max_by(|x, y| x.1.total_cmp(y.1))
-            .map(|(i, _)| i as u32);
-        assert_eq!(argmax, Some(token));
+        assert_eq!(crate::causal::argmax(last), token);
         ids.push(token);
     }
 }
