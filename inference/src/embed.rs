@@ -10,11 +10,15 @@ use std::time::{Duration, Instant};
 use ndarray::{Array2, Axis};
 use ort::session::Session;
 use ort::value::Tensor;
-use tokenizers::Tokenizer;
+use tokenizers::{Encoding, Tokenizer};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::runtime::{open_session, Provider, SessionSettings};
 use crate::InferenceError;
+
+/// Texts per model run on the CPU: few enough that sorted neighbours have similar
+/// lengths, enough to amortise a run's fixed cost.
+const CPU_SUB_BATCH: usize = 8;
 
 /// The bundled default model, produced by `onnx-models/minilm.py convert`.
 pub const DEFAULT_MODEL_DIR: &str = "onnx-models/all-MiniLM-L6-v2";
@@ -51,8 +55,10 @@ impl EmbeddingModel {
                 dir.display()
             )));
         }
-        let tokenizer = Tokenizer::from_file(&tokenizer_file)
+        let mut tokenizer = Tokenizer::from_file(&tokenizer_file)
             .map_err(|e| InferenceError::Model(format!("{}: {e}", tokenizer_file.display())))?;
+        // Padding is done per model run (see `embed`), not by the tokenizer.
+        tokenizer.with_padding(None);
         let (session, provider) = open_session(&model, settings)?;
         let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         for needed in ["input_ids", "attention_mask"] {
@@ -99,21 +105,42 @@ impl EmbeddingModel {
     }
 
     /// Embeds a batch: one L2-normalised vector per text, in order.
+    ///
+    /// On the CPU, where a run costs in proportion to the padded tokens, the texts are
+    /// sorted by length and run in sub-batches of similar lengths, so a batch does not
+    /// pay for padding every text to its longest; on a GPU the batch runs whole.
     pub fn embed(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>, InferenceError> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
         let tokenised = if let [text] = texts {
-            // One text needs no padding and no hop to the tokenizer's thread pool.
+            // One text needs no hop to the tokenizer's thread pool.
             self.tokenizer.encode(*text, true).map(|e| vec![e])
         } else {
             self.tokenizer.encode_batch(texts.to_vec(), true)
         };
         let encodings =
             tokenised.map_err(|e| InferenceError::Inference(format!("tokenisation: {e}")))?;
+        let sub_batch = match self.provider {
+            Provider::Cpu => CPU_SUB_BATCH,
+            Provider::Cuda(_) => encodings.len(),
+        };
+        let mut order: Vec<usize> = (0..encodings.len()).collect();
+        order.sort_by_key(|&i| encodings[i].len());
+        let mut vectors: Vec<Vec<f32>> = vec![Vec::new(); encodings.len()];
+        for chunk in order.chunks(sub_batch.max(1)) {
+            let group: Vec<&Encoding> = chunk.iter().map(|&i| &encodings[i]).collect();
+            for (&i, v) in chunk.iter().zip(self.run(&group)?) {
+                vectors[i] = v;
+            }
+        }
+        Ok(vectors)
+    }
+
+    /// One model run over encodings padded to the longest of them.
+    fn run(&mut self, encodings: &[&Encoding]) -> Result<Vec<Vec<f32>>, InferenceError> {
         let batch = encodings.len();
         let seq = encodings.iter().map(|e| e.len()).max().unwrap_or(0).max(1);
-        // The tokenizer pads to the longest of the batch; a file without padding gets it here.
         let mut ids = Array2::<i64>::zeros((batch, seq));
         let mut mask = Array2::<i64>::zeros((batch, seq));
         let mut types = Array2::<i64>::zeros((batch, seq));
