@@ -10,7 +10,7 @@
 //! tokens/s, decoding with the KV cache against recomputing the whole sequence each step.
 //!
 //! Run: `cargo bench --bench inference` (env BENCH_PARTS=embedding,causal, BENCH_THREADS=2,
-//! BENCH_SINGLE=300, BENCH_TEXTS=1024, BENCH_DEVICE=cpu; `cuda` on a GPU machine).
+//! BENCH_SINGLE=1200, BENCH_TEXTS=1024, BENCH_DEVICE=cpu; `cuda` on a GPU machine).
 
 mod support;
 use support::{env_or, percentile};
@@ -197,7 +197,7 @@ fn causal(device: Device, threads: usize) {
 }
 
 fn embedding(device: Device, threads: usize) {
-    let single_runs: usize = env_or("BENCH_SINGLE", 300);
+    let single_runs: usize = env_or("BENCH_SINGLE", 1200);
     let n = env_or("BENCH_TEXTS", 1024).max(BATCH);
     let dir =
         find_default_model().expect("no onnx-models/all-MiniLM-L6-v2: run ./scripts/setup.sh");
