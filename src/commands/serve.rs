@@ -3,6 +3,8 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use clap::ValueEnum;
+
 use qefleet_inference::{Embedder, InferenceArgs};
 use qefleet_scheduler::SchedulerArgs;
 use qefleet_shared::nats::NatsArgs;
@@ -57,9 +59,13 @@ pub async fn engine_for(worker: &WorkerArgs) -> anyhow::Result<Arc<dyn Engine>> 
             if worker.engine != EngineArg::LocalLlm {
                 if let Some(model) = &inference.local_model {
                     anyhow::bail!(
-                        "--local-model {} is for --engine local-llm (this worker runs --engine {:?})",
+                        "--local-model {} is for --engine local-llm (this worker runs --engine {})",
                         model.display(),
-                        worker.engine
+                        worker
+                            .engine
+                            .to_possible_value()
+                            .map(|v| v.get_name().to_string())
+                            .unwrap_or_default()
                     );
                 }
             }

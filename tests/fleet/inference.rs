@@ -103,3 +103,50 @@ async fn a_local_llm_worker_serves_a_job_and_reports_its_provider() {
     }
     fleet.stop().await;
 }
+
+#[test]
+fn a_missing_runtime_or_model_says_what_to_install() {
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = std::process::Command::new(BIN)
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .expect("qefleet runs");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let missing = run(
+        &["worker", "--embeddings", "--device", "cpu"],
+        &[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")],
+    );
+    assert!(
+        missing.contains("is not a file") && missing.contains("pip install onnxruntime==1.31.1"),
+        "{missing}"
+    );
+    let not_ort = run(
+        &["worker", "--embeddings", "--device", "cpu"],
+        &[("ORT_DYLIB_PATH", "/bin/ls")],
+    );
+    assert!(
+        not_ort.contains("cannot load ONNX Runtime from /bin/ls")
+            && not_ort.contains("./scripts/setup.sh"),
+        "{not_ort}"
+    );
+    let no_model = run(
+        &[
+            "worker",
+            "--embeddings",
+            "--embedding-model",
+            "/nonexistent",
+            "--device",
+            "cpu",
+        ],
+        &[],
+    );
+    assert!(no_model.contains("minilm.py convert"), "{no_model}");
+    let wrong_engine = run(&["worker", "--local-model", "/tmp/m"], &[]);
+    assert!(
+        wrong_engine.contains("is for --engine local-llm (this worker runs --engine generator)"),
+        "{wrong_engine}"
+    );
+}
