@@ -1,0 +1,387 @@
+//! Providers against a local HTTP server that speaks each protocol (the stand-in the
+//! project allows for paid APIs): success with usage, 429 with retry-after, 529/503, 500,
+//! timeouts, malformed JSON, cut-off bodies, refusals, the breaker and the fallback chain.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use qefleet_shared::retry::RetryPolicy;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::*;
+
+#[derive(Debug, Clone)]
+enum Reply {
+    Status(u16, Vec<(&'static str, String)>, String),
+    /// Never answers (the client's timeout ends it).
+    Hang,
+    /// Promises more body than it sends, then closes.
+    CutOff(String),
+}
+
+#[derive(Debug, Clone)]
+struct Recorded {
+    path: String,
+    head: String,
+    body: Value,
+}
+
+struct Stub {
+    url: String,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl Stub {
+    async fn start(replies: Vec<Reply>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let replies = Arc::new(Mutex::new(VecDeque::from(replies)));
+        let seen = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let (seen, replies) = (seen.clone(), replies.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let head_end = loop {
+                        let n = socket.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().to_string())
+                        })
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + length {
+                        let n = socket.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            break;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let body = serde_json::from_slice(&buf[head_end..]).unwrap_or(Value::Null);
+                    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                    seen.lock()
+                        .expect("lock")
+                        .push(Recorded { path, head, body });
+                    let reply = replies
+                        .lock()
+                        .expect("lock")
+                        .pop_front()
+                        .unwrap_or(Reply::Status(
+                            500,
+                            vec![],
+                            "{\"error\":\"no reply scripted\"}".into(),
+                        ));
+                    let response = match reply {
+                        Reply::Status(code, headers, body) => {
+                            let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+                            format!("HTTP/1.1 {code} Scripted\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}", body.len())
+                        }
+                        Reply::Hang => {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                            return;
+                        }
+                        Reply::CutOff(body) => format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len() + 100
+                        ),
+                    };
+                    let _ = socket.write_all(response.as_bytes()).await;
+                    let _ = socket.shutdown().await;
+                });
+            }
+        });
+        Self { url, requests }
+    }
+
+    fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().expect("lock").clone()
+    }
+}
+
+fn anthropic_ok(text: &str) -> Reply {
+    Reply::Status(
+        200,
+        vec![],
+        json!({"id": "msg_1", "type": "message", "content": [{"type": "text", "text": text}],
+               "usage": {"input_tokens": 1200, "output_tokens": 300}})
+        .to_string(),
+    )
+}
+
+fn openai_ok(text: &str) -> Reply {
+    Reply::Status(
+        200,
+        vec![],
+        json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
+               "usage": {"prompt_tokens": 1000, "completion_tokens": 200}})
+        .to_string(),
+    )
+}
+
+fn status(code: u16) -> Reply {
+    Reply::Status(
+        code,
+        vec![],
+        json!({"error": {"message": format!("scripted {code}")}}).to_string(),
+    )
+}
+
+fn config(name: &str, protocol: Protocol, url: &str) -> ProviderConfig {
+    let mut c = ProviderConfig::new(name, protocol, url, "test-model");
+    c.key = Some(Secret::new("sk-test-SECRET", "test"));
+    c.timeout = Duration::from_millis(500);
+    c.attempts = 3;
+    c.retry = RetryPolicy {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(100),
+        multiplier: 2.0,
+    };
+    c.price = Price {
+        input_per_mtok: 3.0,
+        output_per_mtok: 15.0,
+        effective: "2026-11-01".into(),
+    };
+    c
+}
+
+fn request() -> ChatRequest {
+    ChatRequest {
+        system: "You write tests.".into(),
+        user: "def f(): pass".into(),
+        max_tokens: 512,
+        temperature: 0.0,
+    }
+}
+
+fn soon() -> Instant {
+    Instant::now() + Duration::from_secs(20)
+}
+
+#[tokio::test]
+async fn anthropic_messages_with_usage_and_cost() {
+    let stub = Stub::start(vec![anthropic_ok("```python\nx\n```")]).await;
+    let p = Provider::new(config("anthropic", Protocol::Anthropic, &stub.url)).expect("provider");
+    let r = p.chat(&request(), soon()).await.expect("answer");
+    assert_eq!(r.text, "```python\nx\n```");
+    assert_eq!(
+        r.usage,
+        Usage {
+            input: 1200,
+            output: 300
+        }
+    );
+    assert!((r.cost_usd - (1200.0 * 3.0 + 300.0 * 15.0) / 1e6).abs() < 1e-12);
+    let seen = stub.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/v1/messages");
+    let head = seen[0].head.to_ascii_lowercase();
+    assert!(
+        head.contains("x-api-key: sk-test-secret")
+            && head.contains("anthropic-version: 2023-06-01")
+    );
+    assert_eq!(seen[0].body["system"], "You write tests.");
+    assert_eq!(seen[0].body["messages"][0]["role"], "user");
+    assert_eq!(seen[0].body["model"], "test-model");
+}
+
+#[tokio::test]
+async fn openai_compatible_chat_completions() {
+    let stub = Stub::start(vec![openai_ok("hello")]).await;
+    let p = Provider::new(config("vllm", Protocol::OpenAi, &stub.url)).expect("provider");
+    let r = p.chat(&request(), soon()).await.expect("answer");
+    assert_eq!(
+        (r.text.as_str(), r.usage),
+        (
+            "hello",
+            Usage {
+                input: 1000,
+                output: 200
+            }
+        )
+    );
+    let seen = stub.requests();
+    assert_eq!(seen[0].path, "/v1/chat/completions");
+    assert!(seen[0]
+        .head
+        .to_ascii_lowercase()
+        .contains("authorization: bearer sk-test-secret"));
+    assert_eq!(seen[0].body["messages"][0]["role"], "system");
+    assert_eq!(seen[0].body["messages"][1]["content"], "def f(): pass");
+}
+
+#[tokio::test]
+async fn a_429_is_retried_after_the_servers_retry_after() {
+    let stub = Stub::start(vec![
+        Reply::Status(
+            429,
+            vec![("retry-after", "1".into())],
+            json!({"error": {"message": "slow down"}}).to_string(),
+        ),
+        anthropic_ok("ok"),
+    ])
+    .await;
+    let p = Provider::new(config("anthropic", Protocol::Anthropic, &stub.url)).expect("provider");
+    let started = Instant::now();
+    let r = p
+        .chat(&request(), soon())
+        .await
+        .expect("answer after the wait");
+    assert_eq!(r.text, "ok");
+    assert_eq!(stub.requests().len(), 2);
+    // The backoff alone would have waited 10-20 ms; the server asked for a second.
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn overload_server_errors_timeouts_malformed_and_cut_off_bodies_are_retried() {
+    for (name, first) in [
+        ("529", status(529)),
+        ("503", status(503)),
+        ("500", status(500)),
+        ("timeout", Reply::Hang),
+        (
+            "malformed",
+            Reply::Status(200, vec![], "{\"content\": [ broken".into()),
+        ),
+        (
+            "no content",
+            Reply::Status(200, vec![], "{\"id\": 1}".into()),
+        ),
+        ("cut off", Reply::CutOff("{\"content\": [".into())),
+    ] {
+        let stub = Stub::start(vec![first, anthropic_ok("ok")]).await;
+        let p =
+            Provider::new(config("anthropic", Protocol::Anthropic, &stub.url)).expect("provider");
+        let r = p.chat(&request(), soon()).await;
+        assert_eq!(r.map(|r| r.text), Ok("ok".to_string()), "{name}");
+        assert_eq!(stub.requests().len(), 2, "{name}");
+        assert_eq!(p.breaker_state(), BreakerState::Closed, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn retries_end_with_the_last_reason_and_refusals_are_not_retried() {
+    let stub = Stub::start(vec![status(500), status(500), status(500), status(500)]).await;
+    let p = Provider::new(config("anthropic", Protocol::Anthropic, &stub.url)).expect("provider");
+    let err = p.chat(&request(), soon()).await.expect_err("all 500");
+    assert!(
+        matches!(&err, CloudError::Transient(m) if m.contains("server error (500): scripted 500") && m.contains("after 3 attempts")),
+        "{err:?}"
+    );
+    assert_eq!(stub.requests().len(), 3);
+
+    let stub = Stub::start(vec![status(401), anthropic_ok("never")]).await;
+    let p = Provider::new(config("anthropic", Protocol::Anthropic, &stub.url)).expect("provider");
+    let err = p.chat(&request(), soon()).await.expect_err("401");
+    assert!(
+        matches!(&err, CloudError::Refused(m) if m.contains("refused (401): scripted 401")),
+        "{err:?}"
+    );
+    assert_eq!(stub.requests().len(), 1);
+    assert_eq!(p.breaker_state(), BreakerState::Closed);
+    assert!(!err.to_string().contains("sk-test-SECRET"));
+}
+
+#[tokio::test]
+async fn an_open_breaker_stops_calls_until_its_probe_succeeds() {
+    let stub = Stub::start(vec![
+        status(500),
+        status(500),
+        status(500),
+        openai_ok("back"),
+    ])
+    .await;
+    let mut c = config("vllm", Protocol::OpenAi, &stub.url);
+    c.breaker = BreakerSettings {
+        failures: 3,
+        window: Duration::from_secs(60),
+        cool_down: Duration::from_millis(300),
+    };
+    let p = Provider::new(c).expect("provider");
+    assert!(p.chat(&request(), soon()).await.is_err());
+    assert_eq!(p.breaker_state(), BreakerState::Open);
+    let err = p.chat(&request(), soon()).await.expect_err("open");
+    assert!(matches!(err, CloudError::BreakerOpen(_)), "{err:?}");
+    assert_eq!(stub.requests().len(), 3, "an open breaker sends nothing");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(p.breaker_state(), BreakerState::HalfOpen);
+    let r = p
+        .chat(&request(), soon())
+        .await
+        .expect("the probe succeeds");
+    assert_eq!(r.text, "back");
+    assert_eq!(p.breaker_state(), BreakerState::Closed);
+}
+
+#[tokio::test]
+async fn the_chain_falls_back_to_the_next_provider() {
+    let down = Stub::start(vec![status(529), status(529), status(529)]).await;
+    let up = Stub::start(vec![openai_ok("from the second")]).await;
+    let chain = FallbackChain::new(vec![
+        Provider::new(config("anthropic", Protocol::Anthropic, &down.url)).expect("a"),
+        Provider::new(config("openai", Protocol::OpenAi, &up.url)).expect("b"),
+    ])
+    .expect("chain");
+    let r = chain.chat(&request(), soon()).await.expect("fallback");
+    assert_eq!(
+        (r.provider.as_str(), r.text.as_str()),
+        ("openai", "from the second")
+    );
+    assert_eq!(down.requests().len(), 3);
+
+    let nobody = FallbackChain::new(vec![Provider::new(config(
+        "a",
+        Protocol::OpenAi,
+        &down.url,
+    ))
+    .expect("a")])
+    .expect("chain");
+    let err = nobody
+        .chat(&request(), soon())
+        .await
+        .expect_err("exhausted");
+    assert!(
+        err.to_string()
+            .starts_with("no cloud provider answered: a: "),
+        "{err}"
+    );
+}
+
+#[test]
+fn keys_are_never_printed() {
+    let c = config("anthropic", Protocol::Anthropic, "http://127.0.0.1:1");
+    let shown = format!("{c:?}");
+    assert!(
+        !shown.contains("sk-test-SECRET") && shown.contains("redacted"),
+        "{shown}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("key");
+    std::fs::write(&file, "sk-from-file\n").expect("write");
+    let key = Secret::from_file(&file).expect("key");
+    assert!(!format!("{key:?}").contains("sk-from-file"));
+    assert!(
+        matches!(Secret::from_env("QEFLEET_TEST_NO_SUCH_KEY"), Err(CloudError::Config(m)) if m.contains("QEFLEET_TEST_NO_SUCH_KEY is not set"))
+    );
+}
