@@ -5,11 +5,14 @@
 //! never logged. Costs come from the tokens the provider reports and a dated price.
 
 pub mod breaker;
+pub mod config;
 pub mod provider;
+pub mod stub;
 
 use std::time::Instant;
 
 pub use breaker::{BreakerSettings, BreakerState};
+pub use config::CloudConfig;
 pub use provider::{Price, Protocol, Provider, ProviderConfig, Secret};
 
 /// One chat exchange: system instructions and one user message.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use clap::ValueEnum;
 
+use qefleet_cloud::CloudConfig;
 use qefleet_inference::{Embedder, InferenceArgs};
 use qefleet_scheduler::SchedulerArgs;
 use qefleet_shared::nats::NatsArgs;
@@ -12,7 +13,7 @@ use qefleet_shared::shutdown;
 use qefleet_worker::consolidator::RecordOnly;
 use qefleet_worker::engine::Engine;
 use qefleet_worker::engines::generator::LocalGenerator;
-use qefleet_worker::engines::llm::{LlmSettings, LocalLlm};
+use qefleet_worker::engines::llm::{CloudModel, LlmEngine, LlmSettings, LocalModel};
 use qefleet_worker::engines::DoctestEngine;
 use qefleet_worker::{EngineArg, PoolArg, WorkerArgs};
 
@@ -51,9 +52,7 @@ pub async fn scheduler(mut args: SchedulerCmd) -> anyhow::Result<ExitCode> {
 pub async fn engine_for(worker: &WorkerArgs) -> anyhow::Result<Arc<dyn Engine>> {
     match worker.pool {
         // Maint workers run the Consolidator, never an engine: they load no model.
-        PoolArg::Maint => Ok(Arc::new(
-            DoctestEngine::probe(worker.python.clone()).await,
-        )),
+        PoolArg::Maint => Ok(Arc::new(DoctestEngine::probe(worker.python.clone()).await)),
         PoolArg::Local => {
             let inference = &worker.inference;
             if worker.engine != EngineArg::LocalLlm {
@@ -81,20 +80,33 @@ pub async fn engine_for(worker: &WorkerArgs) -> anyhow::Result<Arc<dyn Engine>> 
                              (model.onnx with past_key_values, tokenizer.json, config.json) of a llama, mistral, qwen2 or phi-3 model"
                         );
                     };
-                    let settings = LlmSettings {
-                        generate: inference.generate_options(),
-                        ..LlmSettings::default()
-                    };
+                    let model =
+                        LocalModel::open(model, inference.session(), inference.generate_options())
+                            .await?;
                     Arc::new(
-                        LocalLlm::open(model, inference.session(), worker.python.clone(), settings)
-                            .await?,
+                        LlmEngine::new(model, worker.python.clone(), LlmSettings::default()).await,
                     )
                 }
             })
         }
-        PoolArg::Cloud => anyhow::bail!(
-            "no cloud engine is available in this build yet: run local or maint workers (jobs that need the cloud pool are routed local while no cloud worker is live)"
-        ),
+        PoolArg::Cloud => {
+            let Some(path) = &worker.cloud_config else {
+                anyhow::bail!(
+                    "the cloud pool needs --cloud-config FILE: its providers (anthropic or openai-compatible), \
+                     models, API key sources and prices (docs/CLOUD.md); jobs that would go to the cloud \
+                     stay local while no cloud worker is live"
+                );
+            };
+            let config = CloudConfig::from_file(path)?;
+            let model = CloudModel {
+                chain: config.chain()?,
+                max_tokens: config.max_tokens,
+                temperature: config.temperature,
+            };
+            Ok(Arc::new(
+                LlmEngine::new(model, worker.python.clone(), LlmSettings::default()).await,
+            ))
+        }
     }
 }
 

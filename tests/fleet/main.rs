@@ -1,6 +1,7 @@
 //! Integration tests of the fleet against real nats-servers (one per test), real Python
 //! and pytest, and the real `qefleet` binary where a process boundary matters.
 
+mod cloud;
 mod connection;
 mod consolidation;
 mod durability;

@@ -78,6 +78,9 @@ pub struct WorkerArgs {
     /// Address of the /metrics endpoint (e.g. 0.0.0.0:9465); none when absent.
     #[arg(long = "worker-metrics-addr", env = "QEFLEET_WORKER_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// The cloud pool's providers, models, keys and prices (JSON; docs/CLOUD.md).
+    #[arg(long, env = "QEFLEET_CLOUD_CONFIG")]
+    pub cloud_config: Option<PathBuf>,
     #[command(flatten)]
     pub inference: InferenceArgs,
     /// The process's embedder, when started (`--embeddings`).
@@ -102,6 +105,7 @@ impl WorkerArgs {
             worker_id: None,
             python: None,
             metrics_addr: None,
+            cloud_config: None,
             inference: InferenceArgs::default(),
             embedder: None,
         }

@@ -1,12 +1,19 @@
-//! The local LLM engine: a causal LM on ONNX Runtime (`--local-model`, an optimum export)
-//! proposes suites inside the shared refinement loop, from prompts built out of the
-//! loop's feedback (`prompt.rs`). Nothing is downloaded; the model runs on the device
-//! `--device` chose, one generation at a time per process.
+//! LLM engines: a chat model proposes suites inside the shared refinement loop, from
+//! prompts built out of the loop's feedback (`prompt.rs`). Two models:
+//!
+//! - [`LocalModel`]: a causal LM on ONNX Runtime (`--engine local-llm --local-model`, an
+//!   optimum export), on the device `--device` chose, one generation at a time per
+//!   process. Nothing is downloaded.
+//! - [`CloudModel`]: Anthropic or OpenAI-compatible providers behind a fallback chain with
+//!   retries and circuit breakers (`qefleet-cloud`), for the cloud pool.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use qefleet_cloud::{ChatRequest, CloudError, FallbackChain};
 use qefleet_inference::causal::{CausalLm, Family, GenerateOptions};
 use qefleet_inference::{InferenceError, SessionSettings};
 use qefleet_schemas::TokenUsage;
@@ -17,10 +24,38 @@ use super::refine::{Proposal, ProposalFuture, Proposer, RefineSettings, Refiner,
 use crate::engine::{Engine, EngineError, EngineFuture, EngineRequest, InferenceUsage};
 use crate::sandbox::{Limits, Sandbox};
 
-/// Knobs of the engine; the refinement loop has its own.
+/// What a chat model answered, with what it cost.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Completion {
+    pub text: String,
+    pub tokens: TokenUsage,
+    pub cost_usd: f64,
+    /// Seconds on a local model (none for a remote one).
+    pub local_seconds: Option<f64>,
+}
+
+pub type CompletionFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Completion, EngineError>> + Send + 'a>>;
+
+/// A model an LLM engine proposes with.
+pub trait ChatModel: Send + Sync + std::fmt::Debug {
+    /// The engine name on results and metrics.
+    fn engine_name(&self) -> &str;
+    /// The ONNX Runtime execution provider of a local model.
+    fn execution_provider(&self) -> Option<String> {
+        None
+    }
+    fn complete<'a>(
+        &'a self,
+        system: &'a str,
+        user: &'a str,
+        deadline: Instant,
+    ) -> CompletionFuture<'a>;
+}
+
+/// Knobs of an LLM engine; the refinement loop has its own.
 #[derive(Debug, Clone)]
 pub struct LlmSettings {
-    pub generate: GenerateOptions,
     pub refine: RefineSettings,
     /// Prompts are trimmed to this many characters (lowest-priority parts first).
     pub max_prompt_chars: usize,
@@ -29,56 +64,38 @@ pub struct LlmSettings {
 impl Default for LlmSettings {
     fn default() -> Self {
         Self {
-            generate: GenerateOptions {
-                max_new_tokens: 1024,
-                ..GenerateOptions::default()
-            },
             refine: RefineSettings::default(),
             max_prompt_chars: 12_000,
         }
     }
 }
 
+/// An engine whose proposals come from a chat model.
 #[derive(Debug, Clone)]
-pub struct LocalLlm {
+pub struct LlmEngine<M> {
     sandbox: Sandbox,
-    model: Arc<Mutex<CausalLm>>,
-    family: Family,
-    provider: String,
+    model: Arc<M>,
     settings: LlmSettings,
 }
 
-impl LocalLlm {
-    /// Loads the model (off the async threads) and prepares the sandbox.
-    pub async fn open(
-        model_dir: &Path,
-        session: SessionSettings,
-        python: Option<PathBuf>,
-        settings: LlmSettings,
-    ) -> Result<Self, InferenceError> {
-        let dir = model_dir.to_path_buf();
-        let model = tokio::task::spawn_blocking(move || CausalLm::open(&dir, &session))
-            .await
-            .map_err(|e| InferenceError::Runtime(format!("model loading stopped: {e}")))??;
+impl<M: ChatModel> LlmEngine<M> {
+    pub async fn new(model: M, python: Option<PathBuf>, settings: LlmSettings) -> Self {
         let sandbox = Sandbox::new(python.unwrap_or_else(find_python), Limits::default()).await;
-        tracing::info!(model = %model_dir.display(), family = ?model.family(), provider = %model.provider(), "local LLM ready");
-        Ok(Self {
-            family: model.family(),
-            provider: model.provider().to_string(),
-            model: Arc::new(Mutex::new(model)),
+        Self {
             sandbox,
+            model: Arc::new(model),
             settings,
-        })
+        }
     }
 }
 
-impl Engine for LocalLlm {
+impl<M: ChatModel + 'static> Engine for LlmEngine<M> {
     fn name(&self) -> &str {
-        "local-llm"
+        self.model.engine_name()
     }
 
     fn execution_provider(&self) -> Option<String> {
-        Some(self.provider.clone())
+        self.model.execution_provider()
     }
 
     fn generate<'a>(&'a self, request: EngineRequest<'a>) -> EngineFuture<'a> {
@@ -88,12 +105,14 @@ impl Engine for LocalLlm {
             let job = &request.job.job;
             let workspace = Workspace::new(&job.module_name, &job.source)?;
             let mut proposer = Proposing {
-                engine: self,
+                model: self.model.as_ref(),
+                max_prompt_chars: self.settings.max_prompt_chars,
                 module_name: &job.module_name,
                 source: &job.source,
                 target: job.target_function.as_deref(),
                 last: None,
-                usage: InferenceUsage::default(),
+                usage: None,
+                unreported: Proposal::default(),
             };
             let mut output = Refiner {
                 sandbox: &self.sandbox,
@@ -107,24 +126,32 @@ impl Engine for LocalLlm {
                 deadline,
             )
             .await?;
-            output.inference = Some(proposer.usage);
+            output.inference = proposer.usage;
+            // A call whose answer was nothing new ended the loop, but was paid for.
+            output.tokens.prompt += proposer.unreported.tokens.prompt;
+            output.tokens.completion += proposer.unreported.tokens.completion;
+            output.cost_usd += proposer.unreported.cost_usd;
             Ok(output)
         })
     }
 }
 
 /// One job's proposals.
-struct Proposing<'a> {
-    engine: &'a LocalLlm,
+struct Proposing<'a, M> {
+    model: &'a M,
+    max_prompt_chars: usize,
     module_name: &'a str,
     source: &'a str,
     target: Option<&'a str>,
     /// The last suite proposed: the same one again is nothing new.
     last: Option<String>,
-    usage: InferenceUsage,
+    /// Local model time and tokens, every proposal counted.
+    usage: Option<InferenceUsage>,
+    /// Tokens and cost of calls that proposed nothing new (the loop sees no proposal).
+    unreported: Proposal,
 }
 
-impl Proposer for Proposing<'_> {
+impl<M: ChatModel> Proposer for Proposing<'_, M> {
     fn propose<'a>(
         &'a mut self,
         feedback: &'a RoundFeedback,
@@ -144,14 +171,93 @@ impl Proposer for Proposing<'_> {
                     current_suite: feedback.best_suite.as_deref(),
                     examples: &[],
                 },
-                self.engine.settings.max_prompt_chars,
+                self.max_prompt_chars,
             );
-            let text = self.engine.family.chat_prompt(&built.system, &built.user);
+            let completion = self
+                .model
+                .complete(&built.system, &built.user, deadline)
+                .await?;
+            if let Some(seconds) = completion.local_seconds {
+                let usage = self.usage.get_or_insert_with(InferenceUsage::default);
+                usage.seconds += seconds;
+                usage.tokens += completion.tokens.completion;
+            }
+            tracing::debug!(
+                round = feedback.round,
+                engine = self.model.engine_name(),
+                prompt_tokens = completion.tokens.prompt,
+                completion_tokens = completion.tokens.completion,
+                "LLM proposal"
+            );
+            let suite = extract_python(&completion.text);
+            if self.last.as_deref() == Some(suite.as_str()) {
+                self.unreported.tokens.prompt += completion.tokens.prompt;
+                self.unreported.tokens.completion += completion.tokens.completion;
+                self.unreported.cost_usd += completion.cost_usd;
+                return Ok(None);
+            }
+            self.last = Some(suite.clone());
+            Ok(Some(Proposal {
+                test_file: suite,
+                tokens: completion.tokens,
+                cost_usd: completion.cost_usd,
+            }))
+        })
+    }
+}
+
+/// A causal LM on ONNX Runtime.
+#[derive(Debug)]
+pub struct LocalModel {
+    model: Arc<Mutex<CausalLm>>,
+    family: Family,
+    provider: String,
+    options: GenerateOptions,
+}
+
+impl LocalModel {
+    /// Loads the model off the async threads.
+    pub async fn open(
+        model_dir: &Path,
+        session: SessionSettings,
+        options: GenerateOptions,
+    ) -> Result<Self, InferenceError> {
+        let dir = model_dir.to_path_buf();
+        let model = tokio::task::spawn_blocking(move || CausalLm::open(&dir, &session))
+            .await
+            .map_err(|e| InferenceError::Runtime(format!("model loading stopped: {e}")))??;
+        tracing::info!(model = %model_dir.display(), family = ?model.family(), provider = %model.provider(), "local LLM ready");
+        Ok(Self {
+            family: model.family(),
+            provider: model.provider().to_string(),
+            model: Arc::new(Mutex::new(model)),
+            options,
+        })
+    }
+}
+
+impl ChatModel for LocalModel {
+    fn engine_name(&self) -> &str {
+        "local-llm"
+    }
+
+    fn execution_provider(&self) -> Option<String> {
+        Some(self.provider.clone())
+    }
+
+    fn complete<'a>(
+        &'a self,
+        system: &'a str,
+        user: &'a str,
+        deadline: Instant,
+    ) -> CompletionFuture<'a> {
+        Box::pin(async move {
+            let text = self.family.chat_prompt(system, user);
             let options = GenerateOptions {
                 deadline: Some(deadline),
-                ..self.engine.settings.generate.clone()
+                ..self.options.clone()
             };
-            let model = self.engine.model.clone();
+            let model = self.model.clone();
             let generation = tokio::task::spawn_blocking(move || {
                 let mut model = model
                     .lock()
@@ -164,29 +270,69 @@ impl Proposer for Proposing<'_> {
                 InferenceError::Inference(m) => EngineError::JobFailed(format!("local LLM: {m}")),
                 other => EngineError::Transient(other.to_string()),
             })?;
-            self.usage.seconds += (generation.prefill + generation.decode).as_secs_f64();
-            self.usage.tokens += generation.tokens.len() as u64;
             tracing::debug!(
-                round = feedback.round,
-                prompt_tokens = generation.prompt_tokens,
                 tokens = generation.tokens.len(),
                 stop = ?generation.stop,
                 decode_tps = generation.decode_tokens_per_second(),
-                "local LLM proposal"
+                "local LLM generation"
             );
-            let suite = extract_python(&generation.text);
-            if self.last.as_deref() == Some(suite.as_str()) {
-                return Ok(None);
-            }
-            self.last = Some(suite.clone());
-            Ok(Some(Proposal {
-                test_file: suite,
+            Ok(Completion {
+                local_seconds: Some((generation.prefill + generation.decode).as_secs_f64()),
                 tokens: TokenUsage {
                     prompt: generation.prompt_tokens as u64,
                     completion: generation.tokens.len() as u64,
                 },
+                text: generation.text,
                 cost_usd: 0.0,
-            }))
+            })
+        })
+    }
+}
+
+/// Cloud providers behind a fallback chain.
+#[derive(Debug)]
+pub struct CloudModel {
+    pub chain: FallbackChain,
+    pub max_tokens: u32,
+    pub temperature: f32,
+}
+
+impl ChatModel for CloudModel {
+    fn engine_name(&self) -> &str {
+        "cloud"
+    }
+
+    fn complete<'a>(
+        &'a self,
+        system: &'a str,
+        user: &'a str,
+        deadline: Instant,
+    ) -> CompletionFuture<'a> {
+        Box::pin(async move {
+            let request = ChatRequest {
+                system: system.to_string(),
+                user: user.to_string(),
+                max_tokens: self.max_tokens,
+                temperature: self.temperature,
+            };
+            // Every cloud failure is the infrastructure's (keys, quotas, outages, a prompt
+            // the provider refuses): retried later, dead-lettered with the reason when
+            // deliveries run out, never a failed result for the job.
+            let response = self
+                .chain
+                .chat(&request, deadline)
+                .await
+                .map_err(|e: CloudError| EngineError::Transient(format!("cloud: {e}")))?;
+            tracing::debug!(provider = %response.provider, model = %response.model, cost_usd = response.cost_usd, "cloud completion");
+            Ok(Completion {
+                text: response.text,
+                tokens: TokenUsage {
+                    prompt: response.usage.input,
+                    completion: response.usage.output,
+                },
+                cost_usd: response.cost_usd,
+                local_seconds: None,
+            })
         })
     }
 }
@@ -220,15 +366,16 @@ mod tests {
         dir
     }
 
-    async fn engine(dir: &Path) -> LocalLlm {
+    async fn engine(dir: &Path) -> LlmEngine<LocalModel> {
         let session = SessionSettings {
             device: Device::Cpu,
             intra_threads: 1,
             ..SessionSettings::default()
         };
-        LocalLlm::open(&dir.join("model"), session, None, LlmSettings::default())
+        let model = LocalModel::open(&dir.join("model"), session, GenerateOptions::default())
             .await
-            .expect("open the local LLM")
+            .expect("open the local LLM");
+        LlmEngine::new(model, None, LlmSettings::default()).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,10 +411,13 @@ mod tests {
             out.tokens
         );
         let usage = out.inference.expect("inference usage");
+        // Both proposals are counted, the repeated one too (it was generated).
         assert!(
-            usage.seconds > 0.0 && usage.tokens == out.tokens.completion * 2,
-            "{usage:?} over two proposals"
+            usage.seconds > 0.0 && usage.tokens == out.tokens.completion,
+            "{usage:?} {:?}",
+            out.tokens
         );
+        assert_eq!(out.tokens.completion % 2, 0, "two identical answers");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,145 @@
+//! The cloud pool end to end: a `qefleet worker --pool cloud` process with a provider
+//! configuration pointing at a local server that speaks the Anthropic protocol (the
+//! stand-in for the paid API), and privacy: a `local_only` job never reaches the cloud.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use qefleet_cloud::stub::{anthropic_ok, Stub};
+use qefleet_scheduler::SchedulerArgs;
+use qefleet_schemas::{JobStatus, Pool};
+use qefleet_worker::PoolArg;
+
+use crate::support::*;
+
+const MODULE: &str = "def add(a, b):\n    return a + b\n";
+const SUITE: &str =
+    "```python\nimport calc\n\n\ndef test_add():\n    assert calc.add(2, 3) == 5\n```";
+
+fn cloud_config(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
+    let key = dir.join("anthropic.key");
+    std::fs::write(&key, "sk-ant-test-key\n").expect("write key");
+    let path = dir.join("cloud.json");
+    let config = serde_json::json!({
+        "max_tokens": 1024,
+        "providers": [{
+            "name": "anthropic", "protocol": "anthropic", "base_url": url,
+            "model": "claude-test", "api_key_file": key, "timeout_s": 10, "attempts": 2,
+            "price": {"input_per_mtok": 3.0, "output_per_mtok": 15.0, "effective": "2026-11-01"}
+        }]
+    });
+    std::fs::write(&path, config.to_string()).expect("write config");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_worker_serves_cloud_jobs_and_local_only_jobs_never_reach_it() {
+    // Two rounds of the loop: the second answer repeats the first, which ends it.
+    let stub = Stub::start(vec![anthropic_ok(SUITE), anthropic_ok(SUITE)]).await;
+    let mut fleet = Fleet::start().await;
+    fleet.scheduler(SchedulerArgs::default()).await;
+    let config = cloud_config(fleet.dir.path(), &stub.url);
+    fleet.worker_process(&[
+        "--pool",
+        "cloud",
+        "--cloud-config",
+        config.to_str().expect("path"),
+    ]);
+    let local = fleet.worker_args(PoolArg::Local);
+    fleet
+        .worker(
+            local,
+            Arc::new(qefleet_worker::engines::DoctestEngine::probe(None).await),
+        )
+        .await;
+    let client = async_nats::connect(fleet.server.url())
+        .await
+        .expect("connect");
+    let mut cloud_subjects = client
+        .subscribe("qe.jobs.cloud.>")
+        .await
+        .expect("subscribe");
+
+    // A job that insists on the cloud pool.
+    let mut spec = job(MODULE);
+    spec.module_name = "calc".into();
+    spec.pool = Some(Pool::Cloud);
+    let id = fleet.submit_ok(&spec).await;
+    let (result, _) = fleet.result(&id, Duration::from_secs(90)).await;
+    assert_eq!(
+        result.status,
+        JobStatus::Succeeded,
+        "{result:?}\n{}",
+        fleet.worker_log(1)
+    );
+    assert_eq!(
+        (result.engine.as_str(), result.pool),
+        ("cloud", Pool::Cloud)
+    );
+    assert_eq!(result.tests_passed, 1);
+    // Both calls are paid for: 2 × (1200 in, 300 out) at $3 / $15 per million.
+    assert_eq!(
+        (result.tokens.prompt, result.tokens.completion),
+        (2400, 600)
+    );
+    assert!(
+        (result.cost_usd - 2.0 * 0.0081).abs() < 1e-9,
+        "{}",
+        result.cost_usd
+    );
+    let sent = stub.requests();
+    assert_eq!(sent.len(), 2);
+    assert!(sent[0]
+        .head
+        .to_ascii_lowercase()
+        .contains("x-api-key: sk-ant-test-key"));
+    assert!(sent[0].body["messages"][0]["content"]
+        .as_str()
+        .unwrap_or("")
+        .contains("import calc"));
+    assert!(
+        !fleet.worker_log(1).contains("sk-ant-test-key"),
+        "the key appeared in the worker's log"
+    );
+    let mut cloud_messages_before = 0;
+    while let Ok(Some(_)) =
+        tokio::time::timeout(Duration::from_millis(300), cloud_subjects.next()).await
+    {
+        cloud_messages_before += 1;
+    }
+    assert_eq!(cloud_messages_before, 1, "the cloud job itself");
+
+    // local_only with every reason to go to the cloud: quality strategy, a live cloud worker.
+    let mut private = job(CALC);
+    private.local_only = true;
+    private.strategy = Some(qefleet_schemas::Strategy::Quality);
+    let id = fleet.submit_ok(&private).await;
+    let (result, _) = fleet.result(&id, Duration::from_secs(60)).await;
+    assert_eq!(result.pool, Pool::Local, "{result:?}");
+    assert_eq!(
+        stub.requests().len(),
+        2,
+        "a local_only job produced a cloud request"
+    );
+    let leaked = tokio::time::timeout(Duration::from_millis(300), cloud_subjects.next()).await;
+    assert!(
+        leaked.is_err(),
+        "a local_only job was published on a cloud subject: {leaked:?}"
+    );
+    fleet.stop().await;
+}
+
+#[test]
+fn a_cloud_worker_without_configuration_says_what_it_needs() {
+    let out = std::process::Command::new(BIN)
+        .args(["worker", "--pool", "cloud"])
+        .output()
+        .expect("qefleet runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("the cloud pool needs --cloud-config FILE"),
+        "{err}"
+    );
+}
