@@ -40,11 +40,15 @@ async fn a_cloud_worker_serves_cloud_jobs_and_local_only_jobs_never_reach_it() {
     let mut fleet = Fleet::start().await;
     fleet.scheduler(SchedulerArgs::default()).await;
     let config = cloud_config(fleet.dir.path(), &stub.url);
+    let metrics_port = qefleet_shared::embedded::free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
     fleet.worker_process(&[
         "--pool",
         "cloud",
         "--cloud-config",
         config.to_str().expect("path"),
+        "--worker-metrics-addr",
+        &metrics_addr,
     ]);
     let local = fleet.worker_args(PoolArg::Local);
     fleet
@@ -102,6 +106,14 @@ async fn a_cloud_worker_serves_cloud_jobs_and_local_only_jobs_never_reach_it() {
         !fleet.worker_log(1).contains("sk-ant-test-key"),
         "the key appeared in the worker's log"
     );
+    let body = http_get(metrics_port, "/metrics").await;
+    for expected in [
+        "qefleet_cost_usd_total{engine=\"cloud\",pool=\"cloud\"} 0.0162",
+        "qefleet_tokens_total{engine=\"cloud\",kind=\"prompt\",pool=\"cloud\"} 2400",
+        "qefleet_tokens_total{engine=\"cloud\",kind=\"completion\",pool=\"cloud\"} 600",
+    ] {
+        assert!(body.contains(expected), "no {expected}:\n{body}");
+    }
     let mut cloud_messages_before = 0;
     while let Ok(Some(_)) =
         tokio::time::timeout(Duration::from_millis(300), cloud_subjects.next()).await

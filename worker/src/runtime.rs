@@ -572,6 +572,23 @@ async fn finish(ctx: &Ctx, result: &JobResult, ct: ContentType) -> Disposition {
                 .refinement_rounds
                 .with_label_values(&labels)
                 .observe(f64::from(result.refinement_rounds));
+            if result.cost_usd > 0.0 {
+                ctx.metrics
+                    .cost_usd
+                    .with_label_values(&labels)
+                    .inc_by(result.cost_usd);
+            }
+            for (kind, n) in [
+                ("prompt", result.tokens.prompt),
+                ("completion", result.tokens.completion),
+            ] {
+                if n > 0 {
+                    ctx.metrics
+                        .tokens
+                        .with_label_values(&[labels[0], labels[1], kind])
+                        .inc_by(n);
+                }
+            }
             if let Some(q) = result.quality_score {
                 ctx.metrics
                     .quality_score
