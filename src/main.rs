@@ -40,6 +40,8 @@ enum Command {
     Dlq(commands::dlq::DlqArgs),
     /// Submit a backlog of jobs from a JSON-lines file, throttled and resumable.
     Replay(commands::replay::ReplayArgs),
+    /// Show or set the routing switch: auto, force-local, force-cloud.
+    RouteMode(commands::route::RouteModeArgs),
 }
 
 #[tokio::main]
@@ -56,6 +58,7 @@ async fn main() -> ExitCode {
         Command::Status(args) => commands::status::status(args).await,
         Command::Dlq(args) => commands::dlq::dlq(args).await,
         Command::Replay(args) => commands::replay::replay(args).await,
+        Command::RouteMode(args) => commands::route::route_mode(args).await,
     };
     match outcome {
         Ok(code) => code,

@@ -3,6 +3,7 @@
 
 pub mod complexity;
 pub mod consolidation;
+pub mod control;
 pub mod liveness;
 pub mod router;
 pub mod service;

@@ -1,5 +1,9 @@
-//! Routing: which pool a job goes to, and why. The [`Router`] trait is what the hybrid
-//! router of a later issue implements; [`RuleRouter`] is the first, rule-based one.
+//! Routing: which pool a job goes to, and why. [`HybridRouter`] applies, in order: the
+//! job's own pool, the privacy flag, the operators' force switches, the strategy (cost,
+//! quality, privacy-first, balanced) with the job's budget, liveness, and spill-over when
+//! a pool's queue lag passes a threshold (never breaking privacy). Every decision carries
+//! its reasons. Later inputs (tenant budgets, breaker state, predicted quality) plug in
+//! here.
 
 use std::collections::HashMap;
 
@@ -18,12 +22,53 @@ impl LivePools {
     }
 }
 
+/// Queue lag per pool: jobs waiting plus jobs delivered but not acknowledged.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PoolLag(pub HashMap<Pool, u64>);
+
+impl PoolLag {
+    pub fn of(&self, pool: Pool) -> u64 {
+        self.0.get(&pool).copied().unwrap_or(0)
+    }
+}
+
+/// The operators' switch: route by strategy, or force every job local or to the cloud
+/// (a rollback). Set by `--route-mode` and at run time by `qefleet route-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum RouteMode {
+    #[default]
+    Auto,
+    ForceLocal,
+    ForceCloud,
+}
+
+impl RouteMode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RouteMode::Auto => "auto",
+            RouteMode::ForceLocal => "force-local",
+            RouteMode::ForceCloud => "force-cloud",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "auto" => Some(RouteMode::Auto),
+            "force-local" => Some(RouteMode::ForceLocal),
+            "force-cloud" => Some(RouteMode::ForceCloud),
+            _ => None,
+        }
+    }
+}
+
 /// Everything a router may look at.
 #[derive(Debug, Clone, Copy)]
 pub struct RouteInput<'a> {
     pub job: &'a JobSpec,
     pub complexity: &'a ComplexityReport,
     pub live: &'a LivePools,
+    pub lag: &'a PoolLag,
+    pub mode: RouteMode,
 }
 
 /// Decides the pool of a job. Must be cheap: it runs on every submission.
@@ -32,16 +77,28 @@ pub trait Router: Send + Sync + std::fmt::Debug {
     fn route(&self, input: RouteInput<'_>) -> Result<RouteDecision, ErrorReply>;
 }
 
-/// Strategy rules, privacy first, then liveness: a pool nobody serves is only chosen when
-/// the job insists on it.
+/// Privacy first, then the switches, the strategy, liveness and spill-over: a pool nobody
+/// serves is only chosen when the job insists on it.
 #[derive(Debug, Clone, Copy)]
-pub struct RuleRouter {
+pub struct HybridRouter {
     pub default_strategy: Strategy,
+    /// A pool whose lag reaches this spills new jobs to the other pool, when that one is
+    /// live, below it, and the job and strategy allow.
+    pub spill_lag: u64,
 }
 
-impl Router for RuleRouter {
+impl Default for HybridRouter {
+    fn default() -> Self {
+        Self {
+            default_strategy: Strategy::Balanced,
+            spill_lag: 200,
+        }
+    }
+}
+
+impl Router for HybridRouter {
     fn name(&self) -> &'static str {
-        "rules"
+        "hybrid"
     }
 
     fn route(&self, input: RouteInput<'_>) -> Result<RouteDecision, ErrorReply> {
@@ -49,6 +106,8 @@ impl Router for RuleRouter {
             job,
             complexity,
             live,
+            lag,
+            mode,
         } = input;
         let strategy = job.strategy.unwrap_or(self.default_strategy);
         let mut reasons = Vec::new();
@@ -69,6 +128,21 @@ impl Router for RuleRouter {
         } else if job.local_only {
             reasons.push("local_only: the privacy flag keeps the job on local workers".into());
             Pool::Local
+        } else if mode == RouteMode::ForceLocal {
+            reasons.push("force-local switch: every job runs locally".into());
+            Pool::Local
+        } else if mode == RouteMode::ForceCloud {
+            if job.budget.max_usd == Some(0.0) {
+                reasons.push("force-cloud switch, but budget.max_usd is 0: routed local".into());
+                Pool::Local
+            } else if live.count(Pool::Cloud) == 0 {
+                reasons.push("force-cloud switch, but no live cloud worker: routed local".into());
+                Pool::Local
+            } else {
+                reasons
+                    .push("force-cloud switch: every job that may leave goes to the cloud".into());
+                Pool::Cloud
+            }
         } else {
             let wants_cloud = match strategy {
                 Strategy::PrivacyFirst => {
@@ -97,15 +171,41 @@ impl Router for RuleRouter {
                     hard
                 }
             };
+            let may_spend = job.budget.max_usd != Some(0.0);
+            let spills = matches!(strategy, Strategy::Balanced | Strategy::Quality);
             if !wants_cloud {
-                Pool::Local
-            } else if job.budget.max_usd == Some(0.0) {
+                let local_lag = lag.of(Pool::Local);
+                if spills
+                    && may_spend
+                    && local_lag >= self.spill_lag
+                    && live.count(Pool::Cloud) > 0
+                    && lag.of(Pool::Cloud) < self.spill_lag
+                {
+                    reasons.push(format!(
+                        "local queue lag {local_lag} >= {}: spilled over to the cloud",
+                        self.spill_lag
+                    ));
+                    Pool::Cloud
+                } else {
+                    Pool::Local
+                }
+            } else if !may_spend {
                 reasons.push("budget.max_usd is 0: cloud engines cost money, routed local".into());
                 Pool::Local
             } else if live.count(Pool::Cloud) == 0 {
                 reasons.push(
                     "no live cloud worker (no cloud credentials configured?): routed local".into(),
                 );
+                Pool::Local
+            } else if lag.of(Pool::Cloud) >= self.spill_lag
+                && live.count(Pool::Local) > 0
+                && lag.of(Pool::Local) < self.spill_lag
+            {
+                reasons.push(format!(
+                    "cloud queue lag {} >= {}: spilled over to local workers",
+                    lag.of(Pool::Cloud),
+                    self.spill_lag
+                ));
                 Pool::Local
             } else {
                 Pool::Cloud
@@ -138,15 +238,15 @@ mod tests {
     fn route(job: &JobSpec, pools: &LivePools, class: Complexity) -> RouteDecision {
         let mut complexity = analyze(&job.source).expect("source").report;
         complexity.class = class;
-        RuleRouter {
-            default_strategy: Strategy::Balanced,
-        }
-        .route(RouteInput {
-            job,
-            complexity: &complexity,
-            live: pools,
-        })
-        .expect("routed")
+        HybridRouter::default()
+            .route(RouteInput {
+                job,
+                complexity: &complexity,
+                live: pools,
+                lag: &PoolLag::default(),
+                mode: RouteMode::Auto,
+            })
+            .expect("routed")
     }
 
     fn job() -> JobSpec {
@@ -201,5 +301,198 @@ mod tests {
         let mut j = job();
         j.strategy = Some(Strategy::Quality);
         assert_eq!(route(&j, &live(1, 1), Complexity::Simple).pool, Pool::Cloud);
+    }
+
+    fn route_with(
+        j: &JobSpec,
+        pools: &LivePools,
+        lag: &[(Pool, u64)],
+        mode: RouteMode,
+        class: Complexity,
+    ) -> RouteDecision {
+        let mut complexity = analyze(&j.source).expect("source").report;
+        complexity.class = class;
+        HybridRouter {
+            default_strategy: Strategy::Balanced,
+            spill_lag: 100,
+        }
+        .route(RouteInput {
+            job: j,
+            complexity: &complexity,
+            live: pools,
+            lag: &PoolLag(lag.iter().copied().collect()),
+            mode,
+        })
+        .expect("routed")
+    }
+
+    #[test]
+    fn the_force_switches_move_every_job_except_private_ones() {
+        let simple = route_with(
+            &job(),
+            &live(1, 1),
+            &[],
+            RouteMode::ForceCloud,
+            Complexity::Simple,
+        );
+        assert_eq!(simple.pool, Pool::Cloud);
+        assert!(
+            simple
+                .reasons
+                .iter()
+                .any(|r| r.contains("force-cloud switch")),
+            "{:?}",
+            simple.reasons
+        );
+        let hard = route_with(
+            &job(),
+            &live(1, 1),
+            &[],
+            RouteMode::ForceLocal,
+            Complexity::VeryComplex,
+        );
+        assert_eq!(hard.pool, Pool::Local);
+        assert!(hard
+            .reasons
+            .iter()
+            .any(|r| r.contains("force-local switch")));
+        let mut private = job();
+        private.local_only = true;
+        let d = route_with(
+            &private,
+            &live(1, 1),
+            &[],
+            RouteMode::ForceCloud,
+            Complexity::Simple,
+        );
+        assert_eq!(d.pool, Pool::Local, "force-cloud moved a local_only job");
+        // A rollback to the cloud with no cloud worker does not strand jobs.
+        let d = route_with(
+            &job(),
+            &live(1, 0),
+            &[],
+            RouteMode::ForceCloud,
+            Complexity::Simple,
+        );
+        assert_eq!(d.pool, Pool::Local);
+        assert!(d.reasons.iter().any(|r| r.contains("no live cloud worker")));
+        let mut free = job();
+        free.budget.max_usd = Some(0.0);
+        assert_eq!(
+            route_with(
+                &free,
+                &live(1, 1),
+                &[],
+                RouteMode::ForceCloud,
+                Complexity::Simple
+            )
+            .pool,
+            Pool::Local
+        );
+    }
+
+    #[test]
+    fn a_saturated_pool_spills_over_when_privacy_and_strategy_allow() {
+        let busy_local = [(Pool::Local, 150), (Pool::Cloud, 3)];
+        let d = route_with(
+            &job(),
+            &live(2, 1),
+            &busy_local,
+            RouteMode::Auto,
+            Complexity::Simple,
+        );
+        assert_eq!(d.pool, Pool::Cloud);
+        assert!(
+            d.reasons
+                .iter()
+                .any(|r| r.contains("local queue lag 150 >= 100: spilled over")),
+            "{:?}",
+            d.reasons
+        );
+        // Never a private job, never under cost or privacy-first, never to a pool as busy.
+        let mut private = job();
+        private.local_only = true;
+        assert_eq!(
+            route_with(
+                &private,
+                &live(2, 1),
+                &busy_local,
+                RouteMode::Auto,
+                Complexity::Simple
+            )
+            .pool,
+            Pool::Local
+        );
+        for strategy in [Strategy::Cost, Strategy::PrivacyFirst] {
+            let mut j = job();
+            j.strategy = Some(strategy);
+            assert_eq!(
+                route_with(
+                    &j,
+                    &live(2, 1),
+                    &busy_local,
+                    RouteMode::Auto,
+                    Complexity::Simple
+                )
+                .pool,
+                Pool::Local,
+                "{strategy:?}"
+            );
+        }
+        let both_busy = [(Pool::Local, 150), (Pool::Cloud, 150)];
+        assert_eq!(
+            route_with(
+                &job(),
+                &live(2, 1),
+                &both_busy,
+                RouteMode::Auto,
+                Complexity::Simple
+            )
+            .pool,
+            Pool::Local
+        );
+        assert_eq!(
+            route_with(
+                &job(),
+                &live(2, 0),
+                &busy_local,
+                RouteMode::Auto,
+                Complexity::Simple
+            )
+            .pool,
+            Pool::Local
+        );
+        // And back: a saturated cloud pool sends complex jobs to idle local workers.
+        let busy_cloud = [(Pool::Local, 0), (Pool::Cloud, 400)];
+        let d = route_with(
+            &job(),
+            &live(1, 1),
+            &busy_cloud,
+            RouteMode::Auto,
+            Complexity::Complex,
+        );
+        assert_eq!(d.pool, Pool::Local);
+        assert!(
+            d.reasons
+                .iter()
+                .any(|r| r.contains("cloud queue lag 400 >= 100")),
+            "{:?}",
+            d.reasons
+        );
+        // Below the threshold nothing moves.
+        let calm = [(Pool::Local, 99), (Pool::Cloud, 0)];
+        assert_eq!(
+            route_with(
+                &job(),
+                &live(1, 1),
+                &calm,
+                RouteMode::Auto,
+                Complexity::Simple
+            )
+            .pool,
+            Pool::Local
+        );
+        assert_eq!(RouteMode::parse("force-cloud"), Some(RouteMode::ForceCloud));
+        assert_eq!(RouteMode::parse("cloud"), None);
     }
 }

@@ -19,8 +19,9 @@ use tokio::task::JoinSet;
 
 use qefleet_inference::Embedder;
 
+use crate::control::{sample_lag, watch_mode, RouteControl};
 use crate::liveness::Liveness;
-use crate::router::RuleRouter;
+use crate::router::{HybridRouter, RouteMode};
 use crate::submit::Submitter;
 use crate::validate::Limits;
 
@@ -42,6 +43,14 @@ pub struct SchedulerArgs {
         env = "QEFLEET_SCHEDULER_METRICS_ADDR"
     )]
     pub metrics_addr: Option<SocketAddr>,
+    /// Routing switch at start: auto, force-local, force-cloud (a rollback); changed at run
+    /// time with `qefleet route-mode`, which every scheduler follows.
+    #[arg(long, env = "QEFLEET_ROUTE_MODE", value_enum, default_value = "auto")]
+    pub route_mode: RouteMode,
+    /// Queue lag (pending + unacknowledged jobs) at which a pool spills new jobs over to
+    /// the other one (balanced and quality strategies; never local_only jobs).
+    #[arg(long, env = "QEFLEET_SPILL_LAG", default_value_t = 200)]
+    pub spill_lag: u64,
     /// The process's embedder, when started (`--embeddings`); shared with workers in the
     /// same process.
     #[arg(skip)]
@@ -55,6 +64,8 @@ impl Default for SchedulerArgs {
             max_source_bytes: Limits::default().max_source_bytes,
             consolidate_every: 100,
             metrics_addr: None,
+            route_mode: RouteMode::Auto,
+            spill_lag: 200,
             embedder: None,
         }
     }
@@ -108,11 +119,13 @@ pub async fn run(
     if let Some(embedder) = &args.embedder {
         metrics.report_inference_provider("embed", embedder.provider().label());
     }
+    let control = Arc::new(RouteControl::new(args.route_mode));
     let submitter = Submitter {
         js: js.clone(),
         job_state: bucket(&js, JOB_STATE_BUCKET).await?,
-        router: Arc::new(RuleRouter {
+        router: Arc::new(HybridRouter {
             default_strategy: args.strategy.into(),
+            spill_lag: args.spill_lag,
         }),
         liveness: Arc::new(Liveness::new(
             bucket(&js, WORKERS_BUCKET).await?,
@@ -123,8 +136,20 @@ pub async fn run(
             ..Limits::default()
         },
         metrics: metrics.clone(),
+        control: control.clone(),
     };
     let mut tasks = JoinSet::new();
+    tasks.spawn(sample_lag(
+        js.clone(),
+        control.clone(),
+        Duration::from_secs(1),
+        shutdown.clone(),
+    ));
+    tasks.spawn(watch_mode(
+        bucket(&js, CONTROL_BUCKET).await?,
+        control,
+        shutdown.clone(),
+    ));
     let requests = client
         .queue_subscribe(SUBMIT_SUBJECT, SCHEDULER_QUEUE_GROUP.to_string())
         .await

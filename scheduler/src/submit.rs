@@ -14,6 +14,7 @@ use qefleet_shared::messages::{self, emit_event};
 use qefleet_shared::metrics::Metrics;
 use qefleet_shared::subjects::HEADER_MSG_ID;
 
+use crate::control::RouteControl;
 use crate::liveness::Liveness;
 use crate::router::{RouteInput, Router};
 use crate::validate::{validate, Limits};
@@ -27,6 +28,7 @@ pub struct Submitter {
     pub(crate) liveness: Arc<Liveness>,
     pub(crate) limits: Limits,
     pub(crate) metrics: Metrics,
+    pub(crate) control: Arc<RouteControl>,
 }
 
 fn rejected(code: ErrorCode, message: impl Into<String>) -> SubmitReply {
@@ -103,10 +105,13 @@ impl Submitter {
             Err(reply) => return reply,
         }
         let live = self.liveness.live_pools().await;
+        let lag = self.control.lag();
         let route = match self.router.route(RouteInput {
             job: &job,
             complexity: &analysis.report,
             live: &live,
+            lag: &lag,
+            mode: self.control.mode(),
         }) {
             Ok(route) => route,
             Err(e) => return rejected(e.code, e.message),

@@ -165,6 +165,7 @@ pub async fn ensure_all(js: &jetstream::Context) -> Result<(), ProvisionError> {
     ensure_bucket(js, JOB_STATE_BUCKET, 30 * DAY).await?;
     ensure_bucket(js, WORKERS_BUCKET, WORKER_TTL).await?;
     ensure_bucket(js, CONSOLIDATIONS_BUCKET, Duration::ZERO).await?;
+    ensure_bucket(js, CONTROL_BUCKET, Duration::ZERO).await?;
     Ok(())
 }
 

@@ -32,6 +32,10 @@ pub const JOB_STATE_BUCKET: &str = "qe_job_state";
 pub const WORKERS_BUCKET: &str = "qe_workers";
 /// Key-value bucket of consolidation markers, keyed by consolidation number.
 pub const CONSOLIDATIONS_BUCKET: &str = "qe_consolidations";
+/// Key-value bucket of operator switches the fleet watches at run time.
+pub const CONTROL_BUCKET: &str = "qe_control";
+/// The routing switch in [`CONTROL_BUCKET`]: `auto`, `force-local` or `force-cloud`.
+pub const ROUTE_MODE_KEY: &str = "route_mode";
 
 /// Durable consumer of the scheduler replicas counting completions on [`RESULTS_STREAM`].
 pub const COMPLETION_COUNTER_CONSUMER: &str = "completion-counter";

@@ -3,6 +3,7 @@
 pub mod dlq;
 pub mod replay;
 pub mod result;
+pub mod route;
 pub mod serve;
 pub mod status;
 pub mod submit;

@@ -155,3 +155,63 @@ fn a_cloud_worker_without_configuration_says_what_it_needs() {
         "{err}"
     );
 }
+
+/// The pool and reasons a submission was routed with.
+async fn routed(fleet: &Fleet, spec: &qefleet_schemas::JobSpec) -> (Pool, Vec<String>) {
+    match fleet
+        .submit(spec, qefleet_schemas::ContentType::MsgPack)
+        .await
+    {
+        qefleet_schemas::SubmitReply::Accepted { route, .. } => (route.pool, route.reasons),
+        other => panic!("rejected: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_route_switch_moves_jobs_at_run_time_but_never_private_ones() {
+    let mut fleet = Fleet::start().await;
+    fleet.scheduler(SchedulerArgs::default()).await;
+    for pool in [PoolArg::Local, PoolArg::Cloud] {
+        let args = fleet.worker_args(pool);
+        fleet
+            .worker(args, Arc::new(ScriptedEngine::succeeding(Duration::ZERO)))
+            .await;
+    }
+    let (pool, _) = routed(&fleet, &job(CALC)).await;
+    assert_eq!(pool, Pool::Local, "a simple job stays local under balanced");
+
+    let set = fleet.cli(&["route-mode", "force-cloud"]);
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    let shown = fleet.cli(&["route-mode"]);
+    assert_eq!(
+        String::from_utf8_lossy(&shown.stdout).trim(),
+        "route mode: force-cloud"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the scheduler follows force-cloud",
+        || async {
+            let (pool, reasons) = routed(&fleet, &job(CALC)).await;
+            pool == Pool::Cloud && reasons.iter().any(|r| r.contains("force-cloud switch"))
+        },
+    )
+    .await;
+    let mut private = job(CALC);
+    private.local_only = true;
+    assert_eq!(routed(&fleet, &private).await.0, Pool::Local);
+
+    assert!(fleet.cli(&["route-mode", "auto"]).status.success());
+    eventually(
+        Duration::from_secs(10),
+        "the scheduler follows auto",
+        || async { routed(&fleet, &job(CALC)).await.0 == Pool::Local },
+    )
+    .await;
+    let bad = fleet.cli(&["route-mode", "cloud"]);
+    assert!(!bad.status.success());
+    fleet.stop().await;
+}
