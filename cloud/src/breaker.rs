@@ -31,6 +31,14 @@ pub enum BreakerState {
 }
 
 impl BreakerState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half-open",
+        }
+    }
+
     /// The gauge value of `qefleet_circuit_breaker_state`: 0 closed, 1 half-open, 2 open.
     pub fn gauge(&self) -> i64 {
         match self {

@@ -55,15 +55,29 @@ impl Liveness {
     }
 }
 
-/// Counts keys `<pool>.<worker_id>` in the workers bucket.
+/// Counts keys `<pool>.<worker_id>` in the workers bucket. A cloud worker whose every
+/// provider has an open circuit breaker says `"accepting": false` and is not counted:
+/// jobs stay local rather than queue behind providers that are down.
 pub async fn count_live(bucket: &kv::Store) -> Result<LivePools, async_nats::Error> {
     let mut counts: HashMap<Pool, usize> = HashMap::new();
     let mut keys = bucket.keys().await?;
     while let Some(key) = keys.next().await {
         let key = key?;
-        if let Some(pool) = key.split('.').next().and_then(Pool::parse) {
-            *counts.entry(pool).or_default() += 1;
+        let Some(pool) = key.split('.').next().and_then(Pool::parse) else {
+            continue;
+        };
+        if pool == Pool::Cloud {
+            let accepting = bucket
+                .get(&key)
+                .await?
+                .and_then(|v| serde_json::from_slice::<serde_json::Value>(&v).ok())
+                .and_then(|info| info["accepting"].as_bool())
+                .unwrap_or(true);
+            if !accepting {
+                continue;
+            }
         }
+        *counts.entry(pool).or_default() += 1;
     }
     Ok(LivePools(counts))
 }

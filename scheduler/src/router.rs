@@ -194,7 +194,7 @@ impl Router for HybridRouter {
                 Pool::Local
             } else if live.count(Pool::Cloud) == 0 {
                 reasons.push(
-                    "no live cloud worker (no cloud credentials configured?): routed local".into(),
+                    "no live cloud worker (none configured, or every provider's circuit breaker is open): routed local".into(),
                 );
                 Pool::Local
             } else if lag.of(Pool::Cloud) >= self.spill_lag

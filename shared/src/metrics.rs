@@ -50,6 +50,8 @@ pub struct Metrics {
     pub cost_usd: CounterVec,
     /// Tokens of results, by pool, engine and kind (prompt, completion).
     pub tokens: IntCounterVec,
+    /// Circuit-breaker state per cloud provider: 0 closed, 1 half-open, 2 open.
+    pub circuit_breaker_state: IntGaugeVec,
     /// 1 for each local model operation this process runs, by execution provider.
     pub inference_provider: IntGaugeVec,
     pub consolidations_triggered: IntCounter,
@@ -161,6 +163,15 @@ impl Metrics {
             "LLM tokens of published results, by pool, engine and kind (prompt, completion)",
             &[POOL, ENGINE, KIND],
         );
+        let circuit_breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "qefleet_circuit_breaker_state",
+                "Circuit-breaker state per cloud provider: 0 closed, 1 half-open, 2 open",
+            ),
+            &[PROVIDER],
+        )
+        .unwrap_or_else(|e| panic!("breaker gauge: {e}"));
+        let _ = registry.register(Box::new(circuit_breaker_state.clone()));
         let inference_provider = IntGaugeVec::new(
             Opts::new(
                 "qefleet_inference_provider_info",
@@ -200,6 +211,7 @@ impl Metrics {
             inference_seconds,
             inference_tokens,
             inference_provider,
+            circuit_breaker_state,
             cost_usd,
             tokens,
             consolidations_triggered,

@@ -215,3 +215,82 @@ async fn the_route_switch_moves_jobs_at_run_time_but_never_private_ones() {
     assert!(!bad.status.success());
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_with_open_breakers_take_their_worker_out_of_routing() {
+    // Every request fails: one failure opens the breaker for a minute.
+    let stub = Stub::start(vec![]).await;
+    let mut fleet = Fleet::start().await;
+    fleet.scheduler(SchedulerArgs::default()).await;
+    let local = fleet.worker_args(PoolArg::Local);
+    fleet
+        .worker(local, Arc::new(ScriptedEngine::succeeding(Duration::ZERO)))
+        .await;
+    let key = fleet.dir.path().join("key");
+    std::fs::write(&key, "sk-down\n").expect("write key");
+    let config = fleet.dir.path().join("cloud-down.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({
+            "breaker": {"failures": 1, "window_s": 60, "cool_down_s": 60},
+            "providers": [{"name": "anthropic", "protocol": "anthropic", "base_url": stub.url,
+                           "model": "m", "api_key_file": key, "attempts": 1, "timeout_s": 5}]
+        })
+        .to_string(),
+    )
+    .expect("write config");
+    let metrics_port = qefleet_shared::embedded::free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    fleet.worker_process(&[
+        "--pool",
+        "cloud",
+        "--cloud-config",
+        config.to_str().expect("path"),
+        "--worker-metrics-addr",
+        &metrics_addr,
+    ]);
+    let mut quality = job(CALC);
+    quality.strategy = Some(qefleet_schemas::Strategy::Quality);
+    eventually(
+        Duration::from_secs(20),
+        "the cloud worker is live",
+        || async { routed(&fleet, &quality).await.0 == Pool::Cloud },
+    )
+    .await;
+    // That job reaches the provider, fails, and opens the breaker.
+    eventually(
+        Duration::from_secs(20),
+        "the provider was called",
+        || async { !stub.requests().is_empty() },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "routing sees the open breaker",
+        || async {
+            let (pool, reasons) = routed(&fleet, &quality).await;
+            pool == Pool::Local
+                && reasons
+                    .iter()
+                    .any(|r| r.contains("circuit breaker is open"))
+        },
+    )
+    .await;
+    let body = http_get(metrics_port, "/metrics").await;
+    assert!(
+        body.contains("qefleet_circuit_breaker_state{provider=\"anthropic\"} 2"),
+        "{body}"
+    );
+    let status = fleet.cli(&["status", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json status");
+    let cloud = report["live_workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .find(|w| w["pool"] == "cloud")
+        .cloned()
+        .expect("the cloud worker is listed");
+    assert_eq!(cloud["breakers"]["anthropic"], "open", "{cloud}");
+    assert_eq!(cloud["accepting"], false, "{cloud}");
+    fleet.stop().await;
+}

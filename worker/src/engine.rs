@@ -6,6 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use qefleet_cloud::BreakerState;
 use qefleet_schemas::{QueuedJob, TokenUsage};
 
 /// What an engine is asked to do.
@@ -69,6 +70,10 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     /// (`cpu`, `cuda:0`), shown in `qefleet status` and as a metric label.
     fn execution_provider(&self) -> Option<String> {
         None
+    }
+    /// Circuit-breaker states of the providers a remote engine calls, by provider name.
+    fn breakers(&self) -> Vec<(String, BreakerState)> {
+        Vec::new()
     }
     fn generate<'a>(&'a self, request: EngineRequest<'a>) -> EngineFuture<'a>;
 }

@@ -12,11 +12,16 @@ pub fn key(pool: Pool, worker_id: &str) -> String {
     format!("{pool}.{worker_id}")
 }
 
-/// Renews this worker's entry until shutdown, then deletes it.
-pub async fn heartbeat(bucket: kv::Store, key: String, info: String, mut shutdown: Shutdown) {
+/// Renews this worker's entry with what `info` says now, until shutdown, then deletes it.
+pub async fn heartbeat(
+    bucket: kv::Store,
+    key: String,
+    info: Box<dyn Fn() -> String + Send>,
+    mut shutdown: Shutdown,
+) {
     let every = WORKER_TTL / 3;
     loop {
-        if let Err(e) = bucket.put(&key, info.clone().into()).await {
+        if let Err(e) = bucket.put(&key, info().into()).await {
             tracing::debug!(error = %e, "worker liveness not renewed");
         }
         tokio::select! {

@@ -123,16 +123,40 @@ pub async fn run(
     let (stop_background, background_shutdown) = shutdown::channel();
     let mut background = JoinSet::new();
     let live_key = registry::key(pool, &worker_id);
-    let live_info = serde_json::json!({
-        "worker_id": worker_id,
-        "pool": pool,
-        "engine": ctx.engine.name(),
-        "inference_provider": ctx.engine.execution_provider(),
-        "embedding_provider": args.embedder.as_ref().map(|e| e.provider().to_string()),
-        "concurrency": args.concurrency,
-        "started_at_ms": now_unix_ms(),
-    })
-    .to_string();
+    let info_ctx = ctx.clone();
+    let embedding_provider = args.embedder.as_ref().map(|e| e.provider().to_string());
+    let concurrency = args.concurrency;
+    let started_at_ms = now_unix_ms();
+    let live_info = Box::new(move || {
+        let breakers = info_ctx.engine.breakers();
+        let mut states = serde_json::Map::new();
+        for (provider, state) in &breakers {
+            info_ctx
+                .metrics
+                .circuit_breaker_state
+                .with_label_values(&[provider.as_str()])
+                .set(state.gauge());
+            states.insert(provider.clone(), state.as_str().into());
+        }
+        // A remote engine whose every provider's breaker is open takes no new work: the
+        // schedulers stop counting it as live until a probe may go out again.
+        let accepting = breakers.is_empty()
+            || breakers
+                .iter()
+                .any(|(_, s)| *s != qefleet_cloud::BreakerState::Open);
+        serde_json::json!({
+            "worker_id": info_ctx.worker_id,
+            "pool": info_ctx.pool,
+            "engine": info_ctx.engine.name(),
+            "inference_provider": info_ctx.engine.execution_provider(),
+            "embedding_provider": embedding_provider,
+            "breakers": states,
+            "accepting": accepting,
+            "concurrency": concurrency,
+            "started_at_ms": started_at_ms,
+        })
+        .to_string()
+    });
     background.spawn(registry::heartbeat(
         bucket(&js, WORKERS_BUCKET).await?,
         live_key,

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use qefleet_cloud::{ChatRequest, CloudError, FallbackChain};
+use qefleet_cloud::{BreakerState, ChatRequest, CloudError, FallbackChain};
 use qefleet_inference::causal::{CausalLm, Family, GenerateOptions};
 use qefleet_inference::{InferenceError, SessionSettings};
 use qefleet_schemas::TokenUsage;
@@ -44,6 +44,10 @@ pub trait ChatModel: Send + Sync + std::fmt::Debug {
     /// The ONNX Runtime execution provider of a local model.
     fn execution_provider(&self) -> Option<String> {
         None
+    }
+    /// Circuit-breaker states of a remote model's providers.
+    fn breakers(&self) -> Vec<(String, BreakerState)> {
+        Vec::new()
     }
     fn complete<'a>(
         &'a self,
@@ -96,6 +100,10 @@ impl<M: ChatModel + 'static> Engine for LlmEngine<M> {
 
     fn execution_provider(&self) -> Option<String> {
         self.model.execution_provider()
+    }
+
+    fn breakers(&self) -> Vec<(String, BreakerState)> {
+        self.model.breakers()
     }
 
     fn generate<'a>(&'a self, request: EngineRequest<'a>) -> EngineFuture<'a> {
@@ -300,6 +308,14 @@ pub struct CloudModel {
 impl ChatModel for CloudModel {
     fn engine_name(&self) -> &str {
         "cloud"
+    }
+
+    fn breakers(&self) -> Vec<(String, BreakerState)> {
+        self.chain
+            .providers()
+            .iter()
+            .map(|p| (p.name().to_string(), p.breaker_state()))
+            .collect()
     }
 
     fn complete<'a>(
