@@ -39,6 +39,9 @@ pub struct UpArgs {
     /// Engine of the local worker.
     #[arg(long, env = "QEFLEET_ENGINE", value_enum, default_value = "generator")]
     pub engine: EngineArg,
+    /// Also run a cloud worker with these providers (JSON, docs/CLOUD.md).
+    #[arg(long, env = "QEFLEET_CLOUD_CONFIG")]
+    pub cloud_config: Option<PathBuf>,
     #[command(flatten)]
     pub inference: InferenceArgs,
 }
@@ -88,7 +91,11 @@ async fn start(args: &UpArgs, shutdown: Shutdown) -> anyhow::Result<Fleet> {
         qefleet_scheduler::run(scheduler_client, scheduler_args, scheduler_shutdown).await?;
         Ok(())
     });
-    for pool in [PoolArg::Local, PoolArg::Maint] {
+    let mut pools = vec![PoolArg::Local, PoolArg::Maint];
+    if args.cloud_config.is_some() {
+        pools.push(PoolArg::Cloud);
+    }
+    for pool in pools {
         let mut worker = WorkerArgs::for_pool(pool);
         worker.python = args.python.clone();
         worker.engine = args.engine;
@@ -97,6 +104,7 @@ async fn start(args: &UpArgs, shutdown: Shutdown) -> anyhow::Result<Fleet> {
                 .join("outbox")
                 .join(format!("{pool:?}").to_lowercase()),
         );
+        worker.cloud_config = args.cloud_config.clone();
         if pool == PoolArg::Local {
             worker.concurrency = args.concurrency;
             worker.inference = args.inference.clone();
