@@ -67,6 +67,7 @@ fn main() {
             live: &lives[i % lives.len()],
             lag: &lags[(i / 3) % lags.len()],
             mode: modes[(i / 7) % modes.len()],
+            budget_exhausted: None,
         };
         let started = Instant::now();
         let decision = black_box(router.route(black_box(input)));

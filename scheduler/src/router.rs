@@ -69,6 +69,8 @@ pub struct RouteInput<'a> {
     pub live: &'a LivePools,
     pub lag: &'a PoolLag,
     pub mode: RouteMode,
+    /// Why the job may not spend on the cloud today (a daily budget is spent), if so.
+    pub budget_exhausted: Option<&'a str>,
 }
 
 /// Decides the pool of a job. Must be cheap: it runs on every submission.
@@ -108,10 +110,19 @@ impl Router for HybridRouter {
             live,
             lag,
             mode,
+            budget_exhausted,
         } = input;
         let strategy = job.strategy.unwrap_or(self.default_strategy);
         let mut reasons = Vec::new();
         let pool = if let Some(pool) = job.pool {
+            if let (Pool::Cloud, Some(why)) = (pool, budget_exhausted) {
+                return Err(ErrorReply {
+                    code: ErrorCode::BudgetExhausted,
+                    message: format!(
+                        "the job insists on the cloud pool, but {why}; nothing was queued"
+                    ),
+                });
+            }
             if pool == Pool::Maint || (pool == Pool::Cloud && job.local_only) {
                 return Err(ErrorReply {
                     code: ErrorCode::Unroutable,
@@ -132,7 +143,10 @@ impl Router for HybridRouter {
             reasons.push("force-local switch: every job runs locally".into());
             Pool::Local
         } else if mode == RouteMode::ForceCloud {
-            if job.budget.max_usd == Some(0.0) {
+            if let Some(why) = budget_exhausted {
+                reasons.push(format!("force-cloud switch, but {why}: routed local"));
+                Pool::Local
+            } else if job.budget.max_usd == Some(0.0) {
                 reasons.push("force-cloud switch, but budget.max_usd is 0: routed local".into());
                 Pool::Local
             } else if live.count(Pool::Cloud) == 0 {
@@ -171,7 +185,7 @@ impl Router for HybridRouter {
                     hard
                 }
             };
-            let may_spend = job.budget.max_usd != Some(0.0);
+            let may_spend = job.budget.max_usd != Some(0.0) && budget_exhausted.is_none();
             let spills = matches!(strategy, Strategy::Balanced | Strategy::Quality);
             if !wants_cloud {
                 let local_lag = lag.of(Pool::Local);
@@ -189,6 +203,9 @@ impl Router for HybridRouter {
                 } else {
                     Pool::Local
                 }
+            } else if let Some(why) = budget_exhausted {
+                reasons.push(format!("{why}: routed local"));
+                Pool::Local
             } else if !may_spend {
                 reasons.push("budget.max_usd is 0: cloud engines cost money, routed local".into());
                 Pool::Local
@@ -245,6 +262,7 @@ mod tests {
                 live: pools,
                 lag: &PoolLag::default(),
                 mode: RouteMode::Auto,
+                budget_exhausted: None,
             })
             .expect("routed")
     }
@@ -322,6 +340,7 @@ mod tests {
             live: pools,
             lag: &PoolLag(lag.iter().copied().collect()),
             mode,
+            budget_exhausted: None,
         })
         .expect("routed")
     }
@@ -494,5 +513,47 @@ mod tests {
         );
         assert_eq!(RouteMode::parse("force-cloud"), Some(RouteMode::ForceCloud));
         assert_eq!(RouteMode::parse("cloud"), None);
+    }
+
+    #[test]
+    fn a_spent_daily_budget_keeps_jobs_off_the_cloud_and_refuses_those_that_insist() {
+        let router = HybridRouter::default();
+        let complexity = analyze(&job().source).expect("source").report;
+        let live = LivePools(HashMap::from([(Pool::Local, 1), (Pool::Cloud, 1)]));
+        let lag = PoolLag::default();
+        let route = |j: &JobSpec, mode| {
+            router.route(RouteInput {
+                job: j,
+                complexity: &complexity,
+                live: &live,
+                lag: &lag,
+                mode,
+                budget_exhausted: Some("tenant acme spent $1.00 of its $1.00 daily cloud budget"),
+            })
+        };
+        let mut quality = job();
+        quality.strategy = Some(Strategy::Quality);
+        let d = route(&quality, RouteMode::Auto).expect("routed");
+        assert_eq!(d.pool, Pool::Local);
+        assert!(
+            d.reasons
+                .iter()
+                .any(|r| r.contains("daily cloud budget: routed local")),
+            "{:?}",
+            d.reasons
+        );
+        assert_eq!(
+            route(&job(), RouteMode::ForceCloud).expect("routed").pool,
+            Pool::Local
+        );
+        let mut insists = job();
+        insists.pool = Some(Pool::Cloud);
+        let err = route(&insists, RouteMode::Auto).expect_err("refused");
+        assert_eq!(err.code, ErrorCode::BudgetExhausted);
+        assert!(
+            err.message.contains("spent $1.00 of its $1.00"),
+            "{}",
+            err.message
+        );
     }
 }

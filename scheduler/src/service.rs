@@ -22,7 +22,7 @@ use qefleet_inference::Embedder;
 use crate::control::{sample_lag, watch_mode, RouteControl};
 use crate::liveness::Liveness;
 use crate::router::{HybridRouter, RouteMode};
-use crate::submit::Submitter;
+use crate::submit::{DailyBudgets, Submitter};
 use crate::validate::Limits;
 
 /// Scheduler settings; every flag is also an environment variable.
@@ -51,6 +51,13 @@ pub struct SchedulerArgs {
     /// the other one (balanced and quality strategies; never local_only jobs).
     #[arg(long, env = "QEFLEET_SPILL_LAG", default_value_t = 200)]
     pub spill_lag: u64,
+    /// Daily cloud budget per tenant, US dollars (UTC day). When a tenant's spend reaches
+    /// it, its jobs stay local and jobs that insist on the cloud are refused.
+    #[arg(long, env = "QEFLEET_TENANT_DAILY_BUDGET_USD")]
+    pub tenant_daily_budget_usd: Option<f64>,
+    /// Daily cloud budget of the whole fleet, US dollars (UTC day).
+    #[arg(long, env = "QEFLEET_DAILY_BUDGET_USD")]
+    pub daily_budget_usd: Option<f64>,
     /// The process's embedder, when started (`--embeddings`); shared with workers in the
     /// same process.
     #[arg(skip)]
@@ -66,6 +73,8 @@ impl Default for SchedulerArgs {
             metrics_addr: None,
             route_mode: RouteMode::Auto,
             spill_lag: 200,
+            tenant_daily_budget_usd: None,
+            daily_budget_usd: None,
             embedder: None,
         }
     }
@@ -137,6 +146,11 @@ pub async fn run(
         },
         metrics: metrics.clone(),
         control: control.clone(),
+        budgets: DailyBudgets {
+            tenant_usd: args.tenant_daily_budget_usd,
+            fleet_usd: args.daily_budget_usd,
+        },
+        spend: bucket(&js, SPEND_BUCKET).await?,
     };
     let mut tasks = JoinSet::new();
     tasks.spawn(sample_lag(

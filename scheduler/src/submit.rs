@@ -14,6 +14,8 @@ use qefleet_shared::messages::{self, emit_event};
 use qefleet_shared::metrics::Metrics;
 use qefleet_shared::subjects::HEADER_MSG_ID;
 
+use qefleet_shared::ledger::{spend_key, spent, utc_day, ALL_TENANTS};
+
 use crate::control::RouteControl;
 use crate::liveness::Liveness;
 use crate::router::{RouteInput, Router};
@@ -29,6 +31,15 @@ pub struct Submitter {
     pub(crate) limits: Limits,
     pub(crate) metrics: Metrics,
     pub(crate) control: Arc<RouteControl>,
+    pub(crate) budgets: DailyBudgets,
+    pub(crate) spend: kv::Store,
+}
+
+/// Daily cloud budgets in US dollars; none set means no limit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DailyBudgets {
+    pub tenant_usd: Option<f64>,
+    pub fleet_usd: Option<f64>,
 }
 
 fn rejected(code: ErrorCode, message: impl Into<String>) -> SubmitReply {
@@ -105,6 +116,7 @@ impl Submitter {
             Err(reply) => return reply,
         }
         let live = self.liveness.live_pools().await;
+        let exhausted = self.budget_exhausted(&job.tenant, now).await;
         let lag = self.control.lag();
         let route = match self.router.route(RouteInput {
             job: &job,
@@ -112,6 +124,7 @@ impl Submitter {
             live: &live,
             lag: &lag,
             mode: self.control.mode(),
+            budget_exhausted: exhausted.as_deref(),
         }) {
             Ok(route) => route,
             Err(e) => return rejected(e.code, e.message),
@@ -190,6 +203,36 @@ impl Submitter {
             route,
             complexity: Some(analysis.report),
         }
+    }
+
+    /// Why the job may not spend on the cloud today, when a daily budget is configured and
+    /// spent. A ledger that cannot be read counts as spent: the stop must hold.
+    async fn budget_exhausted(&self, tenant: &str, now: u64) -> Option<String> {
+        if self.budgets.tenant_usd.is_none() && self.budgets.fleet_usd.is_none() {
+            return None;
+        }
+        let day = utc_day(now);
+        let checks = [
+            (self.budgets.tenant_usd, tenant, format!("tenant {tenant}")),
+            (self.budgets.fleet_usd, ALL_TENANTS, "the fleet".to_string()),
+        ];
+        for (limit, key_tenant, who) in checks {
+            let Some(limit) = limit else { continue };
+            match spent(&self.spend, &spend_key(&day, key_tenant)).await {
+                Ok(s) if s >= limit => {
+                    return Some(format!(
+                        "{who} spent ${s:.4} of its ${limit:.2} daily cloud budget (resets at 00:00 UTC)"
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Some(format!(
+                        "the spend ledger cannot be read ({e}), so {who}'s daily cloud budget cannot be checked"
+                    ))
+                }
+            }
+        }
+        None
     }
 
     async fn existing(&self, job_id: &str) -> Result<Option<JobState>, SubmitReply> {

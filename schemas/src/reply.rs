@@ -24,6 +24,9 @@ pub enum ErrorCode {
     Unroutable,
     /// NATS or JetStream failed; the job was not queued, retry later.
     Unavailable,
+    /// The job needs the cloud, and the tenant's or the fleet's daily cloud budget is
+    /// spent (it resets at 00:00 UTC). Nothing was queued.
+    BudgetExhausted,
 }
 
 /// A rejected submission. Nothing was queued.

@@ -5,6 +5,7 @@ pub mod client;
 pub mod config;
 pub mod consume;
 pub mod embedded;
+pub mod ledger;
 pub mod logging;
 pub mod messages;
 pub mod metrics;

@@ -166,6 +166,7 @@ pub async fn ensure_all(js: &jetstream::Context) -> Result<(), ProvisionError> {
     ensure_bucket(js, WORKERS_BUCKET, WORKER_TTL).await?;
     ensure_bucket(js, CONSOLIDATIONS_BUCKET, Duration::ZERO).await?;
     ensure_bucket(js, CONTROL_BUCKET, Duration::ZERO).await?;
+    ensure_bucket(js, SPEND_BUCKET, 3 * DAY).await?;
     Ok(())
 }
 

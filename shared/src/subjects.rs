@@ -34,6 +34,8 @@ pub const WORKERS_BUCKET: &str = "qe_workers";
 pub const CONSOLIDATIONS_BUCKET: &str = "qe_consolidations";
 /// Key-value bucket of operator switches the fleet watches at run time.
 pub const CONTROL_BUCKET: &str = "qe_control";
+/// Key-value bucket of the daily spend ledger (`<YYYY-MM-DD>.<tenant>`, `<day>._all`).
+pub const SPEND_BUCKET: &str = "qe_spend";
 /// The routing switch in [`CONTROL_BUCKET`]: `auto`, `force-local` or `force-cloud`.
 pub const ROUTE_MODE_KEY: &str = "route_mode";
 

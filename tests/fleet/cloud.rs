@@ -294,3 +294,130 @@ async fn providers_with_open_breakers_take_their_worker_out_of_routing() {
     assert_eq!(cloud["accepting"], false, "{cloud}");
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_daily_budget_stops_a_tenants_cloud_spending() {
+    let stub = Stub::start(vec![anthropic_ok(SUITE), anthropic_ok(SUITE)]).await;
+    let mut fleet = Fleet::start().await;
+    fleet
+        .scheduler(SchedulerArgs {
+            tenant_daily_budget_usd: Some(0.01),
+            ..SchedulerArgs::default()
+        })
+        .await;
+    let local = fleet.worker_args(PoolArg::Local);
+    fleet
+        .worker(local, Arc::new(ScriptedEngine::succeeding(Duration::ZERO)))
+        .await;
+    let config = cloud_config(fleet.dir.path(), &stub.url);
+    fleet.worker_process(&[
+        "--pool",
+        "cloud",
+        "--cloud-config",
+        config.to_str().expect("path"),
+    ]);
+
+    let for_acme = |pool: Option<Pool>| {
+        let mut spec = job(MODULE);
+        spec.module_name = "calc".into();
+        spec.tenant = "acme".into();
+        spec.pool = pool;
+        spec.strategy = Some(qefleet_schemas::Strategy::Quality);
+        spec
+    };
+    // Under budget: the job runs in the cloud and costs $0.0162 (two calls).
+    let id = fleet.submit_ok(&for_acme(Some(Pool::Cloud))).await;
+    let (result, _) = fleet.result(&id, Duration::from_secs(90)).await;
+    assert_eq!(
+        (result.status, result.pool),
+        (JobStatus::Succeeded, Pool::Cloud),
+        "{result:?}"
+    );
+
+    // The worker records the spend right after publishing the result.
+    let js = async_nats::jetstream::new(fleet.client.clone());
+    let ledger = js
+        .get_key_value(qefleet_shared::subjects::SPEND_BUCKET)
+        .await
+        .expect("ledger");
+    let key = qefleet_shared::ledger::spend_key(
+        &qefleet_shared::ledger::utc_day(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_millis() as u64,
+        ),
+        "acme",
+    );
+    eventually(Duration::from_secs(10), "the spend is recorded", || async {
+        qefleet_shared::ledger::spent(&ledger, &key)
+            .await
+            .unwrap_or(0.0)
+            > 0.016
+    })
+    .await;
+
+    // Over budget: a job that insists on the cloud is refused, the others stay local.
+    match fleet
+        .submit(
+            &for_acme(Some(Pool::Cloud)),
+            qefleet_schemas::ContentType::Json,
+        )
+        .await
+    {
+        qefleet_schemas::SubmitReply::Rejected { error, .. } => {
+            assert_eq!(error.code, qefleet_schemas::ErrorCode::BudgetExhausted);
+            assert!(
+                error
+                    .message
+                    .contains("tenant acme spent $0.0162 of its $0.01 daily cloud budget"),
+                "{}",
+                error.message
+            );
+        }
+        other => panic!("accepted over budget: {other:?}"),
+    }
+    let (pool, reasons) = routed(&fleet, &for_acme(None)).await;
+    assert_eq!(pool, Pool::Local);
+    assert!(
+        reasons.iter().any(|r| r.contains("daily cloud budget")),
+        "{reasons:?}"
+    );
+    // Another tenant's budget is its own.
+    let mut other = for_acme(None);
+    other.tenant = "globex".into();
+    assert_eq!(routed(&fleet, &other).await.0, Pool::Cloud);
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_spend_additions_are_never_lost() {
+    let fleet = Fleet::start().await;
+    let js = async_nats::jetstream::new(fleet.client.clone());
+    qefleet_shared::provision::ensure_all(&js)
+        .await
+        .expect("provision");
+    let ledger = js
+        .get_key_value(qefleet_shared::subjects::SPEND_BUCKET)
+        .await
+        .expect("ledger");
+    let mut adders = Vec::new();
+    for _ in 0..4 {
+        let ledger = ledger.clone();
+        adders.push(tokio::spawn(async move {
+            for _ in 0..25 {
+                qefleet_shared::ledger::add(&ledger, "2026-12-02.acme", 0.25)
+                    .await
+                    .expect("added");
+            }
+        }));
+    }
+    for a in adders {
+        a.await.expect("adder");
+    }
+    let total = qefleet_shared::ledger::spent(&ledger, "2026-12-02.acme")
+        .await
+        .expect("read");
+    assert_eq!(total, 25.0, "100 additions of $0.25");
+    fleet.stop().await;
+}

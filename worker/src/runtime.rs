@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, AckKind, Message};
+use async_nats::jetstream::{self, kv, AckKind, Message};
 use async_nats::Client;
 use futures_util::StreamExt;
 use qefleet_schemas::{
@@ -56,6 +56,8 @@ struct Ctx {
     max_deliver: i64,
     ack_wait: Duration,
     job_timeout: Duration,
+    /// The daily spend ledger.
+    spend: kv::Store,
 }
 
 /// Runs a worker until `shutdown` fires, then stops pulling, waits up to the drain timeout
@@ -116,6 +118,7 @@ pub async fn run(
         max_deliver: args.max_deliver,
         ack_wait: args.ack_wait,
         job_timeout: args.job_timeout,
+        spend: bucket(&js, SPEND_BUCKET).await?,
     });
 
     // Background tasks stop on their own signal, fired after the drain, so the outbox
@@ -580,6 +583,9 @@ async fn finish(ctx: &Ctx, result: &JobResult, ct: ContentType) -> Disposition {
             };
         }
     };
+    if published == Published::New && result.cost_usd > 0.0 {
+        record_spend(ctx, result).await;
+    }
     if published == Published::New {
         let outcome = match result.status {
             JobStatus::Succeeded => "succeeded",
@@ -688,4 +694,16 @@ async fn flush_outbox_forever(ctx: Arc<Ctx>, mut shutdown: Shutdown) {
 /// The metric label of an execution provider: `cuda:1` is `cuda` (no device ids as labels).
 fn provider_label(provider: &str) -> &str {
     provider.split(':').next().unwrap_or(provider)
+}
+
+/// Adds a result's cost to today's spend of its tenant and of the fleet. A failure costs
+/// accuracy of the budget check, not the result: it is logged, not retried.
+async fn record_spend(ctx: &Ctx, result: &JobResult) {
+    let day = qefleet_shared::ledger::utc_day(now_unix_ms());
+    for tenant in [result.tenant.as_str(), qefleet_shared::ledger::ALL_TENANTS] {
+        let key = qefleet_shared::ledger::spend_key(&day, tenant);
+        if let Err(e) = qefleet_shared::ledger::add(&ctx.spend, &key, result.cost_usd).await {
+            tracing::warn!(job_id = %result.job_id, key, error = %e, "spend not recorded");
+        }
+    }
 }
