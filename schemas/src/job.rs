@@ -17,8 +17,8 @@ pub struct JobSpec {
     /// from `[A-Za-z0-9_-]`. The scheduler assigns one when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
-    /// Who the job is for; carried on the result (per-tenant budgets come with the cost
-    /// ledger).
+    /// Who the job is for; carried on the result, and the unit of the daily cloud budget
+    /// (`--tenant-daily-budget-usd`).
     #[serde(default = "default_tenant")]
     pub tenant: String,
     /// Language of `source`. Only `python` is supported.
