@@ -7,7 +7,10 @@ use futures_util::StreamExt;
 use qefleet_schemas::{now_unix_ms, Pool};
 use qefleet_shared::nats::NatsArgs;
 use qefleet_shared::provision::stream_configs;
-use qefleet_shared::subjects::{pool_consumer, pool_filter, JOBS_STREAM, WORKERS_BUCKET};
+use qefleet_shared::subjects::{
+    pool_consumer, pool_filter, CONTROL_BUCKET, JOBS_STREAM, ROUTE_MODE_KEY, SPEND_BUCKET,
+    WORKERS_BUCKET,
+};
 use serde_json::json;
 
 #[derive(Debug, clap::Args)]
@@ -79,11 +82,33 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // The routing switch and today's cloud spend (both written by the fleet as it runs).
+    let route_mode = match js.get_key_value(CONTROL_BUCKET).await {
+        Ok(kv) => kv
+            .get(ROUTE_MODE_KEY)
+            .await
+            .ok()
+            .flatten()
+            .map(|v| String::from_utf8_lossy(&v).to_string()),
+        Err(_) => None,
+    };
+    let day = qefleet_shared::ledger::utc_day(now_unix_ms());
+    let cloud_spend_today = match js.get_key_value(SPEND_BUCKET).await {
+        Ok(kv) => qefleet_shared::ledger::spent(
+            &kv,
+            &qefleet_shared::ledger::spend_key(&day, qefleet_shared::ledger::ALL_TENANTS),
+        )
+        .await
+        .ok(),
+        Err(_) => None,
+    };
     let report = json!({
         "server": {"version": server.version, "name": server.server_name},
         "streams": streams,
         "pools": pools,
         "live_workers": workers,
+        "route_mode": route_mode,
+        "cloud_spend_today_usd": cloud_spend_today,
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -117,6 +142,15 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             p["redelivered"],
             age
         );
+    }
+    println!(
+        "\nroute mode: {}",
+        route_mode
+            .as_deref()
+            .unwrap_or("not set (schedulers' --route-mode)")
+    );
+    if let Some(usd) = cloud_spend_today {
+        println!("cloud spend today ({day} UTC): ${usd:.4}");
     }
     println!("\nlive workers: {}", workers.len());
     for w in &workers {

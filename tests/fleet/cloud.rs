@@ -106,14 +106,21 @@ async fn a_cloud_worker_serves_cloud_jobs_and_local_only_jobs_never_reach_it() {
         !fleet.worker_log(1).contains("sk-ant-test-key"),
         "the key appeared in the worker's log"
     );
-    let body = http_get(metrics_port, "/metrics").await;
-    for expected in [
+    // The worker counts the result in its metrics just after publishing it.
+    let expected = [
         "qefleet_cost_usd_total{engine=\"cloud\",pool=\"cloud\"} 0.0162",
         "qefleet_tokens_total{engine=\"cloud\",kind=\"prompt\",pool=\"cloud\"} 2400",
         "qefleet_tokens_total{engine=\"cloud\",kind=\"completion\",pool=\"cloud\"} 600",
-    ] {
-        assert!(body.contains(expected), "no {expected}:\n{body}");
-    }
+    ];
+    eventually(
+        Duration::from_secs(10),
+        "cost and tokens in /metrics",
+        || async {
+            let body = http_get(metrics_port, "/metrics").await;
+            expected.iter().all(|e| body.contains(e))
+        },
+    )
+    .await;
     let mut cloud_messages_before = 0;
     while let Ok(Some(_)) =
         tokio::time::timeout(Duration::from_millis(300), cloud_subjects.next()).await
@@ -190,6 +197,12 @@ async fn the_route_switch_moves_jobs_at_run_time_but_never_private_ones() {
     assert_eq!(
         String::from_utf8_lossy(&shown.stdout).trim(),
         "route mode: force-cloud"
+    );
+    let status = fleet.cli(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("route mode: force-cloud"),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
     );
     eventually(
         Duration::from_secs(10),
@@ -383,6 +396,12 @@ async fn a_spent_daily_budget_stops_a_tenants_cloud_spending() {
         reasons.iter().any(|r| r.contains("daily cloud budget")),
         "{reasons:?}"
     );
+    let status = fleet.cli(&["status", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json status");
+    let spend = report["cloud_spend_today_usd"]
+        .as_f64()
+        .expect("spend in status");
+    assert!((spend - 0.0162).abs() < 1e-9, "{report}");
     // Another tenant's budget is its own.
     let mut other = for_acme(None);
     other.tenant = "globex".into();
