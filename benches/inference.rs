@@ -121,10 +121,7 @@ fn main() {
 }
 
 fn python() -> std::path::PathBuf {
-    qefleet_shared::embedded::venv_tool_candidates("python")
-        .into_iter()
-        .find(|p| p.is_file())
-        .expect(".venv/bin/python: run ./scripts/setup.sh")
+    qefleet_shared::embedded::venv_python().expect(".venv/bin/python: run ./scripts/setup.sh")
 }
 
 fn causal(device: Device, threads: usize) {

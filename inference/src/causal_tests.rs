@@ -19,10 +19,8 @@ fn settings() -> SessionSettings {
 /// Generates a tiny model of `family` into a fresh temp dir.
 fn tiny(family: &str, seed: u64) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let python = qefleet_shared::embedded::venv_tool_candidates("python")
-        .into_iter()
-        .find(|p| p.is_file())
-        .expect(".venv/bin/python (run ./scripts/setup.sh)");
+    let python =
+        qefleet_shared::embedded::venv_python().expect(".venv/bin/python (run ./scripts/setup.sh)");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../onnx-models/tiny_llm.py");
     let out = dir.path().join(family);
     let status = Command::new(python)

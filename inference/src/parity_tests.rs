@@ -45,10 +45,8 @@ fn embeddings_match_an_independent_numpy_forward_pass() {
     assert_eq!(model.provider(), Provider::Cpu);
     let ours = model.embed(TEXTS).expect("embed");
 
-    let python = qefleet_shared::embedded::venv_tool_candidates("python")
-        .into_iter()
-        .find(|p| p.is_file())
-        .expect(".venv/bin/python (run ./scripts/setup.sh)");
+    let python =
+        qefleet_shared::embedded::venv_python().expect(".venv/bin/python (run ./scripts/setup.sh)");
     let script = dir.join("../minilm.py");
     let mut child = Command::new(python)
         .arg(&script)

@@ -211,6 +211,13 @@ pub fn find_server_binary() -> Result<PathBuf, EmbeddedError> {
     Err(EmbeddedError::NotFound { found })
 }
 
+/// The project's `.venv/bin/python`, the nearest that exists (see [`venv_candidates`]).
+pub fn venv_python() -> Option<PathBuf> {
+    venv_tool_candidates("python")
+        .into_iter()
+        .find(|p| p.is_file())
+}
+
 /// Where the project's `.venv/bin/<tool>` may be: see [`venv_candidates`].
 pub fn venv_tool_candidates(tool: &str) -> Vec<PathBuf> {
     venv_candidates()

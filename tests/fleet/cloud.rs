@@ -33,13 +33,8 @@ fn cloud_config(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
     path
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cloud_worker_serves_cloud_jobs_and_local_only_jobs_never_reach_it() {
-    // Two rounds of the loop: the second answer repeats the first, which ends it.
-    let stub = Stub::start(vec![anthropic_ok(SUITE), anthropic_ok(SUITE)]).await;
-    let mut fleet = Fleet::start().await;
-    fleet.scheduler(SchedulerArgs::default()).await;
-    let config = cloud_config(fleet.dir.path(), &stub.url);
+/// Starts `qefleet worker --pool cloud` on `config`; returns its metrics port.
+fn cloud_worker(fleet: &mut Fleet, config: &std::path::Path) -> u16 {
     let metrics_port = qefleet_shared::embedded::free_port();
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
     fleet.worker_process(&[
@@ -50,6 +45,17 @@ async fn a_cloud_worker_serves_cloud_jobs_and_local_only_jobs_never_reach_it() {
         "--worker-metrics-addr",
         &metrics_addr,
     ]);
+    metrics_port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_worker_serves_cloud_jobs_and_local_only_jobs_never_reach_it() {
+    // Two rounds of the loop: the second answer repeats the first, which ends it.
+    let stub = Stub::start(vec![anthropic_ok(SUITE), anthropic_ok(SUITE)]).await;
+    let mut fleet = Fleet::start().await;
+    fleet.scheduler(SchedulerArgs::default()).await;
+    let config = cloud_config(fleet.dir.path(), &stub.url);
+    let metrics_port = cloud_worker(&mut fleet, &config);
     let local = fleet.worker_args(PoolArg::Local);
     fleet
         .worker(
@@ -252,16 +258,7 @@ async fn providers_with_open_breakers_take_their_worker_out_of_routing() {
         .to_string(),
     )
     .expect("write config");
-    let metrics_port = qefleet_shared::embedded::free_port();
-    let metrics_addr = format!("127.0.0.1:{metrics_port}");
-    fleet.worker_process(&[
-        "--pool",
-        "cloud",
-        "--cloud-config",
-        config.to_str().expect("path"),
-        "--worker-metrics-addr",
-        &metrics_addr,
-    ]);
+    let metrics_port = cloud_worker(&mut fleet, &config);
     let mut quality = job(CALC);
     quality.strategy = Some(qefleet_schemas::Strategy::Quality);
     eventually(

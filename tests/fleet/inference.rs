@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use qefleet_scheduler::SchedulerArgs;
-use qefleet_shared::embedded::{free_port, venv_tool_candidates};
+use qefleet_shared::embedded::{free_port, venv_python};
 
 use crate::support::*;
 
@@ -17,10 +17,7 @@ const ANSWER: &str = "```python\nimport calc\n\n\ndef test_add():\n    assert ca
 fn tiny_model(dir: &Path) -> std::path::PathBuf {
     let answer = dir.join("answer.txt");
     std::fs::write(&answer, ANSWER).expect("write answer");
-    let python = venv_tool_candidates("python")
-        .into_iter()
-        .find(|p| p.is_file())
-        .expect(".venv/bin/python (run ./scripts/setup.sh)");
+    let python = venv_python().expect(".venv/bin/python (run ./scripts/setup.sh)");
     let model = dir.join("tiny-qwen2");
     let status = std::process::Command::new(python)
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("onnx-models/tiny_llm.py"))

@@ -120,7 +120,6 @@ impl<M: ChatModel + 'static> Engine for LlmEngine<M> {
                 target: job.target_function.as_deref(),
                 last: None,
                 usage: None,
-                unreported: Proposal::default(),
             };
             let mut output = Refiner {
                 sandbox: &self.sandbox,
@@ -135,10 +134,6 @@ impl<M: ChatModel + 'static> Engine for LlmEngine<M> {
             )
             .await?;
             output.inference = proposer.usage;
-            // A call whose answer was nothing new ended the loop, but was paid for.
-            output.tokens.prompt += proposer.unreported.tokens.prompt;
-            output.tokens.completion += proposer.unreported.tokens.completion;
-            output.cost_usd += proposer.unreported.cost_usd;
             Ok(output)
         })
     }
@@ -155,8 +150,6 @@ struct Proposing<'a, M> {
     last: Option<String>,
     /// Local model time and tokens, every proposal counted.
     usage: Option<InferenceUsage>,
-    /// Tokens and cost of calls that proposed nothing new (the loop sees no proposal).
-    unreported: Proposal,
 }
 
 impl<M: ChatModel> Proposer for Proposing<'_, M> {
@@ -197,19 +190,17 @@ impl<M: ChatModel> Proposer for Proposing<'_, M> {
                 completion_tokens = completion.tokens.completion,
                 "LLM proposal"
             );
+            // The same suite again is nothing new (its tokens and cost still count).
             let suite = extract_python(&completion.text);
-            if self.last.as_deref() == Some(suite.as_str()) {
-                self.unreported.tokens.prompt += completion.tokens.prompt;
-                self.unreported.tokens.completion += completion.tokens.completion;
-                self.unreported.cost_usd += completion.cost_usd;
-                return Ok(None);
+            let test_file = (self.last.as_deref() != Some(suite.as_str())).then_some(suite);
+            if let Some(new) = &test_file {
+                self.last = Some(new.clone());
             }
-            self.last = Some(suite.clone());
-            Ok(Some(Proposal {
-                test_file: suite,
+            Ok(Proposal {
+                test_file,
                 tokens: completion.tokens,
                 cost_usd: completion.cost_usd,
-            }))
+            })
         })
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use qefleet_shared::embedded::venv_tool_candidates;
+use qefleet_shared::embedded::venv_python;
 
 use crate::engine::EngineError;
 use crate::sandbox::{Ending, Finished, Sandbox};
@@ -21,10 +21,7 @@ pub fn find_python() -> PathBuf {
     if let Some(p) = std::env::var_os(PYTHON_ENV) {
         return PathBuf::from(p);
     }
-    venv_tool_candidates("python")
-        .into_iter()
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from("python3"))
+    venv_python().unwrap_or_else(|| PathBuf::from("python3"))
 }
 
 /// A temp dir with the module under test written where `import <module_name>` finds it.

@@ -45,18 +45,19 @@ pub struct RoundFeedback {
     pub dropped_tests: Vec<String>,
 }
 
-/// A suite proposed by an engine, with what proposing it cost.
+/// A suite proposed by an engine, with what proposing it cost. No suite: the engine has
+/// nothing new and the loop ends, but what it spent finding that out still counts.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Proposal {
-    pub test_file: String,
+    pub test_file: Option<String>,
     pub tokens: TokenUsage,
     pub cost_usd: f64,
 }
 
 pub type ProposalFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<Option<Proposal>, EngineError>> + Send + 'a>>;
+    Pin<Box<dyn Future<Output = Result<Proposal, EngineError>> + Send + 'a>>;
 
-/// An engine's side of the loop. `None`: nothing new to propose, the loop ends.
+/// An engine's side of the loop.
 pub trait Proposer: Send {
     fn propose<'a>(
         &'a mut self,
@@ -151,14 +152,15 @@ impl Refiner<'_> {
                 break;
             }
             feedback.round = round;
-            let Some(proposal) = proposer.propose(&feedback, deadline).await? else {
-                break;
-            };
-            rounds = round;
+            let proposal = proposer.propose(&feedback, deadline).await?;
             tokens.prompt += proposal.tokens.prompt;
             tokens.completion += proposal.tokens.completion;
             cost_usd += proposal.cost_usd;
-            let measured = self.measure(proposal.test_file, deadline).await?;
+            let Some(test_file) = proposal.test_file else {
+                break;
+            };
+            rounds = round;
+            let measured = self.measure(test_file, deadline).await?;
             let gain = measured.quality - feedback.best_quality;
             tracing::debug!(
                 round,
@@ -558,14 +560,14 @@ mod tests {
                 .suites
                 .get(feedback.round as usize - 1)
                 .map(|s| Proposal {
-                    test_file: s.to_string(),
+                    test_file: Some(s.to_string()),
                     tokens: TokenUsage {
                         prompt: 100,
                         completion: 10,
                     },
                     cost_usd: 0.5,
                 });
-            Box::pin(async move { Ok(next) })
+            Box::pin(async move { Ok(next.unwrap_or_default()) })
         }
     }
 

@@ -221,7 +221,7 @@ impl Proposer for Proposing<'_> {
             let before = self.cases.len();
             keep_new_cases(&mut self.cases, &calls, outcomes, settings.cases_per_target);
             if feedback.round > 1 && self.cases.len() == before && dropped.is_empty() {
-                return Ok(None);
+                return Ok(Proposal::default());
             }
             let rendered = render(
                 self.module_name,
@@ -231,10 +231,10 @@ impl Proposer for Proposing<'_> {
                 self.seeded,
             );
             self.tests = rendered.tests;
-            Ok(Some(Proposal {
-                test_file: rendered.text,
+            Ok(Proposal {
+                test_file: Some(rendered.text),
                 ..Proposal::default()
-            }))
+            })
         })
     }
 }
