@@ -67,12 +67,19 @@ pub struct ProviderEntry {
     pub timeout_s: Option<f64>,
     #[serde(default)]
     pub attempts: Option<u32>,
+    /// The model's tokenizer (a Hugging Face `tokenizer.json`), to count the tokens of
+    /// what a job would have sent when estimating savings; 4 bytes a token without it.
+    #[serde(default)]
+    pub tokenizer: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PriceEntry {
     pub input_per_mtok: f64,
+    /// Prompt-cache reads; the input price when absent.
+    #[serde(default)]
+    pub cached_input_per_mtok: Option<f64>,
     pub output_per_mtok: f64,
     pub effective: String,
 }
@@ -128,6 +135,7 @@ impl CloudConfig {
                 if let Some(p) = &entry.price {
                     config.price = Price {
                         input_per_mtok: p.input_per_mtok,
+                        cached_input_per_mtok: p.cached_input_per_mtok,
                         output_per_mtok: p.output_per_mtok,
                         effective: p.effective.clone(),
                     };

@@ -27,7 +27,10 @@ pub struct ChatRequest {
 /// Tokens as the provider counted them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// Prompt tokens billed at the input price (cache writes included).
     pub input: u64,
+    /// Prompt tokens read from the provider's prompt cache, billed at the cached price.
+    pub cached: u64,
     pub output: u64,
 }
 

@@ -22,6 +22,7 @@ fn config(name: &str, protocol: Protocol, url: &str) -> ProviderConfig {
     };
     c.price = Price {
         input_per_mtok: 3.0,
+        cached_input_per_mtok: Some(0.3),
         output_per_mtok: 15.0,
         effective: "2026-11-01".into(),
     };
@@ -51,6 +52,7 @@ async fn anthropic_messages_with_usage_and_cost() {
         r.usage,
         Usage {
             input: 1200,
+            cached: 0,
             output: 300
         }
     );
@@ -69,6 +71,42 @@ async fn anthropic_messages_with_usage_and_cost() {
 }
 
 #[tokio::test]
+async fn prompt_cache_reads_are_billed_at_the_cached_price() {
+    let anthropic = Reply::Status(
+        200,
+        vec![],
+        serde_json::json!({"content": [{"type": "text", "text": "x"}],
+            "usage": {"input_tokens": 100, "cache_creation_input_tokens": 50,
+                      "cache_read_input_tokens": 1000, "output_tokens": 10}})
+        .to_string(),
+    );
+    let openai = Reply::Status(
+        200,
+        vec![],
+        serde_json::json!({"choices": [{"message": {"content": "x"}}],
+            "usage": {"prompt_tokens": 1150, "completion_tokens": 10,
+                      "prompt_tokens_details": {"cached_tokens": 1000}}})
+        .to_string(),
+    );
+    let stub = Stub::start(vec![anthropic, openai]).await;
+    for protocol in [Protocol::Anthropic, Protocol::OpenAi] {
+        let p = Provider::new(config("p", protocol, &stub.url)).expect("provider");
+        let r = p.chat(&request(), soon()).await.expect("answer");
+        assert_eq!(
+            r.usage,
+            Usage {
+                input: 150,
+                cached: 1000,
+                output: 10
+            },
+            "{protocol:?}"
+        );
+        let want = (150.0 * 3.0 + 1000.0 * 0.3 + 10.0 * 15.0) / 1e6;
+        assert!((r.cost_usd - want).abs() < 1e-12, "{}", r.cost_usd);
+    }
+}
+
+#[tokio::test]
 async fn openai_compatible_chat_completions() {
     let stub = Stub::start(vec![openai_ok("hello")]).await;
     let p = Provider::new(config("vllm", Protocol::OpenAi, &stub.url)).expect("provider");
@@ -79,6 +117,7 @@ async fn openai_compatible_chat_completions() {
             "hello",
             Usage {
                 input: 1000,
+                cached: 0,
                 output: 200
             }
         )

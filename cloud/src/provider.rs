@@ -81,6 +81,8 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Price {
     pub input_per_mtok: f64,
+    /// Cached prompt tokens (prompt-cache reads); the input price when not set.
+    pub cached_input_per_mtok: Option<f64>,
     pub output_per_mtok: f64,
     /// The table entry's effective date (YYYY-MM-DD), reported with costs.
     pub effective: String,
@@ -88,7 +90,10 @@ pub struct Price {
 
 impl Price {
     pub fn cost(&self, usage: &Usage) -> f64 {
-        (usage.input as f64 * self.input_per_mtok + usage.output as f64 * self.output_per_mtok)
+        let cached = self.cached_input_per_mtok.unwrap_or(self.input_per_mtok);
+        (usage.input as f64 * self.input_per_mtok
+            + usage.cached as f64 * cached
+            + usage.output as f64 * self.output_per_mtok)
             / 1e6
     }
 }
@@ -405,9 +410,13 @@ fn classify(
                 .filter(|b| b["type"] == "text")
                 .filter_map(|b| b["text"].as_str())
                 .collect();
+            // input_tokens excludes cache reads and writes; writes bill as input here.
+            let u = &v["usage"];
+            let count = |k: &str| u[k].as_u64().unwrap_or(0);
             let usage = Usage {
-                input: v["usage"]["input_tokens"].as_u64().unwrap_or(0),
-                output: v["usage"]["output_tokens"].as_u64().unwrap_or(0),
+                input: count("input_tokens") + count("cache_creation_input_tokens"),
+                cached: count("cache_read_input_tokens"),
+                output: count("output_tokens"),
             };
             (text, usage)
         }
@@ -415,9 +424,17 @@ fn classify(
             let Some(text) = v["choices"][0]["message"]["content"].as_str() else {
                 return malformed("no choices[0].message.content");
             };
+            // prompt_tokens includes the cached ones (prompt_tokens_details.cached_tokens).
+            let u = &v["usage"];
+            let prompt = u["prompt_tokens"].as_u64().unwrap_or(0);
+            let cached = u["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap_or(0)
+                .min(prompt);
             let usage = Usage {
-                input: v["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
-                output: v["usage"]["completion_tokens"].as_u64().unwrap_or(0),
+                input: prompt - cached,
+                cached,
+                output: u["completion_tokens"].as_u64().unwrap_or(0),
             };
             (text.to_string(), usage)
         }
