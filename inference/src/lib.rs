@@ -6,10 +6,12 @@ pub mod args;
 pub mod causal;
 pub mod embed;
 pub mod runtime;
+pub mod tokens;
 
 pub use args::InferenceArgs;
 pub use embed::{Embedder, EmbedderSettings, EmbeddingModel};
 pub use runtime::{Device, Provider, SessionSettings};
+pub use tokens::TokenCounter;
 
 /// What can go wrong with local inference. Every message says what to do about it.
 #[derive(Debug, Clone, thiserror::Error)]

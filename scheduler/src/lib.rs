@@ -4,6 +4,7 @@
 pub mod complexity;
 pub mod consolidation;
 pub mod control;
+pub mod escalate;
 pub mod liveness;
 pub mod router;
 pub mod service;

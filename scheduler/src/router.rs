@@ -77,6 +77,9 @@ pub struct RouteInput<'a> {
 pub trait Router: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &'static str;
     fn route(&self, input: RouteInput<'_>) -> Result<RouteDecision, ErrorReply>;
+    /// Whether a job whose local result missed the quality gate may go on to the cloud
+    /// pool: the decision when it may, the reason it stays local when not.
+    fn escalate(&self, input: RouteInput<'_>) -> Result<RouteDecision, String>;
 }
 
 /// Privacy first, then the switches, the strategy, liveness and spill-over: a pool nobody
@@ -240,6 +243,59 @@ impl Router for HybridRouter {
             strategy,
             reasons,
         })
+    }
+
+    fn escalate(&self, input: RouteInput<'_>) -> Result<RouteDecision, String> {
+        if let Some(why) = self.escalation_refused(&input) {
+            return Err(why);
+        }
+        let mut reasons = vec!["escalated: the local result missed the quality gate".into()];
+        if input.lag.of(Pool::Cloud) >= self.spill_lag {
+            reasons.push(format!(
+                "cloud queue lag {} >= {}: the escalation waits its turn",
+                input.lag.of(Pool::Cloud),
+                self.spill_lag
+            ));
+        }
+        Ok(RouteDecision {
+            pool: Pool::Cloud,
+            subject: job_subject(Pool::Cloud, input.complexity.class),
+            router: self.name().to_string(),
+            strategy: input.job.strategy.unwrap_or(self.default_strategy),
+            reasons,
+        })
+    }
+}
+
+impl HybridRouter {
+    fn escalation_refused(&self, input: &RouteInput<'_>) -> Option<String> {
+        let job = input.job;
+        let strategy = job.strategy.unwrap_or(self.default_strategy);
+        if job.local_only {
+            return Some("local_only: the privacy flag keeps the job on local workers".into());
+        }
+        if job.pool == Some(Pool::Local) {
+            return Some("the job insists on the local pool".into());
+        }
+        if strategy == Strategy::PrivacyFirst {
+            return Some("strategy privacy-first: local workers only".into());
+        }
+        if input.mode == RouteMode::ForceLocal {
+            return Some("force-local switch: every job runs locally".into());
+        }
+        if let Some(why) = input.budget_exhausted {
+            return Some(why.to_string());
+        }
+        if job.budget.max_usd == Some(0.0) {
+            return Some("budget.max_usd is 0: cloud engines cost money".into());
+        }
+        if input.live.count(Pool::Cloud) == 0 {
+            return Some(
+                "no live cloud worker (none configured, or every provider's circuit breaker is open)"
+                    .into(),
+            );
+        }
+        None
     }
 }
 
@@ -554,6 +610,56 @@ mod tests {
             err.message.contains("spent $1.00 of its $1.00"),
             "{}",
             err.message
+        );
+    }
+
+    #[test]
+    fn escalation_goes_to_a_live_cloud_unless_privacy_switches_or_money_say_no() {
+        let router = HybridRouter::default();
+        let complexity = analyze(&job().source).expect("source").report;
+        let lag = PoolLag::default();
+        let escalate = |j: &JobSpec, pools: &LivePools, mode, exhausted: Option<&str>| {
+            router.escalate(RouteInput {
+                job: j,
+                complexity: &complexity,
+                live: pools,
+                lag: &lag,
+                mode,
+                budget_exhausted: exhausted,
+            })
+        };
+        let d = escalate(&job(), &live(1, 1), RouteMode::Auto, None).expect("escalated");
+        assert_eq!(d.pool, Pool::Cloud);
+        assert!(d.subject.starts_with("qe.jobs.cloud."), "{}", d.subject);
+        let refused = |j: &JobSpec, pools: &LivePools, mode, exhausted| {
+            escalate(j, pools, mode, exhausted).expect_err("stays local")
+        };
+        let mut private = job();
+        private.local_only = true;
+        // Privacy holds even when the operators force everything to the cloud.
+        let why = refused(&private, &live(1, 1), RouteMode::ForceCloud, None);
+        assert!(why.contains("local_only"), "{why}");
+        let mut privacy_first = job();
+        privacy_first.strategy = Some(Strategy::PrivacyFirst);
+        assert!(
+            refused(&privacy_first, &live(1, 1), RouteMode::Auto, None).contains("privacy-first")
+        );
+        let mut insists = job();
+        insists.pool = Some(Pool::Local);
+        assert!(refused(&insists, &live(1, 1), RouteMode::Auto, None).contains("insists"));
+        assert!(refused(&job(), &live(1, 1), RouteMode::ForceLocal, None).contains("force-local"));
+        assert!(refused(
+            &job(),
+            &live(1, 1),
+            RouteMode::Auto,
+            Some("tenant t spent $2")
+        )
+        .contains("spent $2"));
+        let mut free = job();
+        free.budget.max_usd = Some(0.0);
+        assert!(refused(&free, &live(1, 1), RouteMode::Auto, None).contains("max_usd is 0"));
+        assert!(
+            refused(&job(), &live(1, 0), RouteMode::Auto, None).contains("no live cloud worker")
         );
     }
 }

@@ -104,7 +104,7 @@ impl From<StrategyArg> for Strategy {
 pub enum SchedulerError {
     #[error(transparent)]
     Provision(#[from] provision::ProvisionError),
-    #[error("cannot subscribe to {SUBMIT_SUBJECT}: {0}")]
+    #[error("cannot subscribe to {SUBMIT_SUBJECT} or {ESCALATE_SUBJECT}: {0}")]
     Subscribe(String),
     #[error("cannot serve metrics: {0}")]
     Metrics(std::io::Error),
@@ -171,6 +171,18 @@ pub async fn run(
     tasks.spawn(serve_requests(
         client.clone(),
         requests,
+        Served::Submit,
+        submitter.clone(),
+        shutdown.clone(),
+    ));
+    let escalations = client
+        .queue_subscribe(ESCALATE_SUBJECT, SCHEDULER_QUEUE_GROUP.to_string())
+        .await
+        .map_err(|e| SchedulerError::Subscribe(e.to_string()))?;
+    tasks.spawn(serve_requests(
+        client.clone(),
+        escalations,
+        Served::Escalate,
         submitter.clone(),
         shutdown.clone(),
     ));
@@ -196,9 +208,17 @@ pub async fn run(
     Ok(())
 }
 
+/// What a request subscription serves.
+#[derive(Debug, Clone, Copy)]
+enum Served {
+    Submit,
+    Escalate,
+}
+
 async fn serve_requests(
     client: Client,
     mut requests: async_nats::Subscriber,
+    served: Served,
     submitter: Submitter,
     mut shutdown: Shutdown,
 ) {
@@ -210,17 +230,25 @@ async fn serve_requests(
         };
         let Some(request) = request else { break };
         let Some(reply_to) = request.reply.clone() else {
-            tracing::warn!("submission without reply subject on {SUBMIT_SUBJECT}: use a request, or publish to {SUBMIT_QUEUE_SUBJECT} for fire-and-forget");
+            tracing::warn!(subject = %request.subject, "request without reply subject: use a request, or publish to {SUBMIT_QUEUE_SUBJECT} for fire-and-forget");
             continue;
         };
         let submitter = submitter.clone();
         let client = client.clone();
         in_flight.spawn(async move {
-            let (reply, ct) = submitter
-                .submit_raw(request.headers.as_ref(), &request.payload)
-                .await;
+            let headers = request.headers.as_ref();
+            let (bytes, ct) = match served {
+                Served::Submit => {
+                    let (reply, ct) = submitter.submit_raw(headers, &request.payload).await;
+                    (codec::encode(&reply, ct), ct)
+                }
+                Served::Escalate => {
+                    let (reply, ct) = submitter.escalate_raw(headers, &request.payload).await;
+                    (codec::encode(&reply, ct), ct)
+                }
+            };
             let _ = client
-                .publish_with_headers(reply_to, headers_for(ct), codec::encode(&reply, ct).into())
+                .publish_with_headers(reply_to, headers_for(ct), bytes.into())
                 .await;
         });
         while in_flight.try_join_next().is_some() {}

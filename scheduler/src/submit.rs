@@ -135,6 +135,7 @@ impl Submitter {
             complexity: analysis.report.clone(),
             route: route.clone(),
             submitted_at_ms: now,
+            escalation: None,
         };
         let mut headers = messages::headers_for(ct);
         headers.insert(HEADER_MSG_ID, job_id.as_str());
@@ -207,7 +208,7 @@ impl Submitter {
 
     /// Why the job may not spend on the cloud today, when a daily budget is configured and
     /// spent. A ledger that cannot be read counts as spent: the stop must hold.
-    async fn budget_exhausted(&self, tenant: &str, now: u64) -> Option<String> {
+    pub(crate) async fn budget_exhausted(&self, tenant: &str, now: u64) -> Option<String> {
         if self.budgets.tenant_usd.is_none() && self.budgets.fleet_usd.is_none() {
             return None;
         }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::SCHEMA_VERSION;
+use crate::{JobResult, SCHEMA_VERSION};
 
 /// A request to generate unit tests for one Python module.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -221,6 +221,24 @@ pub struct QueuedJob {
     pub complexity: ComplexityReport,
     pub route: RouteDecision,
     pub submitted_at_ms: u64,
+    /// Set when a local result fell below the quality gate and the job was sent on to
+    /// the cloud pool (at most once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<Escalation>,
+}
+
+/// Why and from what a job was escalated to the cloud pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Escalation {
+    /// For example `quality 0.42 is below the gate 0.60`.
+    pub reason: String,
+    /// The quality gate the local result missed.
+    pub gate: f64,
+    /// The local worker's result. Its suite is the cloud engine's starting point, and it
+    /// is the job's result when the cloud cannot run the job.
+    pub local_result: Box<JobResult>,
+    pub escalated_at_ms: u64,
 }
 
 impl QueuedJob {

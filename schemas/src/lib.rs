@@ -14,10 +14,11 @@ mod state;
 pub use codec::{ContentType, DecodeError};
 pub use event::{EventKind, JobEvent};
 pub use job::{
-    Budget, Complexity, ComplexityReport, JobSpec, Pool, QueuedJob, RouteDecision, Strategy,
+    Budget, Complexity, ComplexityReport, Escalation, JobSpec, Pool, QueuedJob, RouteDecision,
+    Strategy,
 };
-pub use reply::{ErrorCode, ErrorReply, SubmitReply};
-pub use result::{JobResult, JobStatus, Timings, TokenUsage};
+pub use reply::{ErrorCode, ErrorReply, EscalateReply, SubmitReply};
+pub use result::{CloudEquivalent, EscalationOutcome, JobResult, JobStatus, Timings, TokenUsage};
 pub use state::{ConsolidationJob, JobPhase, JobState};
 
 /// The wire schema version this build writes and accepts.
@@ -42,6 +43,7 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("job_result.json", doc::<JobResult>()),
         ("job_event.json", doc::<JobEvent>()),
         ("submit_reply.json", doc::<SubmitReply>()),
+        ("escalate_reply.json", doc::<EscalateReply>()),
         ("job_state.json", doc::<JobState>()),
         ("consolidation_job.json", doc::<ConsolidationJob>()),
     ]

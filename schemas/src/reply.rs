@@ -58,3 +58,18 @@ pub enum SubmitReply {
         error: ErrorReply,
     },
 }
+
+/// The scheduler's answer to a worker asking, on `qe.escalate`, to send a local result
+/// below the quality gate on to the cloud pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "outcome", rename_all = "snake_case", deny_unknown_fields)]
+pub enum EscalateReply {
+    /// The job is queued on the cloud pool (or already was); the local worker publishes
+    /// no result.
+    Escalated {
+        schema_version: u32,
+        route: RouteDecision,
+    },
+    /// The job stays local: the local worker publishes its result.
+    Declined { schema_version: u32, reason: String },
+}

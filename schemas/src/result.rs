@@ -39,6 +39,38 @@ pub struct Timings {
     pub total_ms: u64,
 }
 
+/// The cost of a job on the reference cloud model: the prompts and completions its cloud
+/// engine would exchange for the same rounds, priced from the table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloudEquivalent {
+    /// Provider and model, e.g. `anthropic/claude-sonnet-4-5`.
+    pub model: String,
+    /// Effective date of the price used.
+    pub price_effective: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub usd: f64,
+    /// How the tokens were counted: `tokenizer` (the model's own) or `estimate`
+    /// (4 bytes a token).
+    pub counted_by: String,
+}
+
+/// What happened when a job was escalated from the local pool to the cloud.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationOutcome {
+    /// Why the local result was escalated.
+    pub reason: String,
+    pub local_engine: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_quality_score: Option<f64>,
+    pub local_run_ms: u64,
+    /// Set when the cloud could not run the job and this is the local result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_error: Option<String>,
+}
+
 /// Everything the fleet knows about a finished job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -77,7 +109,22 @@ pub struct JobResult {
     pub pool: Pool,
     pub complexity: Complexity,
     pub tokens: TokenUsage,
+    /// What the cloud providers charged for this job, from the tokens they reported and
+    /// the configured price table (0 for local engines).
     pub cost_usd: f64,
+    /// Local compute: the seconds workers ran the job times their configured $/hour
+    /// (`--compute-usd-per-hour`, 0 when not configured).
+    #[serde(default)]
+    pub compute_usd: f64,
+    /// What the same job would have cost on the configured cloud model, when a reference
+    /// price is configured; `savings_usd` is this minus `cost_usd + compute_usd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_equivalent: Option<CloudEquivalent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savings_usd: Option<f64>,
+    /// Set when a local result below the quality gate was escalated to the cloud pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<EscalationOutcome>,
     pub timings: Timings,
     /// Delivery attempt that produced this result (1 = first).
     pub attempt: u32,

@@ -50,6 +50,12 @@ pub struct Metrics {
     pub cost_usd: CounterVec,
     /// Tokens of results, by pool, engine and kind (prompt, completion).
     pub tokens: IntCounterVec,
+    /// Local compute dollars of published results (run seconds × $/hour), by pool.
+    pub compute_usd: CounterVec,
+    /// What published results would have cost on the reference cloud model, by pool.
+    pub cloud_equivalent_usd: CounterVec,
+    /// Escalations of local results below the quality gate, by outcome.
+    pub escalations: IntCounterVec,
     /// Circuit-breaker state per cloud provider: 0 closed, 1 half-open, 2 open.
     pub circuit_breaker_state: IntGaugeVec,
     /// 1 for each local model operation this process runs, by execution provider.
@@ -163,6 +169,25 @@ impl Metrics {
             "LLM tokens of published results, by pool, engine and kind (prompt, completion)",
             &[POOL, ENGINE, KIND],
         );
+        let dollars = |name: &str, help: &str| {
+            let c = CounterVec::new(Opts::new(name, help), &[POOL])
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            let _ = registry.register(Box::new(c.clone()));
+            c
+        };
+        let compute_usd = dollars(
+            "qefleet_compute_usd_total",
+            "Local compute dollars of published results: run seconds × the worker's configured $/hour",
+        );
+        let cloud_equivalent_usd = dollars(
+            "qefleet_cloud_equivalent_usd_total",
+            "What published results would have cost on the reference cloud model (its prompts and completions for the same rounds × its price); savings = this - cost - compute",
+        );
+        let escalations = counter(
+            "qefleet_escalations_total",
+            "Escalations of local results below the quality gate, by outcome (local worker: escalated, declined, unanswered; cloud worker: improved, not_improved, fell_back)",
+            &[OUTCOME],
+        );
         let circuit_breaker_state = IntGaugeVec::new(
             Opts::new(
                 "qefleet_circuit_breaker_state",
@@ -214,6 +239,9 @@ impl Metrics {
             circuit_breaker_state,
             cost_usd,
             tokens,
+            compute_usd,
+            cloud_equivalent_usd,
+            escalations,
             consolidations_triggered,
             outbox_pending,
             jobs_in_flight,

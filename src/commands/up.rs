@@ -39,9 +39,17 @@ pub struct UpArgs {
     /// Engine of the local worker.
     #[arg(long, env = "QEFLEET_ENGINE", value_enum, default_value = "generator")]
     pub engine: EngineArg,
-    /// Also run a cloud worker with these providers (JSON, docs/CLOUD.md).
+    /// Also run a cloud worker with these providers (JSON, docs/CLOUD.md); its first
+    /// priced provider is the reference for savings.
     #[arg(long, env = "QEFLEET_CLOUD_CONFIG")]
     pub cloud_config: Option<PathBuf>,
+    /// Local results below this quality score are escalated once to the cloud pool
+    /// (when one is live and the job may leave); 0 turns escalation off.
+    #[arg(long, env = "QEFLEET_QUALITY_GATE", default_value_t = 0.4)]
+    pub quality_gate: f64,
+    /// What an hour of this machine costs, US dollars, for results' `compute_usd`.
+    #[arg(long, env = "QEFLEET_COMPUTE_USD_PER_HOUR", default_value_t = 0.0)]
+    pub compute_usd_per_hour: f64,
     #[command(flatten)]
     pub inference: InferenceArgs,
 }
@@ -105,6 +113,8 @@ async fn start(args: &UpArgs, shutdown: Shutdown) -> anyhow::Result<Fleet> {
                 .join(format!("{pool:?}").to_lowercase()),
         );
         worker.cloud_config = args.cloud_config.clone();
+        worker.quality_gate = args.quality_gate;
+        worker.compute_usd_per_hour = args.compute_usd_per_hour;
         if pool == PoolArg::Local {
             worker.concurrency = args.concurrency;
             worker.inference = args.inference.clone();

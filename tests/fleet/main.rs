@@ -5,6 +5,7 @@ mod cloud;
 mod connection;
 mod consolidation;
 mod durability;
+mod escalation;
 mod failures;
 mod inference;
 mod operators;

@@ -11,6 +11,7 @@ mod registry;
 mod results;
 pub mod runtime;
 pub mod sandbox;
+pub mod savings;
 
 pub use args::{EngineArg, PoolArg, WorkerArgs};
 pub use runtime::{run, WorkerError};

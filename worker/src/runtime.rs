@@ -9,8 +9,9 @@ use async_nats::jetstream::{self, kv, AckKind, Message};
 use async_nats::Client;
 use futures_util::StreamExt;
 use qefleet_schemas::{
-    codec, now_unix_ms, ConsolidationJob, ContentType, EventKind, JobPhase, JobResult, JobState,
-    JobStatus, Pool, QueuedJob, Timings, SCHEMA_VERSION,
+    codec, now_unix_ms, ConsolidationJob, ContentType, EscalateReply, Escalation,
+    EscalationOutcome, EventKind, JobPhase, JobResult, JobState, JobStatus, Pool, QueuedJob,
+    Timings, SCHEMA_VERSION,
 };
 use qefleet_shared::messages::{self, emit_event};
 use qefleet_shared::metrics::{self, Metrics};
@@ -30,6 +31,7 @@ use crate::engine::{Engine, EngineError, EngineOutput, EngineRequest};
 use crate::outbox::{Outbox, OutboxError, PendingResult};
 use crate::registry;
 use crate::results::{self, Published};
+use crate::savings::Reference;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -39,6 +41,8 @@ pub enum WorkerError {
     Outbox(#[from] OutboxError),
     #[error("cannot serve metrics: {0}")]
     Metrics(std::io::Error),
+    #[error("savings reference: {0}")]
+    Reference(String),
 }
 
 /// What every job handler shares.
@@ -58,6 +62,11 @@ struct Ctx {
     job_timeout: Duration,
     /// The daily spend ledger.
     spend: kv::Store,
+    /// Local results below this quality are escalated (0: never).
+    quality_gate: f64,
+    compute_usd_per_hour: f64,
+    /// The cloud model savings are measured against.
+    reference: Option<Reference>,
 }
 
 /// Runs a worker until `shutdown` fires, then stops pulling, waits up to the drain timeout
@@ -82,6 +91,21 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| PathBuf::from(".qefleet/outbox").join(pool.as_str()));
     let outbox = Outbox::open(&outbox_dir)?;
+    // An explicit reference must work; one implied by --cloud-config is optional (a
+    // configuration without prices has nothing to measure savings against).
+    let reference = match (&args.savings_reference, &args.cloud_config) {
+        (Some(path), _) => {
+            Some(Reference::from_cloud_config(path).map_err(WorkerError::Reference)?)
+        }
+        (None, Some(path)) => match Reference::from_cloud_config(path) {
+            Ok(reference) => Some(reference),
+            Err(e) => {
+                tracing::info!(reason = %e, "results carry no savings");
+                None
+            }
+        },
+        (None, None) => None,
+    };
     let metrics = Metrics::new();
     if let Some(addr) = args.metrics_addr {
         let bound = metrics::serve(addr, metrics.clone(), shutdown.clone())
@@ -119,6 +143,9 @@ pub async fn run(
         ack_wait: args.ack_wait,
         job_timeout: args.job_timeout,
         spend: bucket(&js, SPEND_BUCKET).await?,
+        quality_gate: args.quality_gate,
+        compute_usd_per_hour: args.compute_usd_per_hour.max(0.0),
+        reference,
     });
 
     // Background tasks stop on their own signal, fired after the drain, so the outbox
@@ -382,13 +409,14 @@ async fn run_job(ctx: &Ctx, message: &Arc<Message>, deliveries: i64) -> Disposit
     let started = now_unix_ms();
     let labels = [ctx.pool.as_str(), queued.complexity.class.as_str()];
     let (status, output, error) = match queued.job.deadline_unix_ms {
-        Some(deadline) if deadline <= started => (
-            JobStatus::Expired,
-            EngineOutput::default(),
-            Some(format!(
-                "deadline {deadline} passed before the job could start; it was not run"
-            )),
-        ),
+        Some(deadline) if deadline <= started => {
+            let reason =
+                format!("deadline {deadline} passed before the job could start; it was not run");
+            if let Some(local) = local_fallback(ctx, &queued, &reason) {
+                return finish(ctx, &local, ct).await;
+            }
+            (JobStatus::Expired, EngineOutput::default(), Some(reason))
+        }
         _ => {
             emit_event(
                 &ctx.client,
@@ -414,9 +442,17 @@ async fn run_job(ctx: &Ctx, message: &Arc<Message>, deliveries: i64) -> Disposit
                         .jobs_failed
                         .with_label_values(&[labels[0], labels[1], "job"])
                         .inc();
+                    if let Some(local) = local_fallback(ctx, &queued, &reason) {
+                        return finish(ctx, &local, ct).await;
+                    }
                     (JobStatus::Failed, EngineOutput::default(), Some(reason))
                 }
                 Err(EngineError::Transient(reason)) => {
+                    if deliveries >= ctx.max_deliver {
+                        if let Some(local) = local_fallback(ctx, &queued, &reason) {
+                            return finish(ctx, &local, ct).await;
+                        }
+                    }
                     return transient_failure(ctx, &queued, deliveries, reason).await;
                 }
             }
@@ -433,7 +469,7 @@ async fn run_job(ctx: &Ctx, message: &Arc<Message>, deliveries: i64) -> Disposit
             .with_label_values(&[provider_label(&provider)])
             .inc_by(usage.tokens);
     }
-    let result = JobResult {
+    let mut result = JobResult {
         schema_version: SCHEMA_VERSION,
         job_id: job_id.clone(),
         tenant: queued.job.tenant.clone(),
@@ -459,6 +495,10 @@ async fn run_job(ctx: &Ctx, message: &Arc<Message>, deliveries: i64) -> Disposit
         complexity: queued.complexity.class,
         tokens: output.tokens,
         cost_usd: output.cost_usd,
+        compute_usd: 0.0,
+        cloud_equivalent: None,
+        savings_usd: None,
+        escalation: None,
         timings: Timings {
             queued_ms: started.saturating_sub(queued.submitted_at_ms),
             run_ms,
@@ -469,7 +509,160 @@ async fn run_job(ctx: &Ctx, message: &Arc<Message>, deliveries: i64) -> Disposit
         completed_at_ms: now_unix_ms(),
         metadata: queued.job.metadata.clone(),
     };
+    if let Some(escalation) = &queued.escalation {
+        let local = escalation.local_result.quality_score.unwrap_or(0.0);
+        let improved = result.quality_score.unwrap_or(0.0) > local;
+        ctx.metrics
+            .escalations
+            .with_label_values(&[if improved { "improved" } else { "not_improved" }])
+            .inc();
+        result.escalation = Some(outcome_of(escalation, None));
+    }
+    price(ctx, &queued, &mut result);
+    if escalated(ctx, &queued, &result, ct).await {
+        return Disposition::Ack;
+    }
     finish(ctx, &result, ct).await
+}
+
+fn outcome_of(escalation: &Escalation, cloud_error: Option<String>) -> EscalationOutcome {
+    let local = &escalation.local_result;
+    EscalationOutcome {
+        reason: escalation.reason.clone(),
+        local_engine: local.engine.clone(),
+        local_quality_score: local.quality_score,
+        local_run_ms: local.timings.run_ms,
+        cloud_error,
+    }
+}
+
+/// When an escalated job cannot run on the cloud (failed, or out of deliveries) and its
+/// local result had tests, that result is the job's: the escalation never loses it.
+fn local_fallback(ctx: &Ctx, queued: &QueuedJob, reason: &str) -> Option<JobResult> {
+    let escalation = queued.escalation.as_ref()?;
+    if ctx.pool != Pool::Cloud || escalation.local_result.status != JobStatus::Succeeded {
+        return None;
+    }
+    ctx.metrics
+        .escalations
+        .with_label_values(&["fell_back"])
+        .inc();
+    tracing::warn!(
+        job_id = queued.job_id(),
+        reason,
+        "the cloud could not improve the escalated job; publishing its local result"
+    );
+    let mut local = (*escalation.local_result).clone();
+    local.escalation = Some(outcome_of(escalation, Some(reason.to_string())));
+    local.timings.total_ms = now_unix_ms().saturating_sub(queued.submitted_at_ms);
+    local.completed_at_ms = now_unix_ms();
+    Some(local)
+}
+
+/// Fills in the result's compute cost, and its cloud equivalent and savings when a
+/// reference model is configured.
+fn price(ctx: &Ctx, queued: &QueuedJob, result: &mut JobResult) {
+    let earlier = queued
+        .escalation
+        .as_ref()
+        .map_or(0.0, |e| e.local_result.compute_usd);
+    result.compute_usd =
+        result.timings.run_ms as f64 / 3_600_000.0 * ctx.compute_usd_per_hour + earlier;
+    let Some(reference) = &ctx.reference else {
+        return;
+    };
+    let equivalent = if result.tokens.prompt + result.tokens.completion > 0 {
+        // The engine talked to a model: the same exchanges at the reference price.
+        Some(reference.priced(&result.tokens, "reported"))
+    } else {
+        result
+            .test_file
+            .as_deref()
+            .filter(|_| result.status == JobStatus::Succeeded)
+            .map(|suite| reference.estimate(&queued.job, suite, result.refinement_rounds))
+    };
+    if let Some(equivalent) = equivalent {
+        result.savings_usd = Some(equivalent.usd - result.cost_usd - result.compute_usd);
+        result.cloud_equivalent = Some(equivalent);
+    }
+}
+
+/// Asks the schedulers to send a local result below the quality gate on to the cloud
+/// pool. True when they did: the cloud worker publishes the job's result, so this worker
+/// publishes none. Declined or unanswered, the local result stands.
+async fn escalated(ctx: &Ctx, queued: &QueuedJob, result: &JobResult, ct: ContentType) -> bool {
+    let job = &queued.job;
+    if ctx.pool != Pool::Local
+        || ctx.quality_gate <= 0.0
+        || queued.escalation.is_some()
+        || job.local_only
+        || job.pool == Some(Pool::Local)
+    {
+        return false;
+    }
+    let reason = match result.status {
+        JobStatus::Succeeded => match result.quality_score {
+            Some(q) if q >= ctx.quality_gate => return false,
+            q => format!(
+                "local quality {:.2} is below the gate {:.2}",
+                q.unwrap_or(0.0),
+                ctx.quality_gate
+            ),
+        },
+        JobStatus::Failed => format!(
+            "the local engine produced no passing suite ({})",
+            result.error.as_deref().unwrap_or("no reason given")
+        ),
+        JobStatus::Expired => return false,
+    };
+    let mut escalation = queued.clone();
+    escalation.escalation = Some(Escalation {
+        reason,
+        gate: ctx.quality_gate,
+        local_result: Box::new(result.clone()),
+        escalated_at_ms: now_unix_ms(),
+    });
+    let request = ctx.client.request_with_headers(
+        ESCALATE_SUBJECT,
+        messages::headers_for(ct),
+        codec::encode(&escalation, ct).into(),
+    );
+    let job_id = queued.job_id();
+    let outcome = match tokio::time::timeout(Duration::from_secs(10), request).await {
+        Ok(Ok(reply)) => {
+            match messages::decode::<EscalateReply>(reply.headers.as_ref(), &reply.payload) {
+                Ok((EscalateReply::Escalated { route, .. }, _)) => {
+                    tracing::info!(job_id, subject = %route.subject, "escalated to the cloud pool");
+                    "escalated"
+                }
+                Ok((EscalateReply::Declined { reason, .. }, _)) => {
+                    tracing::debug!(
+                        job_id,
+                        reason,
+                        "escalation declined; the local result stands"
+                    );
+                    "declined"
+                }
+                Err(e) => {
+                    tracing::warn!(job_id, error = %e, "unreadable escalation reply; the local result stands");
+                    "unanswered"
+                }
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(job_id, error = %e, "no scheduler answered the escalation; the local result stands");
+            "unanswered"
+        }
+        Err(_) => {
+            tracing::warn!(
+                job_id,
+                "escalation request timed out; the local result stands"
+            );
+            "unanswered"
+        }
+    };
+    ctx.metrics.escalations.with_label_values(&[outcome]).inc();
+    outcome == "escalated"
 }
 
 /// A transient engine failure: retry later, or dead-letter on the last delivery.
@@ -607,6 +800,18 @@ async fn finish(ctx: &Ctx, result: &JobResult, ct: ContentType) -> Disposition {
                     .cost_usd
                     .with_label_values(&labels)
                     .inc_by(result.cost_usd);
+            }
+            if result.compute_usd > 0.0 {
+                ctx.metrics
+                    .compute_usd
+                    .with_label_values(&[labels[0]])
+                    .inc_by(result.compute_usd);
+            }
+            if let Some(equivalent) = &result.cloud_equivalent {
+                ctx.metrics
+                    .cloud_equivalent_usd
+                    .with_label_values(&[labels[0]])
+                    .inc_by(equivalent.usd.max(0.0));
             }
             for (kind, n) in [
                 ("prompt", result.tokens.prompt),

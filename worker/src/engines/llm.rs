@@ -112,6 +112,12 @@ impl<M: ChatModel + 'static> Engine for LlmEngine<M> {
             let deadline = Instant::now() + request.time_budget.min(refine.budget);
             let job = &request.job.job;
             let workspace = Workspace::new(&job.module_name, &job.source)?;
+            // An escalated job starts from the local worker's suite.
+            let seed = request
+                .job
+                .escalation
+                .as_ref()
+                .and_then(|e| e.local_result.test_file.as_deref());
             let mut proposer = Proposing {
                 model: self.model.as_ref(),
                 max_prompt_chars: self.settings.max_prompt_chars,
@@ -131,6 +137,7 @@ impl<M: ChatModel + 'static> Engine for LlmEngine<M> {
                 &mut proposer,
                 refine.max_rounds(request.job.complexity.class),
                 deadline,
+                seed,
             )
             .await?;
             output.inference = proposer.usage;
@@ -334,7 +341,7 @@ impl ChatModel for CloudModel {
             Ok(Completion {
                 text: response.text,
                 tokens: TokenUsage {
-                    prompt: response.usage.input,
+                    prompt: response.usage.input + response.usage.cached,
                     completion: response.usage.output,
                 },
                 cost_usd: response.cost_usd,

@@ -44,6 +44,7 @@ pub(crate) mod test_support {
                 reasons: vec![],
             },
             submitted_at_ms: 0,
+            escalation: None,
         }
     }
 }

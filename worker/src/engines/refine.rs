@@ -134,14 +134,29 @@ pub struct Refiner<'a> {
 impl Refiner<'_> {
     /// Refines until a stop condition; returns the best suite with the rounds run and the
     /// tokens and cost of every proposal. No passing test at all is the job's failure.
+    /// A `seed` (an escalated job's local suite) is measured first and is the suite to
+    /// beat: the first proposal already sees it and what it misses.
     pub async fn refine(
         &self,
         proposer: &mut dyn Proposer,
         max_rounds: u32,
         deadline: Instant,
+        seed: Option<&str>,
     ) -> Result<EngineOutput, EngineError> {
         let mut feedback = RoundFeedback::default();
         let mut best: Option<Measured> = None;
+        if let Some(seed) = seed.filter(|s| !s.trim().is_empty()) {
+            let measured = self.measure(seed.to_string(), deadline).await?;
+            tracing::debug!(quality = measured.quality, "seed suite");
+            feedback.uncovered_lines = measured.run.missing_lines.clone();
+            feedback.uncovered_branches = measured.run.missing_branches.clone();
+            feedback.survivors = measured.survivors.clone();
+            if measured.run.passes() && measured.output.tests_passed > 0 {
+                feedback.best_quality = measured.quality;
+                feedback.best_suite = Some(measured.output.test_file.clone());
+                best = Some(measured);
+            }
+        }
         let mut rounds = 0;
         let mut tokens = TokenUsage::default();
         let mut cost_usd = 0.0;
@@ -577,6 +592,14 @@ mod tests {
         suites: Vec<&'static str>,
         seconds: u64,
     ) -> (Result<EngineOutput, EngineError>, Vec<RoundFeedback>) {
+        refine_seeded(suites, seconds, None).await
+    }
+
+    async fn refine_seeded(
+        suites: Vec<&'static str>,
+        seconds: u64,
+        seed: Option<&str>,
+    ) -> (Result<EngineOutput, EngineError>, Vec<RoundFeedback>) {
         let sandbox = Sandbox::new(find_python(), Limits::default()).await;
         let workspace = Workspace::new("signs", MODULE).expect("workspace");
         let refiner = Refiner {
@@ -594,6 +617,7 @@ mod tests {
                 &mut engine,
                 5,
                 Instant::now() + Duration::from_secs(seconds),
+                seed,
             )
             .await;
         (out, engine.seen)
@@ -668,5 +692,22 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(seen.len(), 2, "asked again after the failure");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_seed_is_the_suite_to_beat_and_the_first_proposal_sees_it() {
+        let seed = "import signs\n\n\ndef test_negative():\n    assert signs.sign(-5) == -1\n\n\ndef test_zero():\n    assert signs.sign(0) == 0\n";
+        let worse = "import signs\n\n\ndef test_positive():\n    assert signs.sign(5) == 1\n";
+        let (out, seen) = refine_seeded(vec![worse, worse], 120, Some(seed)).await;
+        let out = out.expect("refines");
+        assert_eq!(
+            out.test_file, seed,
+            "a worse proposal does not replace the seed"
+        );
+        let first = &seen[0];
+        assert_eq!(first.best_suite.as_deref(), Some(seed));
+        assert!(first.best_quality > 0.0);
+        assert_eq!(first.uncovered_lines, vec![6], "what the seed misses");
+        assert_eq!(out.tokens.prompt, 200, "both proposals are counted");
     }
 }

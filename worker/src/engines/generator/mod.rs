@@ -142,6 +142,7 @@ impl Engine for LocalGenerator {
                 &mut proposer,
                 refine.max_rounds(request.job.complexity.class),
                 deadline,
+                None,
             )
             .await
         })
