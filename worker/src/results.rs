@@ -50,14 +50,22 @@ fn is_subject_full(e: &jetstream::context::PublishError) -> bool {
 
 /// Whether a result for this job id is already stored.
 pub async fn exists(js: &jetstream::Context, job_id: &str) -> Result<bool, async_nats::Error> {
+    Ok(stored(js, job_id).await?.is_some())
+}
+
+/// The stored result's payload for this job id, if there is one.
+pub async fn stored(
+    js: &jetstream::Context,
+    job_id: &str,
+) -> Result<Option<Vec<u8>>, async_nats::Error> {
     let stream = js.get_stream_no_info(RESULTS_STREAM).await?;
     match stream
         .get_last_raw_message_by_subject(&result_subject(job_id))
         .await
     {
-        Ok(_) => Ok(true),
+        Ok(message) => Ok(Some(message.payload.to_vec())),
         Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
-            Ok(false)
+            Ok(None)
         }
         Err(e) => Err(e.into()),
     }

@@ -378,11 +378,8 @@ async fn run_job(ctx: &Ctx, message: &Arc<Message>, deliveries: i64) -> Disposit
     }
     // Idempotency: a redelivered job whose result exists (or waits in our outbox) is done.
     if let Some(pending) = ctx.outbox.get(&job_id) {
-        return match results::publish(&ctx.js, &job_id, &pending).await {
-            Ok(_) => {
-                ctx.outbox.remove(&job_id);
-                Disposition::Ack
-            }
+        return match publish_pending(ctx, &job_id, &pending).await {
+            Ok(()) => Disposition::Ack,
             Err(e) => Disposition::Retry {
                 after: ctx.retry.delay_jittered(attempt),
                 reason: format!("result still unpublished: {e}"),
@@ -776,77 +773,109 @@ async fn finish(ctx: &Ctx, result: &JobResult, ct: ContentType) -> Disposition {
             };
         }
     };
-    if published == Published::New && result.cost_usd > 0.0 {
-        record_spend(ctx, result).await;
-    }
     if published == Published::New {
-        let outcome = match result.status {
-            JobStatus::Succeeded => "succeeded",
-            JobStatus::Failed => "failed",
-            JobStatus::Expired => "expired",
-        };
-        ctx.metrics
-            .jobs_completed
-            .with_label_values(&[ctx.pool.as_str(), result.complexity.as_str(), outcome])
-            .inc();
-        if result.status == JobStatus::Succeeded {
-            let labels = [ctx.pool.as_str(), result.engine.as_str()];
-            ctx.metrics
-                .refinement_rounds
-                .with_label_values(&labels)
-                .observe(f64::from(result.refinement_rounds));
-            if result.cost_usd > 0.0 {
-                ctx.metrics
-                    .cost_usd
-                    .with_label_values(&labels)
-                    .inc_by(result.cost_usd);
-            }
-            if result.compute_usd > 0.0 {
-                ctx.metrics
-                    .compute_usd
-                    .with_label_values(&[labels[0]])
-                    .inc_by(result.compute_usd);
-            }
-            if let Some(equivalent) = &result.cloud_equivalent {
-                ctx.metrics
-                    .cloud_equivalent_usd
-                    .with_label_values(&[labels[0]])
-                    .inc_by(equivalent.usd.max(0.0));
-            }
-            for (kind, n) in [
-                ("prompt", result.tokens.prompt),
-                ("completion", result.tokens.completion),
-            ] {
-                if n > 0 {
-                    ctx.metrics
-                        .tokens
-                        .with_label_values(&[labels[0], labels[1], kind])
-                        .inc_by(n);
-                }
-            }
-            if let Some(q) = result.quality_score {
-                ctx.metrics
-                    .quality_score
-                    .with_label_values(&labels)
-                    .observe(q);
-            }
-        }
-        let kind = match result.status {
-            JobStatus::Succeeded => EventKind::Completed,
-            JobStatus::Failed => EventKind::Failed,
-            JobStatus::Expired => EventKind::Expired,
-        };
-        emit_event(
-            &ctx.client,
-            job_id,
-            kind,
-            Some(ctx.pool),
-            result.error.clone(),
-        )
-        .await;
-        tracing::debug!(job_id, status = ?result.status, passed = result.tests_passed, total = result.tests_total, "result published");
+        account(ctx, result).await;
     }
     Disposition::Ack
+}
+
+/// Everything that follows a result's first publication: the spend ledger, metrics, the
+/// lifecycle event. Also for results published from the outbox after an outage.
+async fn account(ctx: &Ctx, result: &JobResult) {
+    let job_id = result.job_id.as_str();
+    if result.cost_usd > 0.0 {
+        record_spend(ctx, result).await;
+    }
+    let outcome = match result.status {
+        JobStatus::Succeeded => "succeeded",
+        JobStatus::Failed => "failed",
+        JobStatus::Expired => "expired",
+    };
+    ctx.metrics
+        .jobs_completed
+        .with_label_values(&[ctx.pool.as_str(), result.complexity.as_str(), outcome])
+        .inc();
+    if result.status == JobStatus::Succeeded {
+        let labels = [ctx.pool.as_str(), result.engine.as_str()];
+        ctx.metrics
+            .refinement_rounds
+            .with_label_values(&labels)
+            .observe(f64::from(result.refinement_rounds));
+        if result.cost_usd > 0.0 {
+            ctx.metrics
+                .cost_usd
+                .with_label_values(&labels)
+                .inc_by(result.cost_usd);
+        }
+        if result.compute_usd > 0.0 {
+            ctx.metrics
+                .compute_usd
+                .with_label_values(&[labels[0]])
+                .inc_by(result.compute_usd);
+        }
+        if let Some(equivalent) = &result.cloud_equivalent {
+            ctx.metrics
+                .cloud_equivalent_usd
+                .with_label_values(&[labels[0]])
+                .inc_by(equivalent.usd.max(0.0));
+        }
+        for (kind, n) in [
+            ("prompt", result.tokens.prompt),
+            ("completion", result.tokens.completion),
+        ] {
+            if n > 0 {
+                ctx.metrics
+                    .tokens
+                    .with_label_values(&[labels[0], labels[1], kind])
+                    .inc_by(n);
+            }
+        }
+        if let Some(q) = result.quality_score {
+            ctx.metrics
+                .quality_score
+                .with_label_values(&labels)
+                .observe(q);
+        }
+    }
+    let kind = match result.status {
+        JobStatus::Succeeded => EventKind::Completed,
+        JobStatus::Failed => EventKind::Failed,
+        JobStatus::Expired => EventKind::Expired,
+    };
+    emit_event(
+        &ctx.client,
+        job_id,
+        kind,
+        Some(ctx.pool),
+        result.error.clone(),
+    )
+    .await;
+    tracing::debug!(job_id, status = ?result.status, passed = result.tests_passed, total = result.tests_total, "result published");
+}
+
+/// Publishes a result kept in the outbox; accounts for it when it is stored now.
+async fn publish_pending(
+    ctx: &Ctx,
+    job_id: &str,
+    pending: &PendingResult,
+) -> Result<(), async_nats::Error> {
+    let published = results::publish(&ctx.js, job_id, pending).await?;
+    ctx.outbox.remove(job_id);
+    // Already there is usually this very result: published while the connection was
+    // down, its acknowledgement lost, and stored when the client reconnected.
+    let ours = published == Published::New
+        || results::stored(&ctx.js, job_id)
+            .await
+            .is_ok_and(|stored| stored.as_deref() == Some(&pending.payload[..]));
+    if ours {
+        match codec::decode::<JobResult>(&pending.payload, pending.content_type) {
+            Ok(result) => account(ctx, &result).await,
+            Err(e) => {
+                tracing::warn!(job_id, error = %e, "outbox result published but not accounted")
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Records the job's phase in the job-state bucket. Observability, not coordination:
@@ -872,9 +901,8 @@ async fn set_phase(ctx: &Ctx, queued: &QueuedJob, phase: JobPhase) {
 
 async fn flush_outbox(ctx: &Ctx) {
     for (job_id, pending) in ctx.outbox.pending() {
-        match results::publish(&ctx.js, &job_id, &pending).await {
-            Ok(_) => {
-                ctx.outbox.remove(&job_id);
+        match publish_pending(ctx, &job_id, &pending).await {
+            Ok(()) => {
                 tracing::info!(job_id, "outbox result published");
             }
             Err(e) => {
