@@ -10,7 +10,6 @@ use qefleet_schemas::{
     SCHEMA_VERSION,
 };
 use qefleet_shared::messages::{self, emit_event};
-use qefleet_shared::subjects::HEADER_MSG_ID;
 
 use crate::router::RouteInput;
 use crate::submit::Submitter;
@@ -69,22 +68,10 @@ impl Submitter {
         }
         let route = qefleet_schemas::RouteDecision { reasons, ..route };
         queued.route = route.clone();
-        let mut headers = messages::headers_for(ct);
-        let msg_id = format!("{job_id}.escalated");
-        headers.insert(HEADER_MSG_ID, msg_id.as_str());
-        let stored = match self
-            .js
-            .publish_with_headers(
-                route.subject.clone(),
-                headers,
-                codec::encode(&queued, ct).into(),
-            )
+        match self
+            .queue(&queued, &format!("{job_id}.escalated"), ct)
             .await
         {
-            Ok(ack) => ack.await,
-            Err(e) => Err(e),
-        };
-        match stored {
             Ok(ack) if ack.duplicate => {
                 return EscalateReply::Escalated {
                     schema_version: SCHEMA_VERSION,

@@ -151,6 +151,7 @@ pub async fn run(
             fleet_usd: args.daily_budget_usd,
         },
         spend: bucket(&js, SPEND_BUCKET).await?,
+        spend_cache: Arc::default(),
     };
     let mut tasks = JoinSet::new();
     tasks.spawn(sample_lag(

@@ -33,7 +33,13 @@ pub struct Submitter {
     pub(crate) control: Arc<RouteControl>,
     pub(crate) budgets: DailyBudgets,
     pub(crate) spend: kv::Store,
+    /// Recent ledger reads, by key: (when, dollars).
+    pub(crate) spend_cache:
+        Arc<std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, f64)>>>,
 }
+
+/// How long a ledger read stands for the budget check.
+const SPEND_CACHE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Daily cloud budgets in US dollars; none set means no limit.
 #[derive(Debug, Clone, Copy, Default)]
@@ -137,20 +143,7 @@ impl Submitter {
             submitted_at_ms: now,
             escalation: None,
         };
-        let mut headers = messages::headers_for(ct);
-        headers.insert(HEADER_MSG_ID, job_id.as_str());
-        let published = match self
-            .js
-            .publish_with_headers(
-                route.subject.clone(),
-                headers,
-                codec::encode(&queued, ct).into(),
-            )
-            .await
-        {
-            Ok(ack) => ack.await,
-            Err(e) => Err(e),
-        };
+        let published = self.queue(&queued, &job_id, ct).await;
         let ack = match published {
             Ok(ack) => ack,
             Err(e) => {
@@ -206,6 +199,26 @@ impl Submitter {
         }
     }
 
+    /// Publishes a queued job to its route's subject with `Nats-Msg-Id` = `msg_id` and
+    /// waits until JetStream has stored it (or recognised the id as a duplicate).
+    pub(crate) async fn queue(
+        &self,
+        queued: &QueuedJob,
+        msg_id: &str,
+        ct: ContentType,
+    ) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+        let mut headers = messages::headers_for(ct);
+        headers.insert(HEADER_MSG_ID, msg_id);
+        self.js
+            .publish_with_headers(
+                queued.route.subject.clone(),
+                headers,
+                codec::encode(queued, ct).into(),
+            )
+            .await?
+            .await
+    }
+
     /// Why the job may not spend on the cloud today, when a daily budget is configured and
     /// spent. A ledger that cannot be read counts as spent: the stop must hold.
     pub(crate) async fn budget_exhausted(&self, tenant: &str, now: u64) -> Option<String> {
@@ -214,26 +227,69 @@ impl Submitter {
         }
         let day = utc_day(now);
         let checks = [
-            (self.budgets.tenant_usd, tenant, format!("tenant {tenant}")),
-            (self.budgets.fleet_usd, ALL_TENANTS, "the fleet".to_string()),
+            (
+                self.budgets.fleet_usd,
+                ALL_TENANTS,
+                "the fleet".to_string(),
+                "fleet",
+            ),
+            (
+                self.budgets.tenant_usd,
+                tenant,
+                format!("tenant {tenant}"),
+                "tenant",
+            ),
         ];
-        for (limit, key_tenant, who) in checks {
+        for (limit, key_tenant, who, scope) in checks {
             let Some(limit) = limit else { continue };
-            match spent(&self.spend, &spend_key(&day, key_tenant)).await {
-                Ok(s) if s >= limit => {
-                    return Some(format!(
-                        "{who} spent ${s:.4} of its ${limit:.2} daily cloud budget (resets at 00:00 UTC)"
-                    ))
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    return Some(format!(
-                        "the spend ledger cannot be read ({e}), so {who}'s daily cloud budget cannot be checked"
-                    ))
+            let spent = self.spent_recently(&spend_key(&day, key_tenant)).await;
+            if scope == "fleet" {
+                if let Ok(s) = spent {
+                    self.metrics
+                        .fleet_budget_remaining_usd
+                        .set((limit - s).max(0.0));
                 }
             }
+            let why = match spent {
+                Ok(s) if s >= limit => format!(
+                    "{who} spent ${s:.4} of its ${limit:.2} daily cloud budget (resets at 00:00 UTC)"
+                ),
+                Ok(_) => continue,
+                Err(e) => format!(
+                    "the spend ledger cannot be read ({e}), so {who}'s daily cloud budget cannot be checked"
+                ),
+            };
+            self.metrics
+                .budget_exhausted
+                .with_label_values(&[scope])
+                .inc();
+            return Some(why);
         }
         None
+    }
+
+    /// A ledger entry, read at most once per [`SPEND_CACHE`] per scheduler: submissions
+    /// in a burst share one read (a day can overshoot by what a second admits).
+    async fn spent_recently(&self, key: &str) -> Result<f64, String> {
+        let now = std::time::Instant::now();
+        if let Some((at, value)) = self
+            .spend_cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(key).copied())
+        {
+            if now.duration_since(at) < SPEND_CACHE {
+                return Ok(value);
+            }
+        }
+        let value = spent(&self.spend, key).await.map_err(|e| e.to_string())?;
+        if let Ok(mut cache) = self.spend_cache.lock() {
+            if cache.len() > 10_000 {
+                cache.clear();
+            }
+            cache.insert(key.to_string(), (now, value));
+        }
+        Ok(value)
     }
 
     async fn existing(&self, job_id: &str) -> Result<Option<JobState>, SubmitReply> {

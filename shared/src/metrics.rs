@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use prometheus::{
-    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    CounterVec, Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,6 +17,7 @@ pub mod labels {
     pub const POOL: &str = "pool";
     pub const COMPLEXITY: &str = "complexity";
     pub const OUTCOME: &str = "outcome";
+    pub const SCOPE: &str = "scope";
     pub const ERROR_TYPE: &str = "error_type";
     pub const REASON: &str = "reason";
     pub const ENGINE: &str = "engine";
@@ -56,6 +57,10 @@ pub struct Metrics {
     pub cloud_equivalent_usd: CounterVec,
     /// Escalations of local results below the quality gate, by outcome.
     pub escalations: IntCounterVec,
+    /// Submissions and escalations kept off the cloud by a spent daily budget, by scope.
+    pub budget_exhausted: IntCounterVec,
+    /// Dollars left today of the fleet's daily cloud budget (when one is set).
+    pub fleet_budget_remaining_usd: Gauge,
     /// Circuit-breaker state per cloud provider: 0 closed, 1 half-open, 2 open.
     pub circuit_breaker_state: IntGaugeVec,
     /// 1 for each local model operation this process runs, by execution provider.
@@ -188,6 +193,17 @@ impl Metrics {
             "Escalations of local results below the quality gate, by outcome (local worker: escalated, declined, unanswered; cloud worker: improved, not_improved, fell_back)",
             &[OUTCOME],
         );
+        let budget_exhausted = counter(
+            "qefleet_budget_exhausted_total",
+            "Submissions and escalations kept off the cloud (or refused) because a daily cloud budget is spent, by scope (tenant, fleet)",
+            &[SCOPE],
+        );
+        let fleet_budget_remaining_usd = Gauge::new(
+            "qefleet_fleet_budget_remaining_usd",
+            "Dollars left today (UTC) of the fleet's daily cloud budget, as of the scheduler's last check",
+        )
+        .unwrap_or_else(|e| panic!("budget gauge: {e}"));
+        let _ = registry.register(Box::new(fleet_budget_remaining_usd.clone()));
         let circuit_breaker_state = IntGaugeVec::new(
             Opts::new(
                 "qefleet_circuit_breaker_state",
@@ -242,6 +258,8 @@ impl Metrics {
             compute_usd,
             cloud_equivalent_usd,
             escalations,
+            budget_exhausted,
+            fleet_budget_remaining_usd,
             consolidations_triggered,
             outbox_pending,
             jobs_in_flight,

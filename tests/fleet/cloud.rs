@@ -17,7 +17,7 @@ const MODULE: &str = "def add(a, b):\n    return a + b\n";
 const SUITE: &str =
     "```python\nimport calc\n\n\ndef test_add():\n    assert calc.add(2, 3) == 5\n```";
 
-fn cloud_config(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
+pub(crate) fn cloud_config(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
     let key = dir.join("anthropic.key");
     std::fs::write(&key, "sk-ant-test-key\n").expect("write key");
     let path = dir.join("cloud.json");
@@ -309,9 +309,11 @@ async fn providers_with_open_breakers_take_their_worker_out_of_routing() {
 async fn a_spent_daily_budget_stops_a_tenants_cloud_spending() {
     let stub = Stub::start(vec![anthropic_ok(SUITE), anthropic_ok(SUITE)]).await;
     let mut fleet = Fleet::start().await;
+    let scheduler_port = qefleet_shared::embedded::free_port();
     fleet
         .scheduler(SchedulerArgs {
             tenant_daily_budget_usd: Some(0.01),
+            metrics_addr: Some(([127, 0, 0, 1], scheduler_port).into()),
             ..SchedulerArgs::default()
         })
         .await;
@@ -366,6 +368,8 @@ async fn a_spent_daily_budget_stops_a_tenants_cloud_spending() {
             > 0.016
     })
     .await;
+    // A scheduler's ledger reads stand for a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
 
     // Over budget: a job that insists on the cloud is refused, the others stay local.
     match fleet
@@ -392,6 +396,11 @@ async fn a_spent_daily_budget_stops_a_tenants_cloud_spending() {
     assert!(
         reasons.iter().any(|r| r.contains("daily cloud budget")),
         "{reasons:?}"
+    );
+    let metrics = http_get(scheduler_port, "/metrics").await;
+    assert!(
+        metrics.contains("qefleet_budget_exhausted_total{scope=\"tenant\"} 2"),
+        "{metrics}"
     );
     let status = fleet.cli(&["status", "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json status");

@@ -14,26 +14,12 @@ use qefleet_shared::subjects::{event_subject, EVENTS_STREAM, WORKERS_BUCKET};
 use qefleet_worker::engines::DoctestEngine;
 use qefleet_worker::PoolArg;
 
+use crate::cloud::cloud_config;
 use crate::support::*;
 
 /// The doctest engine covers `add` only: a weak local result.
 const MODULE: &str = "def add(a, b):\n    \"\"\"\n    >>> add(2, 3)\n    5\n    \"\"\"\n    return a + b\n\n\ndef sub(a, b):\n    if a < b:\n        return -(b - a)\n    return a - b\n";
 const CLOUD_SUITE: &str = "```python\nimport calc\n\n\ndef test_add():\n    assert calc.add(2, 3) == 5\n\n\ndef test_sub():\n    assert calc.sub(5, 3) == 2\n\n\ndef test_sub_negative():\n    assert calc.sub(3, 5) == -2\n```";
-
-fn cloud_config(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
-    let key = dir.join("anthropic.key");
-    std::fs::write(&key, "sk-ant-test-key\n").expect("write key");
-    let path = dir.join("cloud.json");
-    let config = serde_json::json!({
-        "providers": [{
-            "name": "anthropic", "protocol": "anthropic", "base_url": url,
-            "model": "claude-test", "api_key_file": key, "timeout_s": 10, "attempts": 2,
-            "price": {"input_per_mtok": 3.0, "output_per_mtok": 15.0, "effective": "2026-11-01"}
-        }]
-    });
-    std::fs::write(&path, config.to_string()).expect("write config");
-    path
-}
 
 async fn escalated_events(fleet: &Fleet, job_id: &str) -> Vec<JobEvent> {
     fleet
