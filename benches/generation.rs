@@ -31,6 +31,8 @@ struct Row {
     quality: f64,
     rounds: u32,
     seconds: f64,
+    /// The suite, for the cost report's token counts.
+    suite: String,
 }
 
 fn pct(v: Option<f64>) -> String {
@@ -62,6 +64,7 @@ async fn ours(sandbox: &Sandbox, module: &str, source: &str, budget: Duration) -
         complexity,
         job,
         submitted_at_ms: 0,
+        escalation: None,
     };
     let generator = LocalGenerator::new(
         sandbox.clone(),
@@ -88,6 +91,7 @@ async fn ours(sandbox: &Sandbox, module: &str, source: &str, budget: Duration) -
                 measured(sandbox, module, source, "test_generated.py", &o.test_file).await;
             row.rounds = o.refinement_rounds;
             row.seconds = seconds;
+            row.suite = o.test_file;
             row
         }
         Err(e) => Row {
@@ -164,6 +168,7 @@ async fn measured(
         quality: out.quality_score.unwrap_or(0.0),
         rounds: 1,
         seconds: 0.0,
+        suite: String::new(),
     }
 }
 
@@ -281,6 +286,7 @@ fn main() {
         // Per tool: line, branch and mutation figures of every module, for the medians the
         // issue's targets are stated in.
         let mut figures: [[Vec<f64>; 3]; 2] = Default::default();
+        let mut ours_rows = Vec::new();
         for module in &modules {
             let source = std::process::Command::new(&python)
                 .args(["-c", &format!("import {module} as m; print(open(m.__file__).read(), end='')")])
@@ -295,6 +301,9 @@ fn main() {
                 ("qefleet", if run_tool("qefleet") { ours(&sandbox, &flat, &source, budget).await } else { Row::default() }),
                 ("pynguin", if run_tool("pynguin") { pynguin(&sandbox, &flat, &source, budget).await } else { Row::default() }),
             ];
+            if run_tool("qefleet") {
+                ours_rows.push((module.to_string(), flat.clone(), source.clone(), rows[0].1.clone()));
+            }
             for (i, (tool, r)) in rows.iter().enumerate() {
                 if !run_tool(tool) {
                     continue;
@@ -332,5 +341,164 @@ fn main() {
                 100.0 * median(line), 100.0 * median(branch), 100.0 * median(mutation)
             );
         }
+        if !ours_rows.is_empty() {
+            cost_report(&root, &ours_rows);
+        }
     });
+}
+
+/// The cost report: the hybrid router (every job local first, those below the quality
+/// gate escalated once to the cloud with the local suite) against sending every job to
+/// the reference cloud model, from the tokens the cloud engine's prompts and answers
+/// would take, counted with the model's tokenizer.
+fn cost_report(root: &std::path::Path, rows: &[(String, String, String, Row)]) {
+    use qefleet_cloud::Price;
+    use qefleet_inference::TokenCounter;
+    use qefleet_worker::savings::Reference;
+
+    let usd_per_hour: f64 = std::env::var("EVAL_USD_PER_HOUR")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.10);
+    let reference = match std::env::var("EVAL_REFERENCE") {
+        Ok(path) => {
+            Reference::from_cloud_config(std::path::Path::new(&path)).expect("EVAL_REFERENCE")
+        }
+        Err(_) => {
+            let tokenizer = root.join("benches/eval/claude-tokenizer.json");
+            Reference {
+                model: "anthropic/claude-sonnet-4-5".into(),
+                price: Price {
+                    input_per_mtok: 3.0,
+                    cached_input_per_mtok: Some(0.3),
+                    output_per_mtok: 15.0,
+                    effective: "2025-09-29".into(),
+                },
+                counter: TokenCounter::from_file(&tokenizer).unwrap_or(TokenCounter::Estimate),
+                max_prompt_chars: qefleet_worker::engines::llm::LlmSettings::default()
+                    .max_prompt_chars,
+            }
+        }
+    };
+    let estimate = Reference {
+        counter: TokenCounter::Estimate,
+        ..reference.clone()
+    };
+    let price = |prompt: u64, completion: u64| {
+        (prompt as f64 * reference.price.input_per_mtok
+            + completion as f64 * reference.price.output_per_mtok)
+            / 1e6
+    };
+    println!(
+        "\ncost report: reference {} (${}/${} per Mtok in/out, effective {}), tokens counted by {}, local compute ${usd_per_hour}/h",
+        reference.model, reference.price.input_per_mtok, reference.price.output_per_mtok,
+        reference.price.effective, reference.counter.label()
+    );
+    // A module whose local run failed has no suite: the cloud's answer is taken to be as
+    // long as the median suite.
+    let mut suite_tokens: Vec<f64> = rows
+        .iter()
+        .filter(|r| !r.3.suite.is_empty())
+        .map(|r| reference.counter.count(&r.3.suite) as f64)
+        .collect();
+    let proxy = median(&suite_tokens) as u64;
+    suite_tokens.clear();
+    struct Job {
+        quality: f64,
+        local_usd: f64,
+        first: u64,
+        suite: u64,
+        rounds: u32,
+        estimate_ratio: f64,
+    }
+    let mut jobs = Vec::new();
+    println!(
+        "{:<24} {:>6} {:>6} {:>9} {:>7} {:>6} {:>10} {:>10}",
+        "module", "qual", "secs", "local $", "prompt", "suite", "cloud 1-rd", "cloud N-rd"
+    );
+    for (module, flat, source, row) in rows {
+        let job = JobSpec::python(flat, source);
+        let one = reference.estimate(&job, &row.suite, 1);
+        let suite = if row.suite.is_empty() {
+            proxy
+        } else {
+            one.completion_tokens
+        };
+        let first = one.prompt_tokens;
+        let local_usd = row.seconds / 3600.0 * usd_per_hour;
+        let by_estimate = estimate.estimate(&job, &row.suite, 1);
+        let estimate_ratio = (by_estimate.prompt_tokens + by_estimate.completion_tokens) as f64
+            / (first + one.completion_tokens).max(1) as f64;
+        let rounds = u64::from(row.rounds.max(1));
+        let n_rounds = price(rounds * first + (rounds - 1) * suite, rounds * suite);
+        println!(
+            "{:<24} {:>6.3} {:>6.1} {:>9.6} {:>7} {:>6} {:>10.5} {:>10.5}",
+            module,
+            row.quality,
+            row.seconds,
+            local_usd,
+            first,
+            suite,
+            price(first, suite),
+            n_rounds
+        );
+        jobs.push(Job {
+            quality: row.quality,
+            local_usd,
+            first,
+            suite,
+            rounds: row.rounds,
+            estimate_ratio,
+        });
+    }
+    let ratios: Vec<f64> = jobs.iter().map(|j| j.estimate_ratio).collect();
+    println!(
+        "(the 4-bytes-a-token estimate counts {:.2}× the tokenizer's tokens, median over modules)",
+        median(&ratios)
+    );
+    let all_cloud_one: f64 = jobs.iter().map(|j| price(j.first, j.suite)).sum();
+    let all_cloud_n: f64 = jobs
+        .iter()
+        .map(|j| {
+            let r = u64::from(j.rounds.max(1));
+            price(r * j.first + (r - 1) * j.suite, r * j.suite)
+        })
+        .sum();
+    let local: f64 = jobs.iter().map(|j| j.local_usd).sum();
+    println!(
+        "\n{:>5} {:>12} | {:>10} {:>10} {:>8} | {:>10} {:>10} {:>8}",
+        "gate", "met locally", "router", "all-cloud", "saved", "router", "all-cloud", "saved"
+    );
+    println!(
+        "{:>5} {:>12} | {:^30} | {:^30}",
+        "", "", "one cloud round per job", "the generator's rounds per job"
+    );
+    for gate in [0.3, 0.4, 0.5, 0.6] {
+        let met = jobs.iter().filter(|j| j.quality >= gate).count();
+        // An escalated job's cloud rounds carry the source and the current suite (the
+        // local one to start with) and return a suite; its local run is paid already.
+        let escalated = |rounds: &dyn Fn(&Job) -> u64| -> f64 {
+            jobs.iter()
+                .filter(|j| j.quality < gate)
+                .map(|j| {
+                    let r = rounds(j);
+                    price(r * (j.first + j.suite), r * j.suite)
+                })
+                .sum()
+        };
+        let router_one = local + escalated(&|_| 1);
+        let router_n = local + escalated(&|j| u64::from(j.rounds.max(1)));
+        println!(
+            "{:>5.1} {:>7}/{:<4} | {:>10.4} {:>10.4} {:>7.1}% | {:>10.4} {:>10.4} {:>7.1}%",
+            gate,
+            met,
+            jobs.len(),
+            router_one,
+            all_cloud_one,
+            100.0 * (1.0 - router_one / all_cloud_one),
+            router_n,
+            all_cloud_n,
+            100.0 * (1.0 - router_n / all_cloud_n)
+        );
+    }
 }
