@@ -5,7 +5,8 @@
 //!
 //! Set up once: `benches/eval/setup.sh`. Run: `cargo bench --bench generation`
 //! (env EVAL_BUDGET seconds per module and tool, default 60 as in the targets;
-//! EVAL_MODULES to pick some; EVAL_TOOLS=qefleet or pynguin to run one tool). Prints each
+//! EVAL_MODULES to pick some; EVAL_TOOLS=qefleet or pynguin to run one tool; EVAL_SUITES=DIR
+//! keeps qefleet's suites there). Prints each
 //! module's figures and, per tool, means and the medians the targets are stated in.
 
 use std::path::PathBuf;
@@ -301,6 +302,10 @@ fn main() {
                 ("qefleet", if run_tool("qefleet") { ours(&sandbox, &flat, &source, budget).await } else { Row::default() }),
                 ("pynguin", if run_tool("pynguin") { pynguin(&sandbox, &flat, &source, budget).await } else { Row::default() }),
             ];
+            if let (Ok(dir), true) = (std::env::var("EVAL_SUITES"), run_tool("qefleet")) {
+                let _ = std::fs::create_dir_all(&dir);
+                let _ = std::fs::write(format!("{dir}/test_{flat}.py"), &rows[0].1.suite);
+            }
             if run_tool("qefleet") {
                 ours_rows.push((module.to_string(), flat.clone(), source.clone(), rows[0].1.clone()));
             }

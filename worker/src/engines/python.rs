@@ -51,6 +51,11 @@ impl Workspace {
         }
         let module_file = package.join(format!("{}.py", parts.last().unwrap_or(&module_name)));
         std::fs::write(&module_file, source).map_err(io)?;
+        std::fs::write(
+            dir.path().join(format!("{TEST_TIMEOUT_PLUGIN}.py")),
+            include_str!("test_timeout.py"),
+        )
+        .map_err(io)?;
         Ok(Self { dir, module_file })
     }
 
@@ -141,6 +146,9 @@ impl SuiteRun {
 
 /// coverage.py settings of a suite run: which test executed which line.
 const COVERAGE_RC: &str = ".qefleet_coveragerc";
+/// The pytest plugin (`test_timeout.py`) that fails a test running past its limit, in
+/// every work directory; suites run with `-p` this.
+pub const TEST_TIMEOUT_PLUGIN: &str = "_qefleet_test_timeout";
 
 /// How much of pytest's output a [`SuiteRun`] keeps.
 const OUTPUT_TAIL: usize = 4000;
@@ -177,6 +185,8 @@ pub async fn run_suite(
             "-q",
             "-p",
             "no:cacheprovider",
+            "-p",
+            TEST_TIMEOUT_PLUGIN,
             "--junitxml=report.xml",
             test_file,
         ],

@@ -19,7 +19,7 @@ use rustpython_ast::{self as ast, Ranged};
 use rustpython_parser::Parse;
 
 use super::measure::{measured_output, mutation_in_time_left, MutationSettings, Survivor};
-use super::python::{junit_failed_tests, run_suite, SuiteRun, Workspace};
+use super::python::{junit_failed_tests, run_suite, SuiteRun, Workspace, TEST_TIMEOUT_PLUGIN};
 use crate::engine::{EngineError, EngineOutput};
 use crate::sandbox::Sandbox;
 
@@ -333,6 +333,8 @@ impl Refiner<'_> {
                         "-q",
                         "-p",
                         "no:cacheprovider",
+                        "-p",
+                        TEST_TIMEOUT_PLUGIN,
                         "--junitxml=rerun.xml",
                         TEST_FILE,
                     ],
@@ -709,5 +711,19 @@ mod tests {
         assert!(first.best_quality > 0.0);
         assert_eq!(first.uncovered_lines, vec![6], "what the seed misses");
         assert_eq!(out.tokens.prompt, 200, "both proposals are counted");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hanging_test_fails_alone_and_the_rest_of_the_suite_is_kept() {
+        let suite = "import signs\n\n\ndef test_hangs():\n    while True:\n        pass\n\n\ndef test_negative():\n    assert signs.sign(-5) == -1\n";
+        let (out, seen) = refine_scripted(vec![suite], 120).await;
+        let out = out.expect("refines");
+        assert!(!out.test_file.contains("test_hangs"), "{}", out.test_file);
+        assert_eq!((out.tests_passed, out.tests_failed), (1, 0));
+        let told = seen
+            .get(1)
+            .map(|f| f.dropped_tests.clone())
+            .unwrap_or_default();
+        assert_eq!(told, vec!["test_hangs".to_string()]);
     }
 }

@@ -81,6 +81,163 @@ fn typed_pool(annotation: &str) -> Option<Vec<&'static str>> {
     })
 }
 
+/// The type of a default written as a literal (`0` int, `'utf-8'` str, `[]` list...).
+fn default_type(default: &str) -> Option<&'static str> {
+    let d = default.trim();
+    Some(match d.chars().next()? {
+        '"' | '\'' => "str",
+        '[' => "list",
+        '{' if d == "{}" || d.contains(':') => "dict",
+        '(' => "tuple",
+        _ if d == "True" || d == "False" => "bool",
+        _ if d.parse::<i64>().is_ok() => "int",
+        _ if d.parse::<f64>().is_ok() => "float",
+        _ => return None,
+    })
+}
+
+/// Typical values for a parameter known only by its name: the conventions of Python
+/// APIs (`text`, `n`, `items`, `func`, `xml_input`...).
+fn name_hint(name: &str) -> Option<Vec<&'static str>> {
+    let n = name.trim_start_matches('_').to_ascii_lowercase();
+    let has = |parts: &[&str]| parts.iter().any(|p| n.contains(p));
+    let is = |names: &[&str]| names.contains(&n.as_str());
+    if has(&["xml", "html"]) {
+        return Some(vec![
+            "'<a><b>1</b><c x=\"2\">text</c></a>'",
+            "'<a/>'",
+            "'<root><item>1</item><item>2</item></root>'",
+        ]);
+    }
+    if is(&[
+        "file_obj",
+        "fileobj",
+        "fobj",
+        "fp",
+        "stream",
+        "infile",
+        "buf",
+        "buffer",
+        "file_like",
+        "readable",
+    ]) {
+        return Some(vec![
+            "io.StringIO('{\"a\": 1}\\n{\"b\": [2, 3]}\\n')",
+            "io.BytesIO(b'line one\\nline two\\n')",
+            "io.StringIO('')",
+        ]);
+    }
+    if is(&["td", "delta", "timedelta", "duration", "interval"]) {
+        return Some(vec![
+            "datetime.timedelta(days=1, seconds=30)",
+            "datetime.timedelta(0)",
+            "datetime.timedelta(seconds=-90)",
+        ]);
+    }
+    if is(&[
+        "dt", "date", "datetime", "when", "moment", "day_of", "then", "other",
+    ]) || n.ends_with("_date")
+        || n.ends_with("_dt")
+    {
+        return Some(vec![
+            "datetime.datetime(2020, 1, 2, 3, 4, 5)",
+            "datetime.date(2022, 1, 1)",
+            "datetime.datetime(1999, 12, 31, 23, 59, 59)",
+        ]);
+    }
+    if has(&["json"]) {
+        return Some(vec!["'{\"a\": 1, \"b\": [1, 2]}'", "'[]'", "'\"x\"'"]);
+    }
+    if is(&[
+        "field_names",
+        "fields",
+        "names",
+        "columns",
+        "keys",
+        "headers",
+    ]) {
+        return Some(vec!["['x', 'y']", "'x y'", "[]"]);
+    }
+    if is(&[
+        "func",
+        "fn",
+        "f",
+        "function",
+        "callback",
+        "pred",
+        "predicate",
+        "callable",
+        "transform",
+    ]) {
+        return Some(vec!["str", "len", "bool", "lambda *a, **k: None"]);
+    }
+    if is(&["encoding", "errors"]) {
+        return Some(vec!["'utf-8'", "'ascii'", "'latin-1'"]);
+    }
+    if n.starts_with("is_")
+        || n.starts_with("has_")
+        || n.starts_with("allow")
+        || n.starts_with("use_")
+        || is(&[
+            "strict",
+            "verbose",
+            "reverse",
+            "recursive",
+            "force",
+            "quiet",
+            "flag",
+            "enabled",
+            "ignore_case",
+        ])
+    {
+        return typed_pool("bool");
+    }
+    if has(&[
+        "count",
+        "size",
+        "length",
+        "width",
+        "height",
+        "index",
+        "limit",
+        "num",
+        "depth",
+        "level",
+        "precision",
+        "digits",
+        "places",
+        "times",
+        "offset",
+        "port",
+    ]) || is(&[
+        "n", "i", "j", "k", "x", "y", "start", "stop", "step", "base", "max", "min", "idx", "pos",
+        "year", "month", "day",
+    ]) {
+        return typed_pool("int");
+    }
+    if has(&[
+        "text", "name", "string", "word", "prefix", "suffix", "sep", "delim", "label", "title",
+        "message", "msg", "char", "line", "pattern", "fmt", "format", "template", "url", "host",
+        "code", "token", "path", "file",
+    ]) || is(&["s", "st", "value_str", "word", "key", "tag"])
+    {
+        return typed_pool("str");
+    }
+    if has(&[
+        "items", "list", "seq", "values", "elements", "iterable", "lst", "array", "args",
+    ]) || is(&["xs", "data", "iter", "it", "vals", "nums", "numbers"])
+    {
+        return typed_pool("list");
+    }
+    if has(&[
+        "dict", "mapping", "map", "kwargs", "options", "config", "attrs", "params",
+    ]) || is(&["d", "dct", "obj_dict"])
+    {
+        return typed_pool("dict");
+    }
+    None
+}
+
 /// Candidate values for a parameter, most typical first, at most `cap`.
 pub fn pool(param: &Param, literals: &[String], cap: usize) -> Vec<String> {
     if param.name.starts_with("**") {
@@ -111,8 +268,24 @@ pub fn pool(param: &Param, literals: &[String], cap: usize) -> Vec<String> {
     if let Some(d) = &param.default {
         out.push(d.clone());
     }
-    let base: Vec<&str> = typed.clone().unwrap_or_else(|| ANY.to_vec());
+    // Without an annotation, the default's type, then the parameter's name say what is
+    // typical; a few values of other types stay in the pool for what they reveal.
+    let hinted = match &typed {
+        Some(_) => None,
+        None => param
+            .default
+            .as_deref()
+            .and_then(default_type)
+            .and_then(typed_pool)
+            .or_else(|| name_hint(&param.name)),
+    };
+    let base: Vec<&str> = match (&typed, &hinted) {
+        (Some(t), _) => t.clone(),
+        (None, Some(h)) => h.iter().copied().chain(["1", "\"a\""]).collect(),
+        (None, None) => ANY.to_vec(),
+    };
     out.extend(base.iter().map(|s| s.to_string()));
+    let typed = typed.or(hinted);
     for lit in literals {
         let is_number = lit.parse::<f64>().is_ok();
         let fits = match typed.as_ref().map(|t| t[0]) {
@@ -267,11 +440,25 @@ pub fn synthesize(
         let pools = &all_pools[index];
         let typical: Vec<String> = pools.iter().map(|p| p[0].clone()).collect();
         let mut combos: Vec<Vec<String>> = vec![typical.clone()];
+        // The module's documented values, each alone in the typical call, are kept
+        // whatever the sampling below drops.
+        for example in &target.examples {
+            for (i, value) in example.args.iter().enumerate().take(pools.len()) {
+                let mut c = typical.clone();
+                c[i] = value.clone();
+                if !combos.contains(&c) && !target.params[i].name.starts_with('*') {
+                    combos.push(c);
+                }
+            }
+        }
+        let pinned = combos.len();
         for (i, values) in pools.iter().enumerate() {
             for v in values.iter().skip(1) {
                 let mut c = typical.clone();
                 c[i] = v.clone();
-                combos.push(c);
+                if !combos.contains(&c) {
+                    combos.push(c);
+                }
             }
         }
         let space: usize = pools.iter().map(Vec::len).product::<usize>().max(1);
@@ -287,8 +474,8 @@ pub fn synthesize(
             }
         }
         if combos.len() > per_target {
-            // Keep the typical call, sample the rest.
-            let mut kept = vec![combos.remove(0)];
+            // Keep the typical and documented calls, sample the rest.
+            let mut kept: Vec<Vec<String>> = combos.drain(..pinned.min(per_target)).collect();
             while kept.len() < per_target && !combos.is_empty() {
                 kept.push(combos.remove(rng.below(combos.len())));
             }
@@ -496,5 +683,32 @@ mod tests {
             synthesize("m", &targets, 12, 1, &[]),
             "deterministic for a seed"
         );
+    }
+
+    #[test]
+    fn unannotated_parameters_get_values_their_default_or_name_suggests() {
+        let param = |name: &str, default: Option<&str>| Param {
+            name: name.into(),
+            annotation: None,
+            default: default.map(str::to_string),
+            keyword_only: false,
+        };
+        let first = |p: &Param| pool(p, &[], 20)[0].clone();
+        assert_eq!(
+            first(&param("xml_input", None)),
+            "'<a><b>1</b><c x=\"2\">text</c></a>'"
+        );
+        assert_eq!(first(&param("field_names", None)), "['x', 'y']");
+        assert_eq!(first(&param("func", None)), "str");
+        assert_eq!(first(&param("text", None)), "\"a\"");
+        assert_eq!(first(&param("count", None)), "1");
+        assert!(first(&param("file_obj", None)).starts_with("io.StringIO("));
+        assert!(first(&param("dt", None)).starts_with("datetime."));
+        // A default's type wins over the name, and stays first.
+        let sep = pool(&param("count", Some("','")), &[], 20);
+        assert_eq!(sep[0], "','");
+        assert!(sep.contains(&"\"hello world\"".to_string()), "{sep:?}");
+        // Nothing known: the mixed pool, None included.
+        assert!(pool(&param("zz", None), &[], 20).contains(&"None".to_string()));
     }
 }

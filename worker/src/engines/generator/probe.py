@@ -14,6 +14,7 @@ literals.
 import ast
 import asyncio  # noqa: F401  (async targets are called through asyncio.run)
 import contextlib
+import datetime
 import importlib
 import io
 import json
@@ -21,13 +22,21 @@ import math
 import random
 import signal
 import sys
+import time
 
 
 class ProbeTimeout(BaseException):
     pass
 
 
+# Set when the alarm fired during a run: the module may have turned the timeout into
+# another exception (a `with suppress(...)` around an endless loop raises TypeError on
+# the way out), which must not be asserted as the call's behaviour.
+ALARM = {"fired": False}
+
+
 def on_alarm(signum, frame):
+    ALARM["fired"] = True
     raise ProbeTimeout()
 
 
@@ -70,6 +79,7 @@ def run_once(setup, code, namespace, module_file, timeout):
     # Modules drawing random numbers give reproducible values from one seed; the
     # generated tests seed the same way (an autouse fixture).
     random.seed(0)
+    ALARM["fired"] = False
     signal.setitimer(signal.ITIMER_REAL, timeout)
     sys.settrace(tracer)
     try:
@@ -93,6 +103,8 @@ def run_once(setup, code, namespace, module_file, timeout):
     finally:
         sys.settrace(None)
         signal.setitimer(signal.ITIMER_REAL, 0)
+    if ALARM["fired"]:
+        outcome = ("timeout", None)
     return outcome, (sorted(lines), sorted(lines | setup_lines)), state_of(namespace.get("obj"))
 
 
@@ -132,6 +144,9 @@ def describe(call, module, alias, namespace, module_file, timeout):
     except SyntaxError:
         return entry
     first, lines, state = run_once(setup, code, namespace, module_file, timeout)
+    if first[0] == "timeout":
+        entry["kind"] = "timeout"
+        return entry
     second, _, state_again = run_once(setup, code, namespace, module_file, timeout)
     entry["call_lines"], entry["lines"] = lines
     entry["state"] = state if state == state_again else []
@@ -166,9 +181,24 @@ def main():
         print(f"module {request['module']} does not import: {last}", file=sys.stderr)
         sys.exit(3)
     alias = request["alias"]
-    namespace = {alias: module, "asyncio": asyncio}
-    results = [describe(c, module, alias, namespace, module_file, request["timeout"]) for c in request["calls"]]
-    sys.stdout.write(json.dumps(results))
+    namespace = {alias: module, "asyncio": asyncio, "io": io, "datetime": datetime}
+    # A target whose calls keep running past the timeout (an endless iterator fed a
+    # callable, a loop waiting for input) gets no more of them: they would eat the budget.
+    # One JSON line per call, flushed: when a call hangs where no signal reaches it (a C
+    # loop) and the sandbox ends the run, the calls before it still count. No call starts
+    # after the probe's own budget.
+    timeouts = {}
+    stop_at = time.monotonic() + request.get("budget", float("inf"))
+    for call in request["calls"]:
+        target = call.get("target")
+        if timeouts.get(target, 0) >= 2 or time.monotonic() > stop_at:
+            continue
+        entry = describe(call, module, alias, namespace, module_file, request["timeout"])
+        if entry["kind"] == "timeout":
+            timeouts[target] = timeouts.get(target, 0) + 1
+            continue
+        sys.stdout.write(json.dumps(entry) + "\n")
+        sys.stdout.flush()
 
 
 main()

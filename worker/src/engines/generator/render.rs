@@ -131,6 +131,21 @@ fn parametrizable(target: &Target, cases: &[&Case]) -> bool {
         })
 }
 
+/// Standard modules whose constructors argument pools use (see `inputs.rs`); the probe
+/// has them in its namespace too.
+pub const STDLIB_IN_CALLS: [&str; 2] = ["datetime", "io"];
+
+/// Whether `code` refers to `module.` as a name of its own (not `myio.x`, not `'io.'`).
+fn uses_module(code: &str, module: &str) -> bool {
+    let needle = format!("{module}.");
+    code.match_indices(&needle).any(|(at, _)| {
+        code[..at]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '.' || c == '\'' || c == '"'))
+    })
+}
+
 /// Renders the suite. `module_name` is imported; `alias` is how the calls name it.
 /// `seeded`: the module draws random numbers, so every test seeds `random` as the probe
 /// did before observing the values.
@@ -150,10 +165,24 @@ pub fn render(
     if asyncio {
         text.push_str("import asyncio\n");
     }
+    // Arguments may be built with these standard modules (`io.StringIO(...)` for a file
+    // object, `datetime.date(...)`): imported when a call uses them.
+    let mut uses_stdlib = false;
+    for helper in STDLIB_IN_CALLS {
+        let used = cases.iter().any(|c| {
+            std::iter::once(&c.call.expr)
+                .chain(&c.call.setup)
+                .any(|code| uses_module(code, helper))
+        });
+        if used && helper != alias {
+            text.push_str(&format!("import {helper}\n"));
+            uses_stdlib = true;
+        }
+    }
     if seeded {
         text.push_str("import random\n");
     }
-    if asyncio || seeded {
+    if asyncio || seeded || uses_stdlib {
         text.push('\n');
     }
     text.push_str("import pytest\n\n");
@@ -238,6 +267,15 @@ mod tests {
     use super::*;
     use crate::engines::generator::inputs::synthesize;
     use crate::engines::generator::targets::find_targets;
+
+    #[test]
+    fn a_standard_module_counts_as_used_only_by_its_own_name() {
+        assert!(uses_module("m.f(io.StringIO('x'))", "io"));
+        assert!(uses_module("io.BytesIO(b'')", "io"));
+        assert!(!uses_module("m.f(myio.x)", "io"));
+        assert!(!uses_module("m.f('io.x')", "io"));
+        assert!(!uses_module("m.radio.x", "io"));
+    }
 
     #[test]
     fn values_are_parametrised_and_exceptions_get_their_own_tests() {
