@@ -87,7 +87,9 @@ impl JobSpec {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Budget {
-    /// Most the job may cost in US dollars; 0 keeps it off paid (cloud) pools.
+    /// Most the job may cost in US dollars; 0 keeps it off paid (cloud) pools. An LLM
+    /// engine starts no model call once the job has spent it (the call that crosses it
+    /// completes, so a job can overshoot by one exchange).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_usd: Option<f64>,
     /// Wall-clock seconds the engine may spend generating and measuring.

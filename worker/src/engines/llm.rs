@@ -126,6 +126,8 @@ impl<M: ChatModel + 'static> Engine for LlmEngine<M> {
                 target: job.target_function.as_deref(),
                 last: None,
                 usage: None,
+                max_usd: job.budget.max_usd,
+                spent_usd: 0.0,
             };
             let mut output = Refiner {
                 sandbox: &self.sandbox,
@@ -157,6 +159,10 @@ struct Proposing<'a, M> {
     last: Option<String>,
     /// Local model time and tokens, every proposal counted.
     usage: Option<InferenceUsage>,
+    /// The job's `budget.max_usd`: no call starts once the job has spent it (the call
+    /// that crosses it completes, so a job may overshoot by one exchange).
+    max_usd: Option<f64>,
+    spent_usd: f64,
 }
 
 impl<M: ChatModel> Proposer for Proposing<'_, M> {
@@ -166,6 +172,14 @@ impl<M: ChatModel> Proposer for Proposing<'_, M> {
         deadline: Instant,
     ) -> ProposalFuture<'a> {
         Box::pin(async move {
+            if let Some(cap) = self.max_usd.filter(|cap| self.spent_usd >= *cap) {
+                tracing::info!(
+                    spent_usd = self.spent_usd,
+                    cap,
+                    "the job's budget.max_usd is spent: no further model call"
+                );
+                return Ok(Proposal::default());
+            }
             let built = prompt::build(
                 &prompt::Feedback {
                     module_name: self.module_name,
@@ -185,6 +199,7 @@ impl<M: ChatModel> Proposer for Proposing<'_, M> {
                 .model
                 .complete(&built.system, &built.user, deadline)
                 .await?;
+            self.spent_usd += completion.cost_usd;
             if let Some(seconds) = completion.local_seconds {
                 let usage = self.usage.get_or_insert_with(InferenceUsage::default);
                 usage.seconds += seconds;
@@ -452,5 +467,60 @@ mod tests {
             matches!(&err, EngineError::JobFailed(m) if m.contains("no deterministic, passing test")),
             "{err:?}"
         );
+    }
+
+    /// A remote-style model: each answer costs $0.01 and extends the suite by one test.
+    #[derive(Debug, Default)]
+    struct Priced {
+        calls: std::sync::atomic::AtomicU32,
+    }
+
+    impl ChatModel for Priced {
+        fn engine_name(&self) -> &str {
+            "priced"
+        }
+
+        fn complete<'a>(&'a self, _: &'a str, _: &'a str, _: Instant) -> CompletionFuture<'a> {
+            let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let mut suite = "import calc\n".to_string();
+            for x in 1..=i64::from(n) {
+                let (arg, want) = if x % 2 == 0 { (x, 1) } else { (-x, -1) };
+                suite.push_str(&format!(
+                    "\n\ndef test_sign_{x}():\n    assert calc.sign({arg}) == {want}\n"
+                ));
+            }
+            Box::pin(async move {
+                Ok(Completion {
+                    text: suite,
+                    cost_usd: 0.01,
+                    ..Completion::default()
+                })
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_model_call_starts_once_the_jobs_budget_is_spent() {
+        for cap in [None, Some(0.005)] {
+            let llm = LlmEngine::new(Priced::default(), None, LlmSettings::default()).await;
+            let mut job = queued("calc", MODULE);
+            job.job.budget.max_usd = cap;
+            let out = llm
+                .generate(EngineRequest {
+                    job: &job,
+                    attempt: 1,
+                    time_budget: Duration::from_secs(60),
+                })
+                .await
+                .expect("a suite");
+            let calls = llm.model.calls.load(std::sync::atomic::Ordering::SeqCst);
+            if cap.is_some() {
+                assert_eq!(calls, 1, "the first answer spent the budget");
+            } else {
+                assert!(calls >= 2, "without a cap the loop asks again: {calls}");
+            }
+            assert!((out.cost_usd - 0.01 * f64::from(calls)).abs() < 1e-12);
+            assert!(out.tests_passed >= 1);
+        }
     }
 }
