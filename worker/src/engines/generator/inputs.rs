@@ -334,10 +334,21 @@ impl Lcg {
     }
 }
 
+/// Positional and keyword arguments for these values. A parameter given its own default
+/// is left out (the call reads as a user writes it, and a default that is an expression,
+/// `expat=expat`, is never copied where it does not resolve); positional parameters after
+/// one left out are passed by keyword.
 fn arg_list(params: &[Param], values: &[String]) -> (Vec<String>, Vec<(String, String)>) {
     let mut args = Vec::new();
     let mut kwargs = Vec::new();
+    // Values for `*args` need every positional parameter before them.
+    let star_args = params
+        .iter()
+        .zip(values)
+        .any(|(p, v)| p.name.starts_with('*') && !p.name.starts_with("**") && !v.is_empty());
+    let mut by_keyword = false;
     for (p, v) in params.iter().zip(values) {
+        let is_default = p.default.as_deref() == Some(v.as_str());
         if p.name.starts_with("**") {
             if !v.is_empty() {
                 kwargs.push((String::new(), v.clone()));
@@ -347,6 +358,14 @@ fn arg_list(params: &[Param], values: &[String]) -> (Vec<String>, Vec<(String, S
                 args.push(v.clone());
             }
         } else if p.keyword_only {
+            if !is_default {
+                kwargs.push((p.name.clone(), v.clone()));
+            }
+        } else if p.positional_only || star_args {
+            args.push(v.clone());
+        } else if is_default {
+            by_keyword = true;
+        } else if by_keyword {
             kwargs.push((p.name.clone(), v.clone()));
         } else {
             args.push(v.clone());
@@ -610,6 +629,7 @@ mod tests {
             annotation: Some("int".into()),
             default: Some("5".into()),
             keyword_only: false,
+            positional_only: false,
         };
         let pool = pool(&p, &["10".into(), "\"x\"".into()], 20);
         assert_eq!(pool[0], "5");
@@ -624,6 +644,7 @@ mod tests {
             annotation: Some("Optional[str]".into()),
             default: None,
             keyword_only: false,
+            positional_only: false,
         };
         let opt_pool = super::pool(&opt, &[], 20);
         assert_eq!(opt_pool[0], "\"a\"");
@@ -665,7 +686,7 @@ mod tests {
         let calls = synthesize("m", &targets, 12, 1, &[]);
         let clamp: Vec<&Call> = calls.iter().filter(|c| c.target == 0).collect();
         assert_eq!(clamp.len(), 12);
-        assert_eq!(clamp[0].expr, "m.clamp(1, 0, strict=False)");
+        assert_eq!(clamp[0].expr, "m.clamp(1)", "defaults are left to Python");
         assert!(
             clamp.iter().any(|c| c.args[0] == "4"),
             "neighbour of the literal 3"
@@ -692,6 +713,7 @@ mod tests {
             annotation: None,
             default: default.map(str::to_string),
             keyword_only: false,
+            positional_only: false,
         };
         let first = |p: &Param| pool(p, &[], 20)[0].clone();
         assert_eq!(
@@ -710,5 +732,28 @@ mod tests {
         assert!(sep.contains(&"\"hello world\"".to_string()), "{sep:?}");
         // Nothing known: the mixed pool, None included.
         assert!(pool(&param("zz", None), &[], 20).contains(&"None".to_string()));
+    }
+
+    #[test]
+    fn a_parameter_left_at_its_default_moves_later_ones_to_keywords() {
+        let targets = find_targets(
+            "import pyexpat as expat\n\ndef parse(xml_input, encoding=None, expat=expat, strict=False):\n    return xml_input\n\ndef pos(a, b=1, /, c=2):\n    return a\n\ndef star(a, b=1, *rest):\n    return a\n",
+        )
+        .expect("parses");
+        let values = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (args, kwargs) = arg_list(
+            &targets[0].params,
+            &values(&["'<a/>'", "None", "expat", "True"]),
+        );
+        assert_eq!(args, ["'<a/>'"]);
+        assert_eq!(kwargs, [("strict".to_string(), "True".to_string())]);
+        // Positional-only parameters are always passed by position.
+        let (args, kwargs) = arg_list(&targets[1].params, &values(&["0", "1", "5"]));
+        assert_eq!((args, kwargs), (values(&["0", "1", "5"]), vec![]));
+        let (args, _) = arg_list(&targets[1].params, &values(&["0", "1", "2"]));
+        assert_eq!(args, ["0", "1"]);
+        // Values for *rest need every positional parameter before them.
+        let (args, _) = arg_list(&targets[2].params, &values(&["0", "1", "7, 8"]));
+        assert_eq!(args, ["0", "1", "7, 8"]);
     }
 }

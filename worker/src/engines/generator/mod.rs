@@ -446,7 +446,9 @@ class Counter:
         );
         assert!(file.contains("pytest.raises(ValueError)"), "{file}");
         assert!(
-            file.contains("    obj = bank.Counter(0)\n    assert obj.bump(1) == 1\n    assert obj.value == 1\n"),
+            file.contains(
+                "    obj = bank.Counter()\n    assert obj.bump() == 1\n    assert obj.value == 1\n"
+            ),
             "the instance's state after the call is asserted:\n{file}"
         );
         let line = out.line_coverage.expect("line coverage");

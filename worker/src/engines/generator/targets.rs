@@ -14,6 +14,8 @@ pub struct Param {
     /// Default value as written.
     pub default: Option<String>,
     pub keyword_only: bool,
+    /// Before `/`: never passed by keyword.
+    pub positional_only: bool,
 }
 
 /// How a callable is reached from the module.
@@ -372,6 +374,10 @@ fn params(source: &str, args: &ast::Arguments, skip_first: bool) -> Vec<Param> {
         .iter()
         .chain(args.args.iter())
         .skip(usize::from(skip_first));
+    let positional_only = args
+        .posonlyargs
+        .len()
+        .saturating_sub(usize::from(skip_first));
     let convert = |a: &ast::ArgWithDefault, keyword_only: bool| Param {
         name: a.def.arg.to_string(),
         annotation: a
@@ -384,8 +390,15 @@ fn params(source: &str, args: &ast::Arguments, skip_first: bool) -> Vec<Param> {
             .as_ref()
             .map(|e| text(source, ast::Ranged::range(e.as_ref()))),
         keyword_only,
+        positional_only: false,
     };
-    let mut out: Vec<Param> = positional.map(|a| convert(a, false)).collect();
+    let mut out: Vec<Param> = positional
+        .enumerate()
+        .map(|(i, a)| Param {
+            positional_only: i < positional_only,
+            ..convert(a, false)
+        })
+        .collect();
     // `*args` and `**kwargs` become one parameter each whose values are raw argument text.
     if let Some(v) = &args.vararg {
         out.push(Param {
@@ -393,6 +406,7 @@ fn params(source: &str, args: &ast::Arguments, skip_first: bool) -> Vec<Param> {
             annotation: None,
             default: None,
             keyword_only: false,
+            positional_only: false,
         });
     }
     out.extend(args.kwonlyargs.iter().map(|a| convert(a, true)));
@@ -402,6 +416,7 @@ fn params(source: &str, args: &ast::Arguments, skip_first: bool) -> Vec<Param> {
             annotation: None,
             default: None,
             keyword_only: true,
+            positional_only: false,
         });
     }
     out
