@@ -118,15 +118,7 @@ async fn a_cloud_worker_serves_cloud_jobs_and_local_only_jobs_never_reach_it() {
         "qefleet_tokens_total{engine=\"cloud\",kind=\"prompt\",pool=\"cloud\"} 2400",
         "qefleet_tokens_total{engine=\"cloud\",kind=\"completion\",pool=\"cloud\"} 600",
     ];
-    eventually(
-        Duration::from_secs(10),
-        "cost and tokens in /metrics",
-        || async {
-            let body = http_get(metrics_port, "/metrics").await;
-            expected.iter().all(|e| body.contains(e))
-        },
-    )
-    .await;
+    metrics_show(metrics_port, &expected, "cost and tokens in /metrics").await;
     let mut cloud_messages_before = 0;
     while let Ok(Some(_)) =
         tokio::time::timeout(Duration::from_millis(300), cloud_subjects.next()).await

@@ -183,13 +183,10 @@ async fn weak_local_results_go_to_the_cloud_once_private_ones_never_and_failures
         "qefleet_compute_usd_total{pool=\"cloud\"}",
         "qefleet_cloud_equivalent_usd_total{pool=\"cloud\"}",
     ];
-    eventually(
-        Duration::from_secs(10),
+    metrics_show(
+        metrics_port,
+        &expected,
         "escalation outcomes in the cloud worker's /metrics",
-        || async {
-            let body = http_get(metrics_port, "/metrics").await;
-            expected.iter().all(|e| body.contains(e))
-        },
     )
     .await;
     fleet.stop().await;

@@ -322,6 +322,16 @@ pub fn header(m: &StreamMessage, name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Waits until the /metrics page on `port` shows every one of `expected` (metric lines
+/// or their beginnings).
+pub async fn metrics_show(port: u16, expected: &[&str], what: &str) {
+    eventually(Duration::from_secs(10), what, || async {
+        let body = http_get(port, "/metrics").await;
+        expected.iter().all(|e| body.contains(e))
+    })
+    .await;
+}
+
 /// The body of a plain HTTP GET on localhost (for /metrics).
 pub async fn http_get(port: u16, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -64,9 +64,15 @@ impl Outbox {
             .and_then(|v| decode(&v))
     }
 
-    pub fn remove(&self, job_id: &str) {
-        if let Err(e) = self.db.remove(job_id.as_bytes()) {
-            tracing::warn!(job_id, error = %e, "cannot remove published result from outbox");
+    /// Removes a published result; true when this call removed it (so of two callers
+    /// racing on one result, exactly one gets true).
+    pub fn remove(&self, job_id: &str) -> bool {
+        match self.db.remove(job_id.as_bytes()) {
+            Ok(removed) => removed.is_some(),
+            Err(e) => {
+                tracing::warn!(job_id, error = %e, "cannot remove published result from outbox");
+                false
+            }
         }
     }
 
@@ -144,7 +150,8 @@ mod tests {
         let outbox = Outbox::open(dir.path()).expect("reopen");
         assert_eq!(outbox.get("job-1"), Some(result.clone()));
         assert_eq!(outbox.pending(), vec![("job-1".to_string(), result)]);
-        outbox.remove("job-1");
+        assert!(outbox.remove("job-1"), "removed by this call");
+        assert!(!outbox.remove("job-1"), "a second remover gets nothing");
         assert!(outbox.is_empty());
     }
 }

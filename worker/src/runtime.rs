@@ -606,6 +606,15 @@ async fn escalated(ctx: &Ctx, queued: &QueuedJob, result: &JobResult, ct: Conten
                 ctx.quality_gate
             ),
         },
+        // A module that does not import fails on every engine: no money after it.
+        JobStatus::Failed
+            if result
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("does not import")) =>
+        {
+            return false
+        }
         JobStatus::Failed => format!(
             "the local engine produced no passing suite ({})",
             result.error.as_deref().unwrap_or("no reason given")
@@ -860,7 +869,11 @@ async fn publish_pending(
     pending: &PendingResult,
 ) -> Result<(), async_nats::Error> {
     let published = results::publish(&ctx.js, job_id, pending).await?;
-    ctx.outbox.remove(job_id);
+    // The flusher and a redelivery may publish the same pending result at once: only
+    // the one that takes it out of the outbox accounts for it.
+    if !ctx.outbox.remove(job_id) {
+        return Ok(());
+    }
     // Already there is usually this very result: published while the connection was
     // down, its acknowledgement lost, and stored when the client reconnected.
     let ours = published == Published::New
