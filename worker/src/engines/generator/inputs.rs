@@ -145,6 +145,22 @@ fn name_hint(name: &str) -> Option<Vec<&'static str>> {
             "datetime.datetime(1999, 12, 31, 23, 59, 59)",
         ]);
     }
+    if is(&[
+        "doc",
+        "docstring",
+        "usage",
+        "help_text",
+        "help",
+        "description",
+        "document",
+    ]) {
+        // Multi-line text in the shape of a command's usage message.
+        return Some(vec![
+            "'Usage: prog [-v] <name>\\n\\nOptions:\\n  -v --verbose  Say more.\\n'",
+            "'Usage:\\n  prog add <x> <y>\\n  prog (-h | --help)\\n'",
+            "'A title\\n\\nSome text.\\n'",
+        ]);
+    }
     if has(&["json"]) {
         return Some(vec!["'{\"a\": 1, \"b\": [1, 2]}'", "'[]'", "'\"x\"'"]);
     }
@@ -726,6 +742,7 @@ mod tests {
         assert_eq!(first(&param("count", None)), "1");
         assert!(first(&param("file_obj", None)).starts_with("io.StringIO("));
         assert!(first(&param("dt", None)).starts_with("datetime."));
+        assert!(first(&param("doc", None)).starts_with("'Usage: "));
         // A default's type wins over the name, and stays first.
         let sep = pool(&param("count", Some("','")), &[], 20);
         assert_eq!(sep[0], "','");
