@@ -390,9 +390,11 @@ fn cost_report(root: &std::path::Path, rows: &[(String, String, String, Row)]) {
         ..reference.clone()
     };
     let price = |prompt: u64, completion: u64| {
-        (prompt as f64 * reference.price.input_per_mtok
-            + completion as f64 * reference.price.output_per_mtok)
-            / 1e6
+        reference.price.cost(&qefleet_cloud::Usage {
+            input: prompt,
+            cached: 0,
+            output: completion,
+        })
     };
     println!(
         "\ncost report: reference {} (${}/${} per Mtok in/out, effective {}), tokens counted by {}, local compute ${usd_per_hour}/h",

@@ -84,6 +84,18 @@ pub struct PriceEntry {
     pub effective: String,
 }
 
+impl PriceEntry {
+    /// The entry as the price providers bill with.
+    pub fn price(&self) -> Price {
+        Price {
+            input_per_mtok: self.input_per_mtok,
+            cached_input_per_mtok: self.cached_input_per_mtok,
+            output_per_mtok: self.output_per_mtok,
+            effective: self.effective.clone(),
+        }
+    }
+}
+
 impl CloudConfig {
     pub fn from_file(path: &Path) -> Result<Self, CloudError> {
         let text = std::fs::read_to_string(path)
@@ -133,12 +145,7 @@ impl CloudConfig {
                     (None, None) => None,
                 };
                 if let Some(p) = &entry.price {
-                    config.price = Price {
-                        input_per_mtok: p.input_per_mtok,
-                        cached_input_per_mtok: p.cached_input_per_mtok,
-                        output_per_mtok: p.output_per_mtok,
-                        effective: p.effective.clone(),
-                    };
+                    config.price = p.price();
                 }
                 if let Some(t) = entry.timeout_s {
                     config.timeout = Duration::from_secs_f64(t.max(0.001));

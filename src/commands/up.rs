@@ -15,7 +15,7 @@ use qefleet_shared::embedded::{EmbeddedOptions, EmbeddedServer};
 use qefleet_shared::nats::NatsArgs;
 use qefleet_shared::shutdown::{self, Shutdown};
 use qefleet_worker::consolidator::RecordOnly;
-use qefleet_worker::{EngineArg, PoolArg, WorkerArgs};
+use qefleet_worker::{EngineArg, PoolArg, ResultArgs, WorkerArgs};
 use tokio::task::JoinSet;
 
 use super::result::print_result;
@@ -43,13 +43,8 @@ pub struct UpArgs {
     /// priced provider is the reference for savings.
     #[arg(long, env = "QEFLEET_CLOUD_CONFIG")]
     pub cloud_config: Option<PathBuf>,
-    /// Local results below this quality score are escalated once to the cloud pool
-    /// (when one is live and the job may leave); 0 turns escalation off.
-    #[arg(long, env = "QEFLEET_QUALITY_GATE", default_value_t = 0.4)]
-    pub quality_gate: f64,
-    /// What an hour of this machine costs, US dollars, for results' `compute_usd`.
-    #[arg(long, env = "QEFLEET_COMPUTE_USD_PER_HOUR", default_value_t = 0.0)]
-    pub compute_usd_per_hour: f64,
+    #[command(flatten)]
+    pub results: ResultArgs,
     #[command(flatten)]
     pub inference: InferenceArgs,
 }
@@ -113,8 +108,7 @@ async fn start(args: &UpArgs, shutdown: Shutdown) -> anyhow::Result<Fleet> {
                 .join(format!("{pool:?}").to_lowercase()),
         );
         worker.cloud_config = args.cloud_config.clone();
-        worker.quality_gate = args.quality_gate;
-        worker.compute_usd_per_hour = args.compute_usd_per_hour;
+        worker.results = args.results.clone();
         if pool == PoolArg::Local {
             worker.concurrency = args.concurrency;
             worker.inference = args.inference.clone();

@@ -33,19 +33,17 @@ pub(crate) fn cloud_config(dir: &std::path::Path, url: &str) -> std::path::PathB
     path
 }
 
-/// Starts `qefleet worker --pool cloud` on `config`; returns its metrics port.
-fn cloud_worker(fleet: &mut Fleet, config: &std::path::Path) -> u16 {
-    let metrics_port = qefleet_shared::embedded::free_port();
-    let metrics_addr = format!("127.0.0.1:{metrics_port}");
-    fleet.worker_process(&[
+/// Starts `qefleet worker --pool cloud` on `config` with `extra` arguments; returns its
+/// metrics port.
+pub(crate) fn cloud_worker(fleet: &mut Fleet, config: &std::path::Path, extra: &[&str]) -> u16 {
+    let mut args = vec![
         "--pool",
         "cloud",
         "--cloud-config",
         config.to_str().expect("path"),
-        "--worker-metrics-addr",
-        &metrics_addr,
-    ]);
-    metrics_port
+    ];
+    args.extend_from_slice(extra);
+    fleet.worker_process_with_metrics(&args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,7 +53,7 @@ async fn a_cloud_worker_serves_cloud_jobs_and_local_only_jobs_never_reach_it() {
     let mut fleet = Fleet::start().await;
     fleet.scheduler(SchedulerArgs::default()).await;
     let config = cloud_config(fleet.dir.path(), &stub.url);
-    let metrics_port = cloud_worker(&mut fleet, &config);
+    let metrics_port = cloud_worker(&mut fleet, &config, &[]);
     let local = fleet.worker_args(PoolArg::Local);
     fleet
         .worker(
@@ -250,7 +248,7 @@ async fn providers_with_open_breakers_take_their_worker_out_of_routing() {
         .to_string(),
     )
     .expect("write config");
-    let metrics_port = cloud_worker(&mut fleet, &config);
+    let metrics_port = cloud_worker(&mut fleet, &config, &[]);
     let mut quality = job(CALC);
     quality.strategy = Some(qefleet_schemas::Strategy::Quality);
     eventually(
@@ -283,8 +281,7 @@ async fn providers_with_open_breakers_take_their_worker_out_of_routing() {
         body.contains("qefleet_circuit_breaker_state{provider=\"anthropic\"} 2"),
         "{body}"
     );
-    let status = fleet.cli(&["status", "--json"]);
-    let report: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json status");
+    let report = fleet.status_json();
     let cloud = report["live_workers"]
         .as_array()
         .expect("workers")
@@ -314,12 +311,7 @@ async fn a_spent_daily_budget_stops_a_tenants_cloud_spending() {
         .worker(local, Arc::new(ScriptedEngine::succeeding(Duration::ZERO)))
         .await;
     let config = cloud_config(fleet.dir.path(), &stub.url);
-    fleet.worker_process(&[
-        "--pool",
-        "cloud",
-        "--cloud-config",
-        config.to_str().expect("path"),
-    ]);
+    cloud_worker(&mut fleet, &config, &[]);
 
     let for_acme = |pool: Option<Pool>| {
         let mut spec = job(MODULE);
@@ -394,8 +386,7 @@ async fn a_spent_daily_budget_stops_a_tenants_cloud_spending() {
         metrics.contains("qefleet_budget_exhausted_total{scope=\"tenant\"} 2"),
         "{metrics}"
     );
-    let status = fleet.cli(&["status", "--json"]);
-    let report: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json status");
+    let report = fleet.status_json();
     let spend = report["cloud_spend_today_usd"]
         .as_f64()
         .expect("spend in status");

@@ -14,7 +14,7 @@ use qefleet_shared::subjects::{event_subject, EVENTS_STREAM, WORKERS_BUCKET};
 use qefleet_worker::engines::DoctestEngine;
 use qefleet_worker::PoolArg;
 
-use crate::cloud::cloud_config;
+use crate::cloud::{cloud_config, cloud_worker};
 use crate::support::*;
 
 /// The doctest engine covers `add` only: a weak local result.
@@ -44,23 +44,19 @@ async fn weak_local_results_go_to_the_cloud_once_private_ones_never_and_failures
     let mut fleet = Fleet::start().await;
     fleet.scheduler(SchedulerArgs::default()).await;
     let config = cloud_config(fleet.dir.path(), &stub.url);
-    let metrics_port = qefleet_shared::embedded::free_port();
-    let metrics_addr = format!("127.0.0.1:{metrics_port}");
-    fleet.worker_process(&[
-        "--pool",
-        "cloud",
-        "--cloud-config",
-        config.to_str().expect("path"),
-        "--worker-metrics-addr",
-        &metrics_addr,
-        // One delivery: a provider failure ends the cloud's attempt at once.
-        "--max-deliver",
-        "1",
-        "--compute-usd-per-hour",
-        "3.6",
-    ]);
+    let metrics_port = cloud_worker(
+        &mut fleet,
+        &config,
+        &[
+            // One delivery: a provider failure ends the cloud's attempt at once.
+            "--max-deliver",
+            "1",
+            "--compute-usd-per-hour",
+            "3.6",
+        ],
+    );
     let mut local = fleet.worker_args(PoolArg::Local);
-    local.quality_gate = 0.95;
+    local.results.quality_gate = 0.95;
     local.savings_reference = Some(config.clone());
     fleet
         .worker(local, Arc::new(DoctestEngine::probe(None).await))

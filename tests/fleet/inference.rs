@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use qefleet_scheduler::SchedulerArgs;
-use qefleet_shared::embedded::{free_port, venv_python};
+use qefleet_shared::embedded::venv_python;
 
 use crate::support::*;
 
@@ -36,9 +36,7 @@ async fn a_local_llm_worker_serves_a_job_and_reports_its_provider() {
     let mut fleet = Fleet::start().await;
     fleet.scheduler(SchedulerArgs::default()).await;
     let model = tiny_model(fleet.dir.path());
-    let metrics_port = free_port();
-    let metrics_addr = format!("127.0.0.1:{metrics_port}");
-    fleet.worker_process(&[
+    let metrics_port = fleet.worker_process_with_metrics(&[
         "--engine",
         "local-llm",
         "--local-model",
@@ -47,8 +45,6 @@ async fn a_local_llm_worker_serves_a_job_and_reports_its_provider() {
         "cpu",
         "--inference-threads",
         "1",
-        "--worker-metrics-addr",
-        &metrics_addr,
         "--embeddings",
     ]);
     let mut spec = job(MODULE);
@@ -74,8 +70,7 @@ async fn a_local_llm_worker_serves_a_job_and_reports_its_provider() {
         result.tokens
     );
 
-    let status = fleet.cli(&["status", "--json"]);
-    let report: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json status");
+    let report = fleet.status_json();
     let workers = report["live_workers"].as_array().expect("workers");
     assert!(
         workers.iter().any(|w| w["engine"] == "local-llm"

@@ -80,8 +80,7 @@ async fn submit_result_and_status_work_from_the_command_line() {
         String::from_utf8_lossy(&submitted.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&submitted.stdout).trim(), "cli-1");
-    let status = fleet.cli(&["status", "--json"]);
-    let report: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json status");
+    let report = fleet.status_json();
     let local = report["pools"]
         .as_array()
         .expect("pools")
@@ -119,8 +118,7 @@ async fn submit_result_and_status_work_from_the_command_line() {
         out.contains("Succeeded") && out.contains("2 passed, 0 failed"),
         "{out}"
     );
-    let status = fleet.cli(&["status", "--json"]);
-    let report: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json status");
+    let report = fleet.status_json();
     assert_eq!(
         report["live_workers"].as_array().map(Vec::len),
         Some(1),

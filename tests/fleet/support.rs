@@ -150,6 +150,23 @@ impl Fleet {
         self.children.last_mut().expect("just pushed")
     }
 
+    /// Starts a `qefleet worker` process with `extra` arguments and a /metrics endpoint;
+    /// returns the endpoint's port.
+    pub fn worker_process_with_metrics(&mut self, extra: &[&str]) -> u16 {
+        let port = qefleet_shared::embedded::free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut args = extra.to_vec();
+        args.extend(["--worker-metrics-addr", addr.as_str()]);
+        self.worker_process(&args);
+        port
+    }
+
+    /// `qefleet status --json`, parsed.
+    pub fn status_json(&self) -> serde_json::Value {
+        let status = self.cli(&["status", "--json"]);
+        serde_json::from_slice(&status.stdout).expect("json status")
+    }
+
     /// The `n`th child process started by this fleet.
     pub fn child(&mut self, n: usize) -> &mut Child {
         &mut self.children[n]

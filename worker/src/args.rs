@@ -37,6 +37,31 @@ pub enum EngineArg {
     LocalLlm,
 }
 
+/// How a worker weighs its results: the quality gate for escalation and what its
+/// compute costs. Shared by `qefleet worker` and `qefleet up`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ResultArgs {
+    /// A local result whose quality score is below this (or that failed) is escalated
+    /// once to the cloud pool, with its suite as the starting point, unless the job is
+    /// local_only, privacy or budgets say no, or no cloud worker is live. 0 turns
+    /// escalation off.
+    #[arg(long, env = "QEFLEET_QUALITY_GATE", default_value_t = 0.4)]
+    pub quality_gate: f64,
+    /// What an hour of this worker's machine costs, US dollars: results carry their
+    /// compute cost (run seconds × this) in `compute_usd`. 0 counts compute as free.
+    #[arg(long, env = "QEFLEET_COMPUTE_USD_PER_HOUR", default_value_t = 0.0)]
+    pub compute_usd_per_hour: f64,
+}
+
+impl Default for ResultArgs {
+    fn default() -> Self {
+        Self {
+            quality_gate: 0.4,
+            compute_usd_per_hour: 0.0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerArgs {
     /// Pool this worker serves.
@@ -81,16 +106,8 @@ pub struct WorkerArgs {
     /// The cloud pool's providers, models, keys and prices (JSON; docs/CLOUD.md).
     #[arg(long, env = "QEFLEET_CLOUD_CONFIG")]
     pub cloud_config: Option<PathBuf>,
-    /// A local result whose quality score is below this (or that failed) is escalated
-    /// once to the cloud pool, with its suite as the starting point, unless the job is
-    /// local_only, privacy or budgets say no, or no cloud worker is live. 0 turns
-    /// escalation off.
-    #[arg(long, env = "QEFLEET_QUALITY_GATE", default_value_t = 0.4)]
-    pub quality_gate: f64,
-    /// What an hour of this worker's machine costs, US dollars: results carry their
-    /// compute cost (run seconds × this) in `compute_usd`. 0 counts compute as free.
-    #[arg(long, env = "QEFLEET_COMPUTE_USD_PER_HOUR", default_value_t = 0.0)]
-    pub compute_usd_per_hour: f64,
+    #[command(flatten)]
+    pub results: ResultArgs,
     /// Cloud configuration whose first priced provider is the model savings are measured
     /// against (default: --cloud-config when given). Results then carry
     /// `cloud_equivalent` and `savings_usd`.
@@ -121,8 +138,7 @@ impl WorkerArgs {
             python: None,
             metrics_addr: None,
             cloud_config: None,
-            quality_gate: 0.4,
-            compute_usd_per_hour: 0.0,
+            results: ResultArgs::default(),
             savings_reference: None,
             inference: InferenceArgs::default(),
             embedder: None,

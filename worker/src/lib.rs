@@ -13,5 +13,5 @@ pub mod runtime;
 pub mod sandbox;
 pub mod savings;
 
-pub use args::{EngineArg, PoolArg, WorkerArgs};
+pub use args::{EngineArg, PoolArg, ResultArgs, WorkerArgs};
 pub use runtime::{run, WorkerError};

@@ -143,8 +143,8 @@ pub async fn run(
         ack_wait: args.ack_wait,
         job_timeout: args.job_timeout,
         spend: bucket(&js, SPEND_BUCKET).await?,
-        quality_gate: args.quality_gate,
-        compute_usd_per_hour: args.compute_usd_per_hour.max(0.0),
+        quality_gate: args.results.quality_gate,
+        compute_usd_per_hour: args.results.compute_usd_per_hour.max(0.0),
         reference,
     });
 

@@ -33,25 +33,23 @@ impl Reference {
     /// The first provider of `path` (a cloud configuration) that has a price.
     pub fn from_cloud_config(path: &Path) -> Result<Self, String> {
         let config = CloudConfig::from_file(path).map_err(|e| e.to_string())?;
-        let Some(entry) = config.providers.iter().find(|p| p.price.is_some()) else {
+        let Some((entry, price)) = config
+            .providers
+            .iter()
+            .find_map(|p| p.price.as_ref().map(|price| (p, price.price())))
+        else {
             return Err(format!(
                 "{}: no provider has a price, so savings have no reference; add \"price\" to the model you would otherwise use",
                 path.display()
             ));
         };
-        let price = entry.price.as_ref().map(|p| Price {
-            input_per_mtok: p.input_per_mtok,
-            cached_input_per_mtok: p.cached_input_per_mtok,
-            output_per_mtok: p.output_per_mtok,
-            effective: p.effective.clone(),
-        });
         let counter = match &entry.tokenizer {
             Some(file) => TokenCounter::from_file(file)?,
             None => TokenCounter::Estimate,
         };
         Ok(Self {
             model: format!("{}/{}", entry.name, entry.model),
-            price: price.unwrap_or_default(),
+            price,
             counter,
             max_prompt_chars: LlmSettings::default().max_prompt_chars,
         })

@@ -149,6 +149,16 @@ const COVERAGE_RC: &str = ".qefleet_coveragerc";
 /// The pytest plugin (`test_timeout.py`) that fails a test running past its limit, in
 /// every work directory; suites run with `-p` this.
 pub const TEST_TIMEOUT_PLUGIN: &str = "_qefleet_test_timeout";
+/// How every suite run calls pytest: quiet, no cache, the per-test limit.
+pub const PYTEST: [&str; 7] = [
+    "-m",
+    "pytest",
+    "-q",
+    "-p",
+    "no:cacheprovider",
+    "-p",
+    TEST_TIMEOUT_PLUGIN,
+];
 
 /// How much of pytest's output a [`SuiteRun`] keeps.
 const OUTPUT_TAIL: usize = 4000;
@@ -170,29 +180,10 @@ pub async fn run_suite(
     let include = format!("--include={}", workspace.module_file.display());
     workspace.write(COVERAGE_RC, "[run]\ndynamic_context = test_function\n")?;
     let rcfile = format!("--rcfile={COVERAGE_RC}");
-    let finished = run_python(
-        sandbox,
-        workspace,
-        &[
-            "-m",
-            "coverage",
-            "run",
-            &rcfile,
-            "--branch",
-            &include,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-p",
-            TEST_TIMEOUT_PLUGIN,
-            "--junitxml=report.xml",
-            test_file,
-        ],
-        remaining(),
-    )
-    .await?;
+    let mut args = vec!["-m", "coverage", "run", &rcfile, "--branch", &include];
+    args.extend(PYTEST);
+    args.extend(["--junitxml=report.xml", test_file]);
+    let finished = run_python(sandbox, workspace, &args, remaining()).await?;
     let report = std::fs::read_to_string(workspace.path().join("report.xml")).map_err(|_| {
         let tail = tail(&finished.stdout, 2000);
         EngineError::Transient(format!(

@@ -19,7 +19,7 @@ use rustpython_ast::{self as ast, Ranged};
 use rustpython_parser::Parse;
 
 use super::measure::{measured_output, mutation_in_time_left, MutationSettings, Survivor};
-use super::python::{junit_failed_tests, run_suite, SuiteRun, Workspace, TEST_TIMEOUT_PLUGIN};
+use super::python::{junit_failed_tests, run_suite, SuiteRun, Workspace, PYTEST};
 use crate::engine::{EngineError, EngineOutput};
 use crate::sandbox::Sandbox;
 
@@ -327,17 +327,7 @@ impl Refiner<'_> {
                 .sandbox
                 .run_python(
                     self.workspace.path(),
-                    &[
-                        "-m",
-                        "pytest",
-                        "-q",
-                        "-p",
-                        "no:cacheprovider",
-                        "-p",
-                        TEST_TIMEOUT_PLUGIN,
-                        "--junitxml=rerun.xml",
-                        TEST_FILE,
-                    ],
+                    &[&PYTEST[..], &["--junitxml=rerun.xml", TEST_FILE]].concat(),
                     &[("PYTHONHASHSEED", &seed)],
                     left,
                 )
