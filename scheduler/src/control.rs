@@ -1,7 +1,7 @@
 //! What routing reads besides the job: the operators' switch (from `--route-mode`, then
 //! the `route_mode` key of the `qe_control` bucket, watched) and the queue lag of each
-//! pool (sampled from its consumer every second). Both are read per submission without
-//! touching NATS.
+//! pool (sampled from its consumer every second, with the queue metrics). Both are read
+//! per submission without touching NATS.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::RwLock;
@@ -10,8 +10,10 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
 use qefleet_schemas::Pool;
+use qefleet_shared::metrics::Metrics;
+use qefleet_shared::queues;
 use qefleet_shared::shutdown::Shutdown;
-use qefleet_shared::subjects::{pool_consumer, JOBS_STREAM, ROUTE_MODE_KEY};
+use qefleet_shared::subjects::ROUTE_MODE_KEY;
 
 use crate::router::{PoolLag, RouteMode};
 
@@ -59,24 +61,26 @@ impl RouteControl {
     }
 }
 
-/// Samples pending + ack-pending of the local and cloud consumers until shutdown.
+/// Samples the queues every `every` until shutdown: pending + ack-pending of the local
+/// and cloud consumers for routing, and every queue gauge for Prometheus.
 pub async fn sample_lag(
     js: jetstream::Context,
     control: std::sync::Arc<RouteControl>,
+    metrics: Metrics,
     every: Duration,
     mut shutdown: Shutdown,
 ) {
     loop {
-        if let Ok(stream) = js.get_stream(JOBS_STREAM).await {
-            let mut lag = PoolLag::default();
-            for pool in [Pool::Local, Pool::Cloud] {
-                if let Ok(info) = stream.consumer_info(pool_consumer(pool)).await {
-                    lag.0
-                        .insert(pool, info.num_pending + info.num_ack_pending as u64);
-                }
+        let snapshot = queues::sample(&js).await;
+        let mut lag = PoolLag::default();
+        for pool in [Pool::Local, Pool::Cloud] {
+            let queue = snapshot.pool(pool);
+            if queue.consumer.is_some() {
+                lag.0.insert(pool, queue.lag());
             }
-            control.set_lag(lag);
         }
+        control.set_lag(lag);
+        snapshot.export(&metrics);
         tokio::select! {
             _ = shutdown.wait() => return,
             _ = tokio::time::sleep(every) => {}

@@ -157,6 +157,7 @@ pub async fn run(
     tasks.spawn(sample_lag(
         js.clone(),
         control.clone(),
+        metrics.clone(),
         Duration::from_secs(1),
         shutdown.clone(),
     ));

@@ -18,7 +18,9 @@ pub use job::{
     Strategy,
 };
 pub use reply::{ErrorCode, ErrorReply, EscalateReply, SubmitReply};
-pub use result::{CloudEquivalent, EscalationOutcome, JobResult, JobStatus, Timings, TokenUsage};
+pub use result::{
+    CloudEquivalent, EscalationOutcome, JobResult, JobStatus, RefinementStop, Timings, TokenUsage,
+};
 pub use state::{ConsolidationJob, JobPhase, JobState};
 
 /// The wire schema version this build writes and accepts.

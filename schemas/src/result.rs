@@ -19,6 +19,31 @@ pub enum JobStatus {
     Expired,
 }
 
+/// Why a refinement loop stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RefinementStop {
+    /// A round improved quality by less than the plateau threshold.
+    Plateau,
+    /// The job's complexity class allows no more rounds.
+    MaxRounds,
+    /// Too little of the time budget was left for another round (a refinement timeout).
+    TimeBudget,
+    /// The engine had nothing more to propose.
+    NoProposal,
+}
+
+impl RefinementStop {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefinementStop::Plateau => "plateau",
+            RefinementStop::MaxRounds => "max_rounds",
+            RefinementStop::TimeBudget => "time_budget",
+            RefinementStop::NoProposal => "no_proposal",
+        }
+    }
+}
+
 /// Token counts reported by a model, zero for engines without one.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -105,6 +130,9 @@ pub struct JobResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coverage_target_met: Option<bool>,
     pub refinement_rounds: u32,
+    /// Why the refinement loop stopped; absent for engines without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refinement_stop: Option<RefinementStop>,
     pub engine: String,
     pub pool: Pool,
     pub complexity: Complexity,

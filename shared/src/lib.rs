@@ -11,6 +11,7 @@ pub mod messages;
 pub mod metrics;
 pub mod nats;
 pub mod provision;
+pub mod queues;
 pub mod retry;
 pub mod shutdown;
 pub mod subjects;

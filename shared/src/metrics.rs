@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 
 use prometheus::{
-    CounterVec, Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    core::Collector, CounterVec, Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -24,6 +24,7 @@ pub mod labels {
     pub const PROVIDER: &str = "provider";
     pub const OP: &str = "op";
     pub const KIND: &str = "kind";
+    pub const VERSION: &str = "version";
 }
 
 /// Every metric a qefleet process may export. Unused ones simply stay at zero.
@@ -68,19 +69,72 @@ pub struct Metrics {
     pub consolidations_triggered: IntCounter,
     pub outbox_pending: IntGauge,
     pub jobs_in_flight: IntGauge,
+    /// Jobs in the work queue (waiting + in flight) by pool and complexity, sampled by
+    /// the scheduler.
+    pub queue_lag: IntGaugeVec,
+    /// Jobs delivered and not yet acknowledged, by pool (from the pool's consumer).
+    pub queue_ack_pending: IntGaugeVec,
+    /// Jobs delivered more than once and not yet acknowledged, by pool.
+    pub queue_redelivered: IntGaugeVec,
+    /// Age of the oldest job in each pool's queue (0 when empty).
+    pub queue_oldest_age: GaugeVec,
+    /// Messages in the dead-letter stream, by pool (or `submit`).
+    pub dlq_depth: IntGaugeVec,
+    /// Seconds from queueing to first delivery, by pool and complexity.
+    pub queue_wait: HistogramVec,
+    /// Deliveries of a job after its first, by pool.
+    pub job_redeliveries: IntCounterVec,
+    /// Why refinement loops of succeeded jobs stopped, by pool, engine and reason
+    /// (`plateau`, `max_rounds`, `time_budget`, `no_proposal`).
+    pub refinement_stops: IntCounterVec,
+    /// Resident memory of this process, read at each scrape.
+    pub resident_memory: IntGauge,
+    /// Every family's name, sorted.
+    names: std::sync::Arc<[String]>,
 }
 
 impl Metrics {
     pub fn new() -> Self {
         use labels::*;
         let registry = Registry::new();
+        let names = std::cell::RefCell::new(Vec::new());
+        // One registration path, so every family is known by name (`names`).
+        let register = |name: &str, c: Box<dyn Collector>| {
+            names
+                .borrow_mut()
+                .extend(c.desc().iter().map(|d| d.fq_name.clone()));
+            registry
+                .register(c)
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+        };
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels)
                 .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-            registry
-                .register(Box::new(c.clone()))
-                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            register(name, Box::new(c.clone()));
             c
+        };
+        let dollars = |name: &str, help: &str, labels: &[&str]| {
+            let c = CounterVec::new(Opts::new(name, help), labels)
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            register(name, Box::new(c.clone()));
+            c
+        };
+        let int_gauges = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            register(name, Box::new(g.clone()));
+            g
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            register(name, Box::new(g.clone()));
+            g
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>, labels: &[&str]| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            register(name, Box::new(h.clone()));
+            h
         };
         let jobs_submitted = counter(
             "qefleet_jobs_submitted_total",
@@ -112,81 +166,58 @@ impl Metrics {
             "Messages moved to the dead-letter stream, by reason",
             &[POOL, REASON],
         );
-        let job_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "qefleet_job_duration_seconds",
-                "Engine run time of a job attempt",
-            )
-            .buckets(vec![
+        let job_duration = histogram(
+            "qefleet_job_duration_seconds",
+            "Engine run time of a job attempt",
+            vec![
                 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
-            ]),
+            ],
             &[POOL, COMPLEXITY],
-        )
-        .unwrap_or_else(|e| panic!("job duration histogram: {e}"));
-        let _ = registry.register(Box::new(job_duration.clone()));
-        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
-            let h = HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(buckets),
-                &[POOL, ENGINE],
-            )
-            .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-            let _ = registry.register(Box::new(h.clone()));
-            h
-        };
+        );
         let refinement_rounds = histogram(
             "qefleet_refinement_rounds",
             "Refinement rounds of a succeeded job",
             vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0],
+            &[POOL, ENGINE],
         );
         let quality_score = histogram(
             "qefleet_quality_score",
             "Quality score (0-1) of a succeeded job's suite",
             vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+            &[POOL, ENGINE],
         );
-        let inference_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "qefleet_inference_seconds",
-                "Seconds of local model runs per job or request, by operation and execution provider",
-            )
-            .buckets(vec![
+        let inference_seconds = histogram(
+            "qefleet_inference_seconds",
+            "Seconds of local model runs per job or request, by operation and execution provider",
+            vec![
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-            ]),
+            ],
             &[OP, PROVIDER],
-        )
-        .unwrap_or_else(|e| panic!("inference histogram: {e}"));
-        let _ = registry.register(Box::new(inference_seconds.clone()));
+        );
         let inference_tokens = counter(
             "qefleet_inference_tokens_total",
             "Tokens generated by local models, by execution provider",
             &[PROVIDER],
         );
-        let cost_usd = CounterVec::new(
-            Opts::new(
-                "qefleet_cost_usd_total",
-                "Dollars spent on published results (provider-reported tokens × the configured price), by pool and engine",
-            ),
+        let cost_usd = dollars(
+            "qefleet_cost_usd_total",
+            "Dollars spent on published results (provider-reported tokens × the configured price), by pool and engine",
             &[POOL, ENGINE],
-        )
-        .unwrap_or_else(|e| panic!("cost counter: {e}"));
-        let _ = registry.register(Box::new(cost_usd.clone()));
+        );
         let tokens = counter(
             "qefleet_tokens_total",
             "LLM tokens of published results, by pool, engine and kind (prompt, completion)",
             &[POOL, ENGINE, KIND],
         );
-        let dollars = |name: &str, help: &str| {
-            let c = CounterVec::new(Opts::new(name, help), &[POOL])
-                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-            let _ = registry.register(Box::new(c.clone()));
-            c
-        };
         let compute_usd = dollars(
             "qefleet_compute_usd_total",
             "Local compute dollars of published results: run seconds × the worker's configured $/hour",
+            &[POOL],
         );
         let cloud_equivalent_usd = dollars(
             "qefleet_cloud_equivalent_usd_total",
             "What published results would have cost on the reference cloud model (its prompts and completions for the same rounds × its price); savings = this - cost - compute",
+            &[POOL],
         );
         let escalations = counter(
             "qefleet_escalations_total",
@@ -203,41 +234,87 @@ impl Metrics {
             "Dollars left today (UTC) of the fleet's daily cloud budget, as of the scheduler's last check",
         )
         .unwrap_or_else(|e| panic!("budget gauge: {e}"));
-        let _ = registry.register(Box::new(fleet_budget_remaining_usd.clone()));
-        let circuit_breaker_state = IntGaugeVec::new(
-            Opts::new(
-                "qefleet_circuit_breaker_state",
-                "Circuit-breaker state per cloud provider: 0 closed, 1 half-open, 2 open",
-            ),
+        register("budget", Box::new(fleet_budget_remaining_usd.clone()));
+        let circuit_breaker_state = int_gauges(
+            "qefleet_circuit_breaker_state",
+            "Circuit-breaker state per cloud provider: 0 closed, 1 half-open, 2 open",
             &[PROVIDER],
-        )
-        .unwrap_or_else(|e| panic!("breaker gauge: {e}"));
-        let _ = registry.register(Box::new(circuit_breaker_state.clone()));
-        let inference_provider = IntGaugeVec::new(
-            Opts::new(
-                "qefleet_inference_provider_info",
-                "1 for each local model operation (generate, embed) this process runs, by execution provider",
-            ),
+        );
+        let inference_provider = int_gauges(
+            "qefleet_inference_provider_info",
+            "1 for each local model operation (generate, embed) this process runs, by execution provider",
             &[OP, PROVIDER],
-        )
-        .unwrap_or_else(|e| panic!("inference provider gauge: {e}"));
-        let _ = registry.register(Box::new(inference_provider.clone()));
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-            let _ = registry.register(Box::new(g.clone()));
-            g
-        };
+        );
         let outbox_pending = gauge(
-            "qefleet_outbox_pending",
+            "qefleet_outbox_pending_results",
             "Results computed but not yet confirmed published",
         );
-        let jobs_in_flight = gauge("qefleet_jobs_in_flight", "Jobs a worker is running now");
+        let jobs_in_flight = gauge("qefleet_in_flight_jobs", "Jobs this worker is running now");
         let consolidations_triggered = IntCounter::new(
             "qefleet_consolidations_triggered_total",
             "Consolidation jobs published by this scheduler",
         )
         .unwrap_or_else(|e| panic!("consolidations counter: {e}"));
-        let _ = registry.register(Box::new(consolidations_triggered.clone()));
+        register("consolidations", Box::new(consolidations_triggered.clone()));
+        let queue_lag = int_gauges(
+            "qefleet_queue_lag_jobs",
+            "Jobs in the work queue, waiting or in flight (pending + ack-pending), by pool and complexity; sampled by the scheduler every second",
+            &[POOL, COMPLEXITY],
+        );
+        let queue_ack_pending = int_gauges(
+            "qefleet_queue_ack_pending_jobs",
+            "Jobs delivered to a worker and not yet acknowledged, by pool",
+            &[POOL],
+        );
+        let queue_redelivered = int_gauges(
+            "qefleet_queue_redelivered_jobs",
+            "Jobs delivered more than once and not yet acknowledged, by pool",
+            &[POOL],
+        );
+        let queue_oldest_age = GaugeVec::new(
+            Opts::new(
+                "qefleet_queue_oldest_job_age_seconds",
+                "Age of the oldest job still in each pool's queue (0 when the queue is empty)",
+            ),
+            &[POOL],
+        )
+        .unwrap_or_else(|e| panic!("oldest job gauge: {e}"));
+        register("oldest job", Box::new(queue_oldest_age.clone()));
+        let dlq_depth = int_gauges(
+            "qefleet_dlq_depth_messages",
+            "Messages in the dead-letter stream, by pool (submit: rejected fire-and-forget submissions)",
+            &[POOL],
+        );
+        let queue_wait = histogram(
+            "qefleet_queue_wait_seconds",
+            "Seconds from a job's queueing to its first delivery to a worker",
+            vec![
+                0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+            ],
+            &[POOL, COMPLEXITY],
+        );
+        let job_redeliveries = counter(
+            "qefleet_job_redeliveries_total",
+            "Deliveries of a job after its first (a retry, an expired ack wait, a worker lost mid-job)",
+            &[POOL],
+        );
+        let refinement_stops = counter(
+            "qefleet_refinement_stops_total",
+            "Why the refinement loop of a succeeded job stopped: plateau, max_rounds, time_budget (a timeout), no_proposal",
+            &[POOL, ENGINE, REASON],
+        );
+        let resident_memory = gauge(
+            "qefleet_process_resident_memory_bytes",
+            "Resident memory of this process, read at each scrape",
+        );
+        let build_info = int_gauges(
+            "qefleet_build_info",
+            "1, labelled with the qefleet version this process runs",
+            &[VERSION],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         Self {
             registry,
             jobs_submitted,
@@ -263,7 +340,27 @@ impl Metrics {
             consolidations_triggered,
             outbox_pending,
             jobs_in_flight,
+            queue_lag,
+            queue_ack_pending,
+            queue_redelivered,
+            queue_oldest_age,
+            dlq_depth,
+            queue_wait,
+            job_redeliveries,
+            refinement_stops,
+            resident_memory,
+            names: {
+                let mut names = names.into_inner();
+                names.sort();
+                names.into()
+            },
         }
+    }
+
+    /// The name of every metric family this process can export, whether or not it has
+    /// a sample yet (a labelled family without children is left out of `/metrics`).
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// Records that this process runs `op` on `provider` (a label such as `cpu`, `cuda`).
@@ -275,10 +372,21 @@ impl Metrics {
 
     /// The text exposition format of every registered metric.
     pub fn render(&self) -> String {
+        if let Some(bytes) = resident_memory_bytes() {
+            self.resident_memory.set(bytes as i64);
+        }
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// VmRSS of this process from /proc (Linux); `None` elsewhere.
+fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 impl Default for Metrics {
@@ -326,4 +434,68 @@ pub async fn serve(
         }
     });
     Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Units a gauge or histogram name may end with (counters end with `_total`).
+    const UNITS: &[&str] = &[
+        "seconds", "bytes", "jobs", "messages", "results", "usd", "rounds", "score", "state",
+        "info",
+    ];
+
+    #[test]
+    fn every_name_follows_the_spec() {
+        let metrics = Metrics::new();
+        let text = metrics.render();
+        assert!(metrics.names().len() >= 30, "{:?}", metrics.names());
+        for name in metrics.names() {
+            let rest = name
+                .strip_prefix("qefleet_")
+                .unwrap_or_else(|| panic!("{name}: no qefleet_ prefix"));
+            assert!(
+                rest.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "{name}: only lower case, digits and _"
+            );
+            let counter = text.contains(&format!("# TYPE {name} counter"));
+            if counter || name.ends_with("_total") {
+                assert!(
+                    name.ends_with("_total")
+                        && (counter || !text.contains(&format!("# TYPE {name} "))),
+                    "{name}: counters, and only counters, end with _total"
+                );
+            } else {
+                assert!(
+                    UNITS.iter().any(|u| name.ends_with(&format!("_{u}"))),
+                    "{name}: a gauge or histogram ends with a unit of {UNITS:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_metric_is_documented() {
+        let doc = include_str!("../../docs/METRICS.md");
+        for name in Metrics::new().names() {
+            assert!(
+                doc.contains(&format!("`{name}`")),
+                "{name} is missing from docs/METRICS.md"
+            );
+        }
+    }
+
+    #[test]
+    fn resident_memory_is_read_at_render() {
+        let metrics = Metrics::new();
+        let text = metrics.render();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("qefleet_process_resident_memory_bytes "))
+            .expect("memory gauge rendered");
+        let bytes: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(bytes > 1_000_000, "{line}");
+    }
 }

@@ -7,10 +7,7 @@ use futures_util::StreamExt;
 use qefleet_schemas::{now_unix_ms, Pool};
 use qefleet_shared::nats::NatsArgs;
 use qefleet_shared::provision::stream_configs;
-use qefleet_shared::subjects::{
-    pool_consumer, pool_filter, CONTROL_BUCKET, JOBS_STREAM, ROUTE_MODE_KEY, SPEND_BUCKET,
-    WORKERS_BUCKET,
-};
+use qefleet_shared::subjects::{CONTROL_BUCKET, ROUTE_MODE_KEY, SPEND_BUCKET, WORKERS_BUCKET};
 use serde_json::json;
 
 #[derive(Debug, clap::Args)]
@@ -36,37 +33,26 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             Err(_) => streams.push(json!({"stream": config.name, "missing": true})),
         }
     }
-    let mut pools = Vec::new();
-    let jobs = js.get_stream(JOBS_STREAM).await.ok();
-    for pool in Pool::ALL {
-        let Some(jobs) = &jobs else { break };
-        let consumer = jobs.consumer_info(pool_consumer(pool)).await.ok();
-        // Jobs in the work queue for this pool (waiting or in flight), with or without a
-        // consumer: a pool nobody has served yet still shows its backlog.
-        let mut queued = 0u64;
-        if let Ok(mut subjects) = jobs.info_with_subjects(pool_filter(pool)).await {
-            while let Some(Ok((_, n))) = subjects.next().await {
-                queued += n as u64;
-            }
-        }
-        let oldest_ms = jobs
-            .get_first_raw_message_by_subject(pool_filter(pool), 0)
-            .await
-            .ok()
-            .map(|m| {
-                let at = (m.time.unix_timestamp_nanos() / 1_000_000) as u64;
-                now_unix_ms().saturating_sub(at)
-            });
-        pools.push(json!({
-            "pool": pool,
-            "queued": queued,
-            "consumer": consumer.is_some(),
-            "pending": consumer.as_ref().map(|c| c.num_pending),
-            "ack_pending": consumer.as_ref().map(|c| c.num_ack_pending),
-            "redelivered": consumer.as_ref().map(|c| c.num_redelivered),
-            "oldest_pending_age_ms": oldest_ms,
-        }));
-    }
+    let queues = qefleet_shared::queues::sample(&js).await;
+    let pools: Vec<serde_json::Value> = Pool::ALL
+        .into_iter()
+        .map(|pool| {
+            // Jobs in the work queue for this pool (waiting or in flight), with or without
+            // a consumer: a pool nobody has served yet still shows its backlog.
+            let queue = queues.pool(pool);
+            let consumer = queue.consumer;
+            json!({
+                "pool": pool,
+                "queued": queue.queued(),
+                "by_complexity": queue.by_class,
+                "consumer": consumer.is_some(),
+                "pending": consumer.map(|c| c.pending),
+                "ack_pending": consumer.map(|c| c.ack_pending),
+                "redelivered": consumer.map(|c| c.redelivered),
+                "oldest_pending_age_ms": queue.oldest_age_ms,
+            })
+        })
+        .collect();
     let mut workers = Vec::new();
     if let Ok(kv) = js.get_key_value(WORKERS_BUCKET).await {
         if let Ok(mut keys) = kv.keys().await {
@@ -106,6 +92,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         "server": {"version": server.version, "name": server.server_name},
         "streams": streams,
         "pools": pools,
+        "dead_letters": queues.dead_letters,
         "live_workers": workers,
         "route_mode": route_mode,
         "cloud_spend_today_usd": cloud_spend_today,
@@ -152,6 +139,8 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if let Some(usd) = cloud_spend_today {
         println!("cloud spend today ({day} UTC): ${usd:.4}");
     }
+    let dead: u64 = queues.dead_letters.values().sum();
+    println!("dead letters: {dead}");
     println!("\nlive workers: {}", workers.len());
     for w in &workers {
         println!("  {w}");

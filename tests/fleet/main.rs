@@ -8,6 +8,7 @@ mod durability;
 mod escalation;
 mod failures;
 mod inference;
+mod observability;
 mod operators;
 mod submission;
 mod support;

@@ -325,6 +325,7 @@ impl Engine for ScriptedEngine {
                 tests_total: 1,
                 tests_passed: 1,
                 refinement_rounds: 1,
+                refinement_stop: Some(qefleet_schemas::RefinementStop::Plateau),
                 quality_score: Some(0.95),
                 ..EngineOutput::default()
             })

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use qefleet_cloud::BreakerState;
-use qefleet_schemas::{QueuedJob, TokenUsage};
+use qefleet_schemas::{QueuedJob, RefinementStop, TokenUsage};
 
 /// What an engine is asked to do.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +31,8 @@ pub struct EngineOutput {
     pub mutation_score: Option<f64>,
     pub quality_score: Option<f64>,
     pub refinement_rounds: u32,
+    /// Why the refinement loop stopped, for engines that refine.
+    pub refinement_stop: Option<RefinementStop>,
     pub tokens: TokenUsage,
     pub cost_usd: f64,
     /// Local model time spent on the job, for the inference metrics.

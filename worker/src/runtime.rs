@@ -264,14 +264,36 @@ pub async fn run(
     Ok(())
 }
 
+/// Queue wait (first deliveries) and redeliveries, by the subject's pool and class.
+fn observe_delivery(ctx: &Ctx, subject: &str, delivered: i64, queued_ms: u64) {
+    let pool = ctx.pool.as_str();
+    if delivered > 1 {
+        ctx.metrics
+            .job_redeliveries
+            .with_label_values(&[pool])
+            .inc();
+        return;
+    }
+    let class = subject.rsplit('.').next().unwrap_or("");
+    let waited = now_unix_ms().saturating_sub(queued_ms) as f64 / 1000.0;
+    ctx.metrics
+        .queue_wait
+        .with_label_values(&[pool, class])
+        .observe(waited);
+}
+
 /// Handles one delivery from start to acknowledgement.
 async fn handle(ctx: &Ctx, message: Message) {
     let (subject, stream_sequence, deliveries) = match message.info() {
-        Ok(info) => (
-            message.subject.to_string(),
-            info.stream_sequence,
-            info.delivered,
-        ),
+        Ok(info) => {
+            let queued_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as u64;
+            observe_delivery(ctx, &message.subject, info.delivered, queued_ms);
+            (
+                message.subject.to_string(),
+                info.stream_sequence,
+                info.delivered,
+            )
+        }
         Err(_) => (message.subject.to_string(), 0, 1),
     };
     let message = Arc::new(message);
@@ -487,6 +509,7 @@ async fn run_job(ctx: &Ctx, message: &Arc<Message>, deliveries: i64) -> Disposit
             .zip(output.line_coverage)
             .map(|(target, got)| got >= target),
         refinement_rounds: output.refinement_rounds,
+        refinement_stop: output.refinement_stop,
         engine: ctx.engine.name().to_string(),
         pool: ctx.pool,
         complexity: queued.complexity.class,
@@ -810,6 +833,12 @@ async fn account(ctx: &Ctx, result: &JobResult) {
             .refinement_rounds
             .with_label_values(&labels)
             .observe(f64::from(result.refinement_rounds));
+        if let Some(stop) = result.refinement_stop {
+            ctx.metrics
+                .refinement_stops
+                .with_label_values(&[labels[0], labels[1], stop.as_str()])
+                .inc();
+        }
         if result.cost_usd > 0.0 {
             ctx.metrics
                 .cost_usd

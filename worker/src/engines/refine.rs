@@ -14,7 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use qefleet_schemas::{Complexity, TokenUsage};
+use qefleet_schemas::{Complexity, RefinementStop, TokenUsage};
 use rustpython_ast::{self as ast, Ranged};
 use rustpython_parser::Parse;
 
@@ -160,10 +160,12 @@ impl Refiner<'_> {
         let mut rounds = 0;
         let mut tokens = TokenUsage::default();
         let mut cost_usd = 0.0;
+        let mut stop = RefinementStop::MaxRounds;
         for round in 1..=max_rounds.max(1) {
             if round > 1
                 && deadline.saturating_duration_since(Instant::now()) < self.settings.min_round_time
             {
+                stop = RefinementStop::TimeBudget;
                 break;
             }
             feedback.round = round;
@@ -172,6 +174,7 @@ impl Refiner<'_> {
             tokens.completion += proposal.tokens.completion;
             cost_usd += proposal.cost_usd;
             let Some(test_file) = proposal.test_file else {
+                stop = RefinementStop::NoProposal;
                 break;
             };
             rounds = round;
@@ -194,6 +197,7 @@ impl Refiner<'_> {
                 best = Some(measured);
             }
             if round > 1 && gain < self.settings.plateau {
+                stop = RefinementStop::Plateau;
                 break;
             }
         }
@@ -210,6 +214,7 @@ impl Refiner<'_> {
         }
         Ok(EngineOutput {
             refinement_rounds: rounds,
+            refinement_stop: Some(stop),
             tokens,
             cost_usd,
             ..best.output
@@ -623,6 +628,7 @@ mod tests {
         let out = out.expect("refines");
         assert_eq!(out.test_file, second, "the best suite is kept");
         assert_eq!(out.refinement_rounds, 3, "round 3 gained nothing: plateau");
+        assert_eq!(out.refinement_stop, Some(RefinementStop::Plateau));
         assert_eq!((out.tests_passed, out.tests_failed), (3, 0));
         assert_eq!(out.line_coverage, Some(1.0));
         assert_eq!(out.tokens.prompt, 300);
@@ -669,6 +675,26 @@ mod tests {
         );
         assert_eq!((out.tests_passed, out.tests_failed), (3, 0));
         assert_eq!(out.line_coverage, Some(1.0));
+        assert_eq!(
+            out.refinement_stop,
+            Some(RefinementStop::NoProposal),
+            "the engine had nothing for round 2"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spent_time_budget_stops_the_loop_and_says_so() {
+        let suite = "import signs
+
+
+def test_positive():
+    assert signs.sign(5) == 1
+";
+        let (out, seen) = refine_scripted(vec![suite, suite, suite], 1).await;
+        let out = out.expect("the first round is always measured");
+        assert_eq!(out.refinement_rounds, 1);
+        assert_eq!(seen.len(), 1, "no second proposal was asked for");
+        assert_eq!(out.refinement_stop, Some(RefinementStop::TimeBudget));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
