@@ -30,7 +30,10 @@ impl Submitter {
     ) -> (EscalateReply, ContentType) {
         let ct = messages::content_type(headers).unwrap_or_default();
         let reply = match messages::decode::<QueuedJob>(headers, payload) {
-            Ok((queued, ct)) => self.escalate(queued, ct).await,
+            Ok((queued, ct)) => {
+                qefleet_shared::trace::record_job_id(&tracing::Span::current(), queued.job_id());
+                self.escalate(queued, ct).await
+            }
             Err(e) => declined(format!("malformed escalation request: {e}")),
         };
         (reply, ct)

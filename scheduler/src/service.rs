@@ -15,6 +15,7 @@ use qefleet_shared::metrics::{self, Metrics};
 use qefleet_shared::provision::{self, bucket, ensure_consumer};
 use qefleet_shared::shutdown::Shutdown;
 use qefleet_shared::subjects::*;
+use qefleet_shared::trace::{self, TraceContext};
 use tokio::task::JoinSet;
 
 use qefleet_inference::Embedder;
@@ -237,7 +238,7 @@ async fn serve_requests(
         };
         let submitter = submitter.clone();
         let client = client.clone();
-        in_flight.spawn(async move {
+        in_flight.spawn(traced(request.headers.clone(), async move {
             let headers = request.headers.as_ref();
             let (bytes, ct) = match served {
                 Served::Submit => {
@@ -252,7 +253,7 @@ async fn serve_requests(
             let _ = client
                 .publish_with_headers(reply_to, headers_for(ct), bytes.into())
                 .await;
-        });
+        }));
         while in_flight.try_join_next().is_some() {}
     }
     let _ = requests.unsubscribe().await;
@@ -284,7 +285,7 @@ async fn drain_submission_stream(js: jetstream::Context, submitter: Submitter, s
     for_each_message(&consumer, 64, shutdown, |message| {
         let js = js.clone();
         let submitter = submitter.clone();
-        async move {
+        traced(message.headers.clone(), async move {
             let (reply, _) = submitter
                 .submit_raw(message.headers.as_ref(), &message.payload)
                 .await;
@@ -323,7 +324,18 @@ async fn drain_submission_stream(js: jetstream::Context, submitter: Submitter, s
                     }
                 }
             }
-        }
+        })
     })
     .await;
+}
+
+/// Runs `work` in the trace its request carries (or a new one) and in its `job` span, so
+/// everything published inside carries the trace and every log line the trace id.
+fn traced<F: std::future::Future>(
+    headers: Option<HeaderMap>,
+    work: F,
+) -> impl std::future::Future<Output = F::Output> {
+    let trace = TraceContext::continue_or_start(headers.as_ref());
+    let span = qefleet_shared::job_span!(trace);
+    trace::scope(trace, span, work)
 }

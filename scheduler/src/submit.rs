@@ -70,7 +70,9 @@ fn decode_error_code(e: &DecodeError) -> ErrorCode {
 }
 
 impl Submitter {
-    /// Handles one raw submission. Returns the reply and the encoding it should use.
+    /// Handles one raw submission. Returns the reply and the encoding it should use. Called
+    /// inside the submission's trace scope (`service::traced`), so the queued job and the
+    /// events carry its trace and the log lines its `job` span.
     pub async fn submit_raw(
         &self,
         headers: Option<&HeaderMap>,
@@ -116,6 +118,7 @@ impl Submitter {
             .clone()
             .unwrap_or_else(|| nuid::next().to_string());
         job.job_id = Some(job_id.clone());
+        qefleet_shared::trace::record_job_id(&tracing::Span::current(), job_id.as_str());
         match self.existing(&job_id).await {
             Ok(Some(state)) => return duplicate(state),
             Ok(None) => {}
@@ -189,7 +192,7 @@ impl Submitter {
             Some(route.reasons.join("; ")),
         )
         .await;
-        tracing::debug!(job_id, pool = %route.pool, subject = %route.subject, "job queued");
+        tracing::debug!(pool = %route.pool, subject = %route.subject, "job queued");
         SubmitReply::Accepted {
             schema_version: SCHEMA_VERSION,
             job_id,

@@ -15,3 +15,4 @@ pub mod queues;
 pub mod retry;
 pub mod shutdown;
 pub mod subjects;
+pub mod trace;

@@ -25,10 +25,14 @@ pub fn decode<T: DeserializeOwned>(
     Ok((codec::decode(payload, ct)?, ct))
 }
 
-/// Headers declaring `ct`.
+/// Headers declaring `ct`, and the current trace context (a child span) when the caller
+/// works inside [`crate::trace::scope`].
 pub fn headers_for(ct: ContentType) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE_HEADER, ct.as_header());
+    if let Some(trace) = crate::trace::current() {
+        trace.child().inject(&mut headers);
+    }
     headers
 }
 

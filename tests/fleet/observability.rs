@@ -420,3 +420,117 @@ async fn prometheus_sees_queue_lag_rise_while_workers_stop_and_fall_when_they_re
         .await;
     fleet.stop().await;
 }
+
+/// A child process killed on drop.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_submitters_traceparent_reaches_the_result_events_and_every_log_line_of_the_job() {
+    use qefleet_shared::subjects::{EVENTS_STREAM, RESULTS_STREAM, SUBMIT_SUBJECT};
+    use qefleet_shared::trace::{TraceContext, HEADER_TRACEPARENT};
+
+    let mut fleet = Fleet::start().await;
+    let scheduler_log = fleet.dir.path().join("scheduler.log");
+    let _scheduler = Process(
+        Command::new(crate::support::BIN)
+            .args(["scheduler", "--nats-url", &fleet.server.url()])
+            .env("RUST_LOG", "info,qefleet_scheduler=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&scheduler_log).expect("log"))
+            .spawn()
+            .expect("qefleet scheduler starts"),
+    );
+    fleet.worker_process(&["--engine", "doctest"]);
+
+    let ours = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .expect("valid");
+    let trace_id = ours.trace_id_hex();
+    let mut headers = qefleet_shared::messages::headers_for(qefleet_schemas::ContentType::Json);
+    ours.inject(&mut headers);
+    let payload = serde_json::to_vec(&job(CALC)).expect("json");
+    let reply = loop {
+        match fleet
+            .client
+            .request_with_headers(SUBMIT_SUBJECT, headers.clone(), payload.clone().into())
+            .await
+        {
+            Ok(reply) => break reply,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let (answer, _) = qefleet_shared::messages::decode::<qefleet_schemas::SubmitReply>(
+        reply.headers.as_ref(),
+        &reply.payload,
+    )
+    .expect("reply");
+    let qefleet_schemas::SubmitReply::Accepted { job_id, .. } = answer else {
+        panic!("rejected: {answer:?}");
+    };
+    let traced = |h: Option<&async_nats::HeaderMap>| {
+        TraceContext::from_headers(h).map(|t| (t.trace_id_hex(), t.parent_id))
+    };
+    let (reply_trace, _) = traced(reply.headers.as_ref()).expect("the reply carries the trace");
+    assert_eq!(reply_trace, trace_id);
+
+    fleet.result(&job_id, Duration::from_secs(30)).await;
+    let results = fleet.messages(RESULTS_STREAM).await;
+    let result = results
+        .iter()
+        .find(|m| m.subject.ends_with(job_id.as_str()))
+        .expect("result");
+    let (result_trace, result_span) =
+        traced(Some(&result.headers)).expect("the result carries the trace");
+    assert_eq!(result_trace, trace_id);
+    assert_ne!(result_span, ours.parent_id, "each hop is its own span");
+    assert!(result.headers.get(HEADER_TRACEPARENT).is_some());
+    let events: Vec<_> = fleet
+        .messages(EVENTS_STREAM)
+        .await
+        .into_iter()
+        .filter(|m| m.subject.ends_with(job_id.as_str()))
+        .collect();
+    assert!(
+        events.len() >= 3,
+        "submitted, started, completed: {events:?}"
+    );
+    for event in &events {
+        assert_eq!(
+            traced(Some(&event.headers)).map(|t| t.0).as_deref(),
+            Some(trace_id.as_str()),
+            "event {} outside the trace",
+            event.subject
+        );
+    }
+
+    // Every log line naming the job carries the trace id, in both processes.
+    let worker_log = fleet.worker_log(1);
+    let scheduler_log = std::fs::read_to_string(&scheduler_log).expect("scheduler log");
+    for (process, log, expect) in [
+        ("worker", &worker_log, "result published"),
+        ("scheduler", &scheduler_log, "job queued"),
+    ] {
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(job_id.as_str()))
+            .collect();
+        assert!(
+            lines.iter().any(|l| l.contains(expect)),
+            "{process} log has no '{expect}' line for the job:\n{log}"
+        );
+        for line in lines {
+            assert!(
+                line.contains(&format!("trace_id={trace_id}")),
+                "{process} log line without the trace id: {line}"
+            );
+        }
+    }
+    fleet.stop().await;
+}

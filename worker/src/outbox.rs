@@ -19,7 +19,16 @@ pub enum OutboxError {
 pub struct PendingResult {
     pub content_type: ContentType,
     pub payload: Vec<u8>,
+    /// The `traceparent` the result is published with (kept so a result published from
+    /// the outbox after an outage stays in its job's trace).
+    pub traceparent: Option<String>,
 }
+
+/// Outbox value layout: one tag byte (bit 0: JSON rather than MessagePack; bit 1: a
+/// traceparent follows, as one length byte and its ASCII), then the payload. Values
+/// written before traces existed (tag 0 or 1) read the same.
+const TAG_JSON: u8 = 1;
+const TAG_TRACE: u8 = 2;
 
 #[derive(Debug, Clone)]
 pub struct Outbox {
@@ -37,11 +46,23 @@ impl Outbox {
 
     /// Stores a result durably (flushed to disk before returning).
     pub async fn put(&self, job_id: &str, result: &PendingResult) -> Result<(), OutboxError> {
-        let mut value = Vec::with_capacity(result.payload.len() + 1);
-        value.push(match result.content_type {
+        let mut value = Vec::with_capacity(result.payload.len() + 64);
+        let trace = result
+            .traceparent
+            .as_deref()
+            .filter(|t| t.len() <= usize::from(u8::MAX));
+        let mut tag = match result.content_type {
             ContentType::MsgPack => 0,
-            ContentType::Json => 1,
-        });
+            ContentType::Json => TAG_JSON,
+        };
+        if trace.is_some() {
+            tag |= TAG_TRACE;
+        }
+        value.push(tag);
+        if let Some(trace) = trace {
+            value.push(trace.len() as u8);
+            value.extend_from_slice(trace.as_bytes());
+        }
         value.extend_from_slice(&result.payload);
         self.db
             .insert(job_id.as_bytes(), value)
@@ -95,15 +116,23 @@ impl Outbox {
 }
 
 fn decode(value: &[u8]) -> Option<PendingResult> {
-    let (tag, payload) = value.split_first()?;
-    let content_type = if *tag == 1 {
+    let (tag, mut payload) = value.split_first()?;
+    let content_type = if tag & TAG_JSON != 0 {
         ContentType::Json
     } else {
         ContentType::MsgPack
     };
+    let mut traceparent = None;
+    if tag & TAG_TRACE != 0 {
+        let (len, rest) = payload.split_first()?;
+        let len = usize::from(*len);
+        traceparent = Some(String::from_utf8(rest.get(..len)?.to_vec()).ok()?);
+        payload = &rest[len..];
+    }
     Some(PendingResult {
         content_type,
         payload: payload.to_vec(),
+        traceparent,
     })
 }
 
@@ -122,6 +151,7 @@ mod tests {
                 let result = PendingResult {
                     content_type: ContentType::MsgPack,
                     payload: vec![n as u8; 512],
+                    traceparent: None,
                 };
                 outbox.put(&format!("job-{n}"), &result).await
             });
@@ -142,13 +172,33 @@ mod tests {
         let result = PendingResult {
             content_type: ContentType::Json,
             payload: b"{}".to_vec(),
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        };
+        let untraced = PendingResult {
+            content_type: ContentType::MsgPack,
+            payload: vec![0x80],
+            traceparent: None,
         };
         {
             let outbox = Outbox::open(dir.path()).expect("open");
             outbox.put("job-1", &result).await.expect("put");
+            outbox.put("job-2", &untraced).await.expect("put");
+            // A value written before traces existed: tag 1 (JSON), then the payload.
+            outbox
+                .db
+                .insert("job-3", b"\x01{}".to_vec())
+                .expect("insert");
         }
         let outbox = Outbox::open(dir.path()).expect("reopen");
         assert_eq!(outbox.get("job-1"), Some(result.clone()));
+        assert_eq!(outbox.get("job-2"), Some(untraced.clone()));
+        let old = PendingResult {
+            content_type: ContentType::Json,
+            payload: b"{}".to_vec(),
+            traceparent: None,
+        };
+        assert_eq!(outbox.get("job-3"), Some(old));
+        assert!(outbox.remove("job-2") && outbox.remove("job-3"));
         assert_eq!(outbox.pending(), vec![("job-1".to_string(), result)]);
         assert!(outbox.remove("job-1"), "removed by this call");
         assert!(!outbox.remove("job-1"), "a second remover gets nothing");

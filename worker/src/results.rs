@@ -5,6 +5,7 @@
 use async_nats::jetstream;
 use qefleet_shared::messages::headers_for;
 use qefleet_shared::subjects::{result_subject, HEADER_MSG_ID, RESULTS_STREAM};
+use qefleet_shared::trace::HEADER_TRACEPARENT;
 
 use crate::outbox::PendingResult;
 
@@ -27,6 +28,9 @@ pub async fn publish(
 ) -> Result<Published, async_nats::Error> {
     let mut headers = headers_for(result.content_type);
     headers.insert(HEADER_MSG_ID, job_id);
+    if let Some(traceparent) = &result.traceparent {
+        headers.insert(HEADER_TRACEPARENT, traceparent.as_str());
+    }
     let ack = js
         .publish_with_headers(
             result_subject(job_id),

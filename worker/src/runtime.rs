@@ -21,6 +21,7 @@ use qefleet_shared::provision::{
 use qefleet_shared::retry::{Disposition, RetryPolicy};
 use qefleet_shared::shutdown::{self, Shutdown};
 use qefleet_shared::subjects::*;
+use qefleet_shared::trace::{self, TraceContext};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -284,6 +285,13 @@ fn observe_delivery(ctx: &Ctx, subject: &str, delivered: i64, queued_ms: u64) {
 
 /// Handles one delivery from start to acknowledgement.
 async fn handle(ctx: &Ctx, message: Message) {
+    // Jobs queued by a scheduler carry its trace; anything else starts one here.
+    let trace = TraceContext::continue_or_start(message.headers.as_ref());
+    let span = qefleet_shared::job_span!(trace);
+    trace::scope(trace, span, handle_traced(ctx, message)).await
+}
+
+async fn handle_traced(ctx: &Ctx, message: Message) {
     let (subject, stream_sequence, deliveries) = match message.info() {
         Ok(info) => {
             let queued_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as u64;
@@ -392,6 +400,7 @@ async fn run_job(ctx: &Ctx, message: &Arc<Message>, deliveries: i64) -> Disposit
             }
         };
     let job_id = queued.job_id().to_string();
+    qefleet_shared::trace::record_job_id(&tracing::Span::current(), job_id.as_str());
     if job_id.is_empty() {
         return Disposition::DeadLetter {
             reason: "malformed job message: job.job_id is missing (submit through qe.submit)"
@@ -783,6 +792,7 @@ async fn finish(ctx: &Ctx, result: &JobResult, ct: ContentType) -> Disposition {
     let pending = PendingResult {
         content_type: ct,
         payload: codec::encode(result, ct),
+        traceparent: trace::current().map(|t| t.child().header_value()),
     };
     let published = match results::publish(&ctx.js, job_id, &pending).await {
         Ok(published) => published,
@@ -827,6 +837,14 @@ async fn account(ctx: &Ctx, result: &JobResult) {
         .jobs_completed
         .with_label_values(&[ctx.pool.as_str(), result.complexity.as_str(), outcome])
         .inc();
+    tracing::info!(
+        outcome,
+        engine = %result.engine,
+        quality = result.quality_score.unwrap_or(0.0),
+        rounds = result.refinement_rounds,
+        run_ms = result.timings.run_ms,
+        "result published"
+    );
     if result.status == JobStatus::Succeeded {
         let labels = [ctx.pool.as_str(), result.engine.as_str()];
         ctx.metrics
@@ -943,14 +961,29 @@ async fn set_phase(ctx: &Ctx, queued: &QueuedJob, phase: JobPhase) {
 
 async fn flush_outbox(ctx: &Ctx) {
     for (job_id, pending) in ctx.outbox.pending() {
-        match publish_pending(ctx, &job_id, &pending).await {
-            Ok(()) => {
-                tracing::info!(job_id, "outbox result published");
+        // Back in the job's trace, so these lines are found with the job's others.
+        let trace = pending
+            .traceparent
+            .as_deref()
+            .and_then(TraceContext::parse)
+            .unwrap_or_else(TraceContext::new_root);
+        let span = qefleet_shared::job_span!(trace);
+        trace::record_job_id(&span, job_id.as_str());
+        let published = trace::scope(trace, span, async {
+            match publish_pending(ctx, &job_id, &pending).await {
+                Ok(()) => {
+                    tracing::info!("outbox result published");
+                    true
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "outbox result still unpublished");
+                    false
+                }
             }
-            Err(e) => {
-                tracing::debug!(job_id, error = %e, "outbox result still unpublished");
-                break;
-            }
+        })
+        .await;
+        if !published {
+            break;
         }
     }
     ctx.metrics.outbox_pending.set(ctx.outbox.len() as i64);
