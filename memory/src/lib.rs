@@ -1,0 +1,9 @@
+//! The ReasoningBank: trajectories of completed jobs, retrieved by code similarity
+//! (hora HNSW over L2-normalised embeddings, persisted in sled), distilled into patterns
+//! with k-means++.
+
+pub mod bank;
+pub mod kmeans;
+pub mod vector;
+
+pub use bank::{Bank, BankError, BankSettings, Inserted, Neighbour, Pattern, Trajectory};
