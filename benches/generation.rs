@@ -83,6 +83,7 @@ async fn ours(sandbox: &Sandbox, module: &str, source: &str, budget: Duration) -
             job: &queued,
             attempt: 1,
             time_budget: budget,
+            examples: &[],
         })
         .await;
     let seconds = start.elapsed().as_secs_f64();

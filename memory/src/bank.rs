@@ -48,6 +48,9 @@ pub struct Trajectory {
     pub quality: f64,
     /// Test patterns of the kept suite (`pytest.raises`, `parametrize`, ...).
     pub patterns: Vec<String>,
+    /// The kept suite itself (cut to a few KB), an example for similar jobs' prompts.
+    #[serde(default)]
+    pub suite: String,
     /// Jobs this entry stands for (1 + merged near-duplicates).
     pub count: u32,
     pub at_ms: u64,
@@ -550,6 +553,7 @@ mod tests {
             rounds: 2,
             quality,
             patterns: vec!["pytest.raises".into()],
+            suite: String::new(),
             count: 1,
             at_ms: id as u64,
         }

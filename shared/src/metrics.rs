@@ -89,6 +89,14 @@ pub struct Metrics {
     pub refinement_stops: IntCounterVec,
     /// Resident memory of this process, read at each scrape.
     pub resident_memory: IntGauge,
+    /// ReasoningBank search time per job (retrieval latency), by pool.
+    pub memory_search_seconds: HistogramVec,
+    /// Quality of the most similar past job retrieved, by pool.
+    pub memory_retrieved_quality: HistogramVec,
+    /// Trajectories stored, by outcome (new, merged into a near-duplicate).
+    pub memory_inserts: IntCounterVec,
+    /// Trajectories in this process's bank.
+    pub memory_stored: IntGauge,
     /// Every family's name, sorted.
     names: std::sync::Arc<[String]>,
 }
@@ -307,6 +315,29 @@ impl Metrics {
             "qefleet_process_resident_memory_bytes",
             "Resident memory of this process, read at each scrape",
         );
+        let memory_search_seconds = histogram(
+            "qefleet_memory_search_seconds",
+            "ReasoningBank retrieval time per job (HNSW search and record reads)",
+            vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+            ],
+            &[POOL],
+        );
+        let memory_retrieved_quality = histogram(
+            "qefleet_memory_retrieved_quality_score",
+            "Quality of the most similar past job the ReasoningBank retrieved for a job",
+            vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+            &[POOL],
+        );
+        let memory_inserts = counter(
+            "qefleet_memory_inserts_total",
+            "Trajectories stored in the ReasoningBank, by outcome (new, merged into a near-duplicate)",
+            &[OUTCOME],
+        );
+        let memory_stored = gauge(
+            "qefleet_memory_stored_trajectories",
+            "Trajectories in this process's ReasoningBank",
+        );
         let build_info = int_gauges(
             "qefleet_build_info",
             "1, labelled with the qefleet version this process runs",
@@ -349,6 +380,10 @@ impl Metrics {
             job_redeliveries,
             refinement_stops,
             resident_memory,
+            memory_search_seconds,
+            memory_retrieved_quality,
+            memory_inserts,
+            memory_stored,
             names: {
                 let mut names = names.into_inner();
                 names.sort();
@@ -442,8 +477,17 @@ mod tests {
 
     /// Units a gauge or histogram name may end with (counters end with `_total`).
     const UNITS: &[&str] = &[
-        "seconds", "bytes", "jobs", "messages", "results", "usd", "rounds", "score", "state",
+        "seconds",
+        "bytes",
+        "jobs",
+        "messages",
+        "results",
+        "usd",
+        "rounds",
+        "score",
+        "state",
         "info",
+        "trajectories",
     ];
 
     #[test]

@@ -107,6 +107,11 @@ async fn start(args: &UpArgs, shutdown: Shutdown) -> anyhow::Result<Fleet> {
                 .join("outbox")
                 .join(format!("{pool:?}").to_lowercase()),
         );
+        worker.memory_dir = Some(
+            args.data_dir
+                .join("memory")
+                .join(format!("{pool:?}").to_lowercase()),
+        );
         worker.cloud_config = args.cloud_config.clone();
         worker.results = args.results.clone();
         if pool == PoolArg::Local {

@@ -8,6 +8,7 @@ mod durability;
 mod escalation;
 mod failures;
 mod inference;
+mod memory;
 mod observability;
 mod operators;
 mod submission;

@@ -97,6 +97,7 @@ impl Fleet {
         self.workers += 1;
         let mut args = WorkerArgs::for_pool(pool);
         args.outbox_dir = Some(self.dir.path().join(format!("outbox-{}", self.workers)));
+        args.memory_dir = Some(self.dir.path().join(format!("memory-{}", self.workers)));
         args.ack_wait = Duration::from_secs(2);
         args.retry_initial = Duration::from_millis(300);
         args.retry_max = Duration::from_secs(2);
@@ -130,6 +131,7 @@ impl Fleet {
             std::fs::File::create(self.dir.path().join(format!("worker-{}.log", self.workers)))
                 .expect("log file");
         let outbox = self.dir.path().join(format!("outbox-{}", self.workers));
+        let memory = self.dir.path().join(format!("memory-{}", self.workers));
         let child = Command::new(BIN)
             .args([
                 "worker",
@@ -140,6 +142,8 @@ impl Fleet {
             ])
             .arg("--outbox-dir")
             .arg(outbox)
+            .arg("--memory-dir")
+            .arg(memory)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -286,6 +290,8 @@ pub fn job(source: &str) -> JobSpec {
 #[derive(Debug, Clone)]
 pub struct ScriptedEngine {
     pub runs: Arc<AtomicU32>,
+    /// The examples (ReasoningBank suites) each run was given, in run order.
+    pub examples: Arc<std::sync::Mutex<Vec<Vec<String>>>>,
     pub delay: Duration,
     /// Attempts that fail with a transient error (1-based); `u32::MAX` for all.
     pub fail_until_attempt: u32,
@@ -295,6 +301,7 @@ impl ScriptedEngine {
     pub fn succeeding(delay: Duration) -> Self {
         Self {
             runs: Arc::new(AtomicU32::new(0)),
+            examples: Arc::default(),
             delay,
             fail_until_attempt: 0,
         }
@@ -313,6 +320,9 @@ impl Engine for ScriptedEngine {
     fn generate<'a>(&'a self, request: EngineRequest<'a>) -> EngineFuture<'a> {
         Box::pin(async move {
             self.runs.fetch_add(1, Ordering::SeqCst);
+            if let Ok(mut seen) = self.examples.lock() {
+                seen.push(request.examples.to_vec());
+            }
             tokio::time::sleep(self.delay).await;
             if request.attempt <= self.fail_until_attempt {
                 return Err(EngineError::Transient(format!(
@@ -343,24 +353,47 @@ pub fn header(m: &StreamMessage, name: &str) -> String {
 /// Waits until the /metrics page on `port` shows every one of `expected` (metric lines
 /// or their beginnings).
 pub async fn metrics_show(port: u16, expected: &[&str], what: &str) {
-    eventually(Duration::from_secs(10), what, || async {
-        let body = http_get(port, "/metrics").await;
-        expected.iter().all(|e| body.contains(e))
-    })
-    .await;
+    let start = Instant::now();
+    loop {
+        let body = try_http_get(port, "/metrics").await.unwrap_or_default();
+        let missing: Vec<&&str> = expected.iter().filter(|e| !body.contains(**e)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            // What the page has of each missing metric, to see how it differs.
+            let related: Vec<&str> = body
+                .lines()
+                .filter(|l| {
+                    missing
+                        .iter()
+                        .any(|m| l.starts_with(m.split(['{', ' ']).next().unwrap_or(m)))
+                })
+                .collect();
+            panic!(
+                "{what}: /metrics lacks {missing:?}; it has:\n{}",
+                related.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The body of a plain HTTP GET on localhost (for /metrics).
 pub async fn http_get(port: u16, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    try_http_get(port, path)
         .await
-        .expect("connect");
+        .unwrap_or_else(|e| panic!("GET {path} on port {port}: {e}"))
+}
+
+/// [`http_get`], with the error instead of a panic (a server still starting).
+pub async fn try_http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     socket
         .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
+        .await?;
     let mut body = String::new();
-    socket.read_to_string(&mut body).await.expect("read");
-    body
+    socket.read_to_string(&mut body).await?;
+    Ok(body)
 }

@@ -115,6 +115,14 @@ pub struct WorkerArgs {
     pub savings_reference: Option<PathBuf>,
     #[command(flatten)]
     pub inference: InferenceArgs,
+    /// Directory of this worker's ReasoningBank (one per worker; default
+    /// .qefleet/memory/<pool>). The bank is used when the worker has an embedder
+    /// (`--embeddings`).
+    #[arg(long, env = "QEFLEET_MEMORY_DIR")]
+    pub memory_dir: Option<PathBuf>,
+    /// Run without the ReasoningBank even with an embedder.
+    #[arg(long, env = "QEFLEET_NO_MEMORY")]
+    pub no_memory: bool,
     /// The process's embedder, when started (`--embeddings`).
     #[arg(skip)]
     pub embedder: Option<Embedder>,
@@ -141,6 +149,8 @@ impl WorkerArgs {
             results: ResultArgs::default(),
             savings_reference: None,
             inference: InferenceArgs::default(),
+            memory_dir: None,
+            no_memory: false,
             embedder: None,
         }
     }

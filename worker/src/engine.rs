@@ -17,6 +17,8 @@ pub struct EngineRequest<'a> {
     pub attempt: u32,
     /// Wall-clock time the engine may spend.
     pub time_budget: Duration,
+    /// Suites of similar past jobs that went well (ReasoningBank), for prompts.
+    pub examples: &'a [String],
 }
 
 /// A generated, executed suite and its figures.

@@ -6,6 +6,7 @@ pub mod consolidator;
 pub mod deadletter;
 pub mod engine;
 pub mod engines;
+pub mod memory;
 pub mod outbox;
 mod registry;
 mod results;

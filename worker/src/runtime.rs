@@ -22,6 +22,8 @@ use qefleet_shared::retry::{Disposition, RetryPolicy};
 use qefleet_shared::shutdown::{self, Shutdown};
 use qefleet_shared::subjects::*;
 use qefleet_shared::trace::{self, TraceContext};
+
+use crate::memory::{Memory, Recall};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -68,6 +70,8 @@ struct Ctx {
     compute_usd_per_hour: f64,
     /// The cloud model savings are measured against.
     reference: Option<Reference>,
+    /// The ReasoningBank, when the worker has an embedder.
+    memory: Option<Memory>,
 }
 
 /// Runs a worker until `shutdown` fires, then stops pulling, waits up to the drain timeout
@@ -117,6 +121,16 @@ pub async fn run(
     if let Some(embedder) = &args.embedder {
         metrics.report_inference_provider("embed", embedder.provider().label());
     }
+    let memory = match (&args.embedder, args.no_memory) {
+        (Some(embedder), false) => {
+            let dir = args
+                .memory_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(".qefleet/memory").join(pool.as_str()));
+            Memory::open(&dir, embedder.clone(), metrics.clone(), pool.as_str())
+        }
+        _ => None,
+    };
     if let Some(provider) = engine.execution_provider() {
         metrics.report_inference_provider("generate", provider_label(&provider));
     }
@@ -147,6 +161,7 @@ pub async fn run(
         quality_gate: args.results.quality_gate,
         compute_usd_per_hour: args.results.compute_usd_per_hour.max(0.0),
         reference,
+        memory,
     });
 
     // Background tasks stop on their own signal, fired after the drain, so the outbox
@@ -436,6 +451,8 @@ async fn run_job(ctx: &Ctx, message: &Arc<Message>, deliveries: i64) -> Disposit
     }
     let started = now_unix_ms();
     let labels = [ctx.pool.as_str(), queued.complexity.class.as_str()];
+    // Similar past jobs (when the worker has a ReasoningBank), kept to store this one.
+    let mut recall: Option<Recall> = None;
     let (status, output, error) = match queued.job.deadline_unix_ms {
         Some(deadline) if deadline <= started => {
             let reason =
@@ -455,12 +472,17 @@ async fn run_job(ctx: &Ctx, message: &Arc<Message>, deliveries: i64) -> Disposit
             )
             .await;
             ctx.metrics.jobs_in_flight.inc();
+            if let Some(memory) = &ctx.memory {
+                recall = memory.recall(&queued).await;
+            }
+            let examples = recall.as_ref().map(Recall::examples).unwrap_or_default();
             let timer = ctx
                 .metrics
                 .job_duration
                 .with_label_values(&labels)
                 .start_timer();
-            let outcome = run_engine_with_heartbeat(ctx, message, &queued, attempt).await;
+            let outcome =
+                run_engine_with_heartbeat(ctx, message, &queued, attempt, &examples).await;
             timer.observe_duration();
             ctx.metrics.jobs_in_flight.dec();
             match outcome {
@@ -548,6 +570,9 @@ async fn run_job(ctx: &Ctx, message: &Arc<Message>, deliveries: i64) -> Disposit
         result.escalation = Some(outcome_of(escalation, None));
     }
     price(ctx, &queued, &mut result);
+    if let (Some(memory), Some(recall)) = (&ctx.memory, &recall) {
+        memory.remember(recall, &queued, &result).await;
+    }
     if escalated(ctx, &queued, &result, ct).await {
         return Disposition::Ack;
     }
@@ -753,6 +778,7 @@ async fn run_engine_with_heartbeat(
     message: &Arc<Message>,
     queued: &QueuedJob,
     attempt: u32,
+    examples: &[String],
 ) -> Result<EngineOutput, EngineError> {
     let budget = queued
         .job
@@ -777,6 +803,7 @@ async fn run_engine_with_heartbeat(
             job: queued,
             attempt,
             time_budget: budget,
+            examples,
         })
         .await;
     heartbeat.abort();

@@ -128,6 +128,7 @@ impl<M: ChatModel + 'static> Engine for LlmEngine<M> {
                 usage: None,
                 max_usd: job.budget.max_usd,
                 spent_usd: 0.0,
+                examples: request.examples,
             };
             let mut output = Refiner {
                 sandbox: &self.sandbox,
@@ -163,6 +164,8 @@ struct Proposing<'a, M> {
     /// that crosses it completes, so a job may overshoot by one exchange).
     max_usd: Option<f64>,
     spent_usd: f64,
+    /// Suites of similar past jobs (ReasoningBank), in every prompt while they fit.
+    examples: &'a [String],
 }
 
 impl<M: ChatModel> Proposer for Proposing<'_, M> {
@@ -191,7 +194,7 @@ impl<M: ChatModel> Proposer for Proposing<'_, M> {
                     survivors: &feedback.survivors,
                     failing_output: feedback.failing_output.as_deref(),
                     current_suite: feedback.best_suite.as_deref(),
-                    examples: &[],
+                    examples: self.examples,
                 },
                 self.max_prompt_chars,
             );
@@ -419,6 +422,7 @@ mod tests {
                 job: &queued("calc", MODULE),
                 attempt: 1,
                 time_budget: Duration::from_secs(60),
+                examples: &[],
             })
             .await
             .expect("a suite");
@@ -460,6 +464,7 @@ mod tests {
                 job: &queued("calc", MODULE),
                 attempt: 1,
                 time_budget: Duration::from_secs(60),
+                examples: &[],
             })
             .await
             .expect_err("no passing test");
@@ -510,6 +515,7 @@ mod tests {
                     job: &job,
                     attempt: 1,
                     time_budget: Duration::from_secs(60),
+                    examples: &[],
                 })
                 .await
                 .expect("a suite");

@@ -425,6 +425,7 @@ class Counter:
                 job: &queued("bank", source),
                 attempt: 1,
                 time_budget: Duration::from_secs(seconds),
+                examples: &[],
             })
             .await
     }

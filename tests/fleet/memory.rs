@@ -1,0 +1,98 @@
+//! The ReasoningBank through the fleet: a worker with an embedder remembers each job it
+//! completes (sled, HNSW) and gives a similar later job the earlier job's suite as an
+//! example; near-duplicates merge; the bank outlives the worker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use qefleet_inference::embed::find_default_model;
+use qefleet_inference::{Device, Embedder, EmbedderSettings, SessionSettings};
+use qefleet_scheduler::SchedulerArgs;
+use qefleet_shared::embedded::free_port;
+use qefleet_worker::PoolArg;
+
+use crate::support::*;
+
+const PARSER: &str = "import re\n\n\nclass Tokens:\n    \"\"\"Splits a line of shell-like words.\"\"\"\n\n    def __init__(self, line):\n        self.words = re.findall(r'\\S+', line)\n\n    def first(self):\n        return self.words[0] if self.words else None\n";
+
+fn embedder() -> Embedder {
+    let dir = find_default_model().expect("the MiniLM model (run ./scripts/setup.sh)");
+    let settings = EmbedderSettings {
+        session: SessionSettings {
+            device: Device::Cpu,
+            intra_threads: 1,
+            ..SessionSettings::default()
+        },
+        ..EmbedderSettings::default()
+    };
+    Embedder::start(&dir, settings, None).expect("embedder starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_remembers_jobs_and_gives_similar_ones_their_suites() {
+    let mut fleet = Fleet::start().await;
+    fleet.scheduler(SchedulerArgs::default()).await;
+    let embedder = embedder();
+    let engine = Arc::new(ScriptedEngine::succeeding(Duration::from_millis(10)));
+    let port = free_port();
+    let mut args = fleet.worker_args(PoolArg::Local);
+    args.embedder = Some(embedder.clone());
+    args.metrics_addr = Some(([127, 0, 0, 1], port).into());
+    let memory_dir = args.memory_dir.clone().expect("memory dir");
+    let worker = fleet.worker(args, engine.clone()).await;
+
+    for source in [
+        CALC.to_string(),
+        // The same module with one function renamed: similar, not a duplicate.
+        CALC.replace("half", "halve"),
+        // The first module again: a near-duplicate, merged.
+        CALC.to_string(),
+        PARSER.to_string(),
+    ] {
+        let id = fleet.submit_ok(&job(&source)).await;
+        fleet.result(&id, Duration::from_secs(30)).await;
+    }
+    let seen = engine.examples.lock().expect("examples").clone();
+    assert_eq!(seen.len(), 4);
+    assert!(seen[0].is_empty(), "nothing to recall for the first job");
+    assert_eq!(
+        seen[1],
+        vec!["def test_ok():\n    assert True\n".to_string()],
+        "the similar module gets the first job's suite"
+    );
+    metrics_show(
+        port,
+        &[
+            "qefleet_memory_inserts_total{outcome=\"new\"} 3",
+            "qefleet_memory_inserts_total{outcome=\"merged\"} 1",
+            "qefleet_memory_stored_trajectories 3",
+            "qefleet_memory_search_seconds_count{pool=\"local\"} 4",
+            "qefleet_memory_retrieved_quality_score_count{pool=\"local\"} 3",
+            "qefleet_inference_seconds_count{op=\"embed\",provider=\"cpu\"} 4",
+        ],
+        "memory metrics",
+    )
+    .await;
+
+    // The bank outlives the worker: a new one on the same directory starts with it.
+    worker.trigger();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let port = free_port();
+    let mut args = fleet.worker_args(PoolArg::Local);
+    args.embedder = Some(embedder);
+    args.metrics_addr = Some(([127, 0, 0, 1], port).into());
+    args.memory_dir = Some(memory_dir);
+    fleet.worker(args, engine.clone()).await;
+    metrics_show(
+        port,
+        &["qefleet_memory_stored_trajectories 3"],
+        "the reopened bank",
+    )
+    .await;
+    let id = fleet.submit_ok(&job(&CALC.replace("add", "plus"))).await;
+    fleet.result(&id, Duration::from_secs(30)).await;
+    let seen = engine.examples.lock().expect("examples").clone();
+    assert_eq!(seen.len(), 5);
+    assert!(!seen[4].is_empty(), "recalled from the reopened bank");
+    fleet.stop().await;
+}
