@@ -1,0 +1,7 @@
+//! SONA: continual learning of the fleet's small models. The quality predictor adapts per
+//! completed job through a MicroLoRA and consolidates into a BaseLoRA with EWC++ at the
+//! fleet's consolidation job, so it improves without forgetting.
+
+pub mod predictor;
+
+pub use predictor::{Predictor, Sample, Settings};
