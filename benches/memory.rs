@@ -1,16 +1,16 @@
-//! ReasoningBank retrieval benchmark: hora's HNSW (as the bank builds it) beside hnswlib
-//! (PyPI, the reference implementation) on the same vectors with the same M,
-//! ef_construction and ef, in one run:
+//! ReasoningBank retrieval benchmark: the bank's HNSW (memory/src/hnsw.rs) beside hnswlib
+//! (PyPI, the reference implementation) and hora 0.1.1 (what the bank used before ADR
+//! 0013) on the same vectors with the same M, ef_construction and ef, in one run:
 //! - synthetic clustered unit vectors, N × 384 (default 100k): build time, single-query
 //!   search p50/p95 (one thread), recall@10 against exact brute force;
-//! - int8-stored vectors: the same measures and the bytes they keep against f32;
+//! - an index keeping int8 vectors: the same measures and its bytes against f32;
 //! - MiniLM embeddings of real code (functions of Python's standard library);
 //! - the bank itself: search latency while its index is still building in the
 //!   background (exact search, never blocked) and after.
 //!
 //! Run: `benches/memory/setup.sh && cargo bench --bench memory` (env BENCH_N=100000,
-//! BENCH_QUERIES=1000, BENCH_M=16, BENCH_EFC=100, BENCH_EF=64, BENCH_CODE=10000,
-//! BENCH_PARTS=synthetic,int8,code,bank).
+//! BENCH_QUERIES=1000, BENCH_M=16, BENCH_EFC=100, BENCH_EF=64, BENCH_CODE=4000,
+//! BENCH_PARTS=synthetic,int8,code,bank, BENCH_HORA=0 to leave hora out).
 
 mod support;
 use support::{env_or, percentile};
@@ -22,8 +22,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use hora::core::ann_index::ANNIndex;
-use qefleet_memory::bank::{build_index, BankSettings};
-use qefleet_memory::vector::{distance2, normalise, Stored};
+use qefleet_memory::bank::BankSettings;
+use qefleet_memory::hnsw::{Hnsw, HnswParams};
+use qefleet_memory::vector::{distance2, normalise};
 use qefleet_memory::{Bank, Trajectory};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -112,8 +113,20 @@ fn hora(
     truth: &[Vec<u32>],
     settings: &BankSettings,
 ) -> Measured {
+    use hora::core::metrics::Metric;
+    use hora::index::hnsw_idx::HNSWIndex;
+    use hora::index::hnsw_params::HNSWParams;
     let started = Instant::now();
-    let index = build_index(data, settings).expect("index");
+    let params = HNSWParams::<f32>::default()
+        .n_neighbor(settings.m)
+        .n_neighbor0(settings.m * 2)
+        .ef_build(settings.ef_build)
+        .ef_search(settings.ef_search);
+    let mut index = HNSWIndex::<f32, usize>::new(DIM, &params);
+    for (i, v) in data.iter().enumerate() {
+        index.add(v, i).expect("hora add");
+    }
+    index.build(Metric::Euclidean).expect("hora build");
     let build_s = started.elapsed().as_secs_f64();
     let mut lat = Vec::with_capacity(queries.len());
     let mut hits = 0;
@@ -131,6 +144,58 @@ fn hora(
         p95_ms: percentile(&lat, 95.0),
         recall: hits as f64 / (K * queries.len()) as f64,
     }
+}
+
+fn ours(
+    data: &[Vec<f32>],
+    queries: &[Vec<f32>],
+    truth: &[Vec<u32>],
+    settings: &BankSettings,
+) -> Measured {
+    ours_stored(data, queries, truth, settings, false).0
+}
+
+/// The bank's HNSW, vectors kept as f32 or int8; also the bytes it holds.
+fn ours_stored(
+    data: &[Vec<f32>],
+    queries: &[Vec<f32>],
+    truth: &[Vec<u32>],
+    settings: &BankSettings,
+    int8: bool,
+) -> (Measured, usize) {
+    let started = Instant::now();
+    let params = HnswParams {
+        m: settings.m,
+        ef_construction: settings.ef_build,
+        ef_search: settings.ef_search,
+        seed: 1,
+    };
+    let mut index = if int8 {
+        Hnsw::new_int8(DIM, params)
+    } else {
+        Hnsw::new(DIM, params)
+    };
+    for v in data {
+        index.insert(v);
+    }
+    let build_s = started.elapsed().as_secs_f64();
+    let mut lat = Vec::with_capacity(queries.len());
+    let mut hits = 0;
+    for (q, t) in queries.iter().zip(truth) {
+        let start = Instant::now();
+        let found = index.search(q, K);
+        lat.push(start.elapsed().as_secs_f64() * 1000.0);
+        let t: HashSet<u32> = t.iter().copied().collect();
+        hits += found.iter().filter(|(i, _)| t.contains(i)).count();
+    }
+    lat.sort_by(f64::total_cmp);
+    let measured = Measured {
+        build_s,
+        p50_ms: percentile(&lat, 50.0),
+        p95_ms: percentile(&lat, 95.0),
+        recall: hits as f64 / (K * queries.len()) as f64,
+    };
+    (measured, index.bytes())
 }
 
 fn hnswlib(
@@ -197,7 +262,7 @@ fn report(what: &str, ours: &Measured, reference: Option<&Measured>) {
             "hnswlib 0.8.0", r.build_s, r.p50_ms, r.p95_ms, r.recall
         );
         println!(
-            "  ratio hora/hnswlib: build {:.2}x, search p95 {:.2}x, recall {:+.4}",
+            "  ratio to hnswlib: build {:.2}x, search p95 {:.2}x, recall {:+.4}",
             ours.build_s / r.build_s,
             ours.p95_ms / r.p95_ms,
             ours.recall - r.recall
@@ -214,9 +279,13 @@ fn compare(what: &str, data: &[Vec<f32>], queries: &[Vec<f32>], settings: &BankS
         queries.len(),
         started.elapsed().as_secs_f64()
     );
-    let ours = hora(data, queries, &truth, settings);
     let reference = hnswlib(data, queries, &truth, settings);
-    report("hora 0.1.1 (qefleet bank)", &ours, reference.as_ref());
+    let own = ours(data, queries, &truth, settings);
+    report("qefleet hnsw (the bank's)", &own, reference.as_ref());
+    if std::env::var("BENCH_HORA").map_or(true, |v| v != "0") {
+        let old = hora(data, queries, &truth, settings);
+        report("hora 0.1.1 (before ADR 0013)", &old, reference.as_ref());
+    }
 }
 
 /// Function bodies of Python's standard library, as code snippets to embed.
@@ -377,23 +446,21 @@ fn main() {
         compare("synthetic clustered", &data, &queries, &settings);
     }
     if parts.contains("int8") {
-        let stored: Vec<Stored> = data.iter().map(|v| Stored::new(v.clone(), true)).collect();
-        let f32_bytes: usize = data.len() * DIM * 4;
-        let int8_bytes: usize = stored.iter().map(Stored::bytes).sum();
-        let dequantised: Vec<Vec<f32>> = stored.iter().map(Stored::to_f32).collect();
         let truth = exact(&data, &queries);
-        let ours = hora(&dequantised, &queries, &truth, &settings);
+        let (full, full_bytes) = ours_stored(&data, &queries, &truth, &settings, false);
+        let (small, small_bytes) = ours_stored(&data, &queries, &truth, &settings, true);
         println!(
-            "\nint8 storage: {} MB of vectors against {} MB as f32 ({:.0}% less)",
-            int8_bytes / 1_000_000,
-            f32_bytes / 1_000_000,
-            100.0 * (1.0 - int8_bytes as f64 / f32_bytes as f64)
+            "\nint8 vectors in the index: {} MB against {} MB with f32 vectors ({:.0}% less, links included)",
+            small_bytes / 1_000_000,
+            full_bytes / 1_000_000,
+            100.0 * (1.0 - small_bytes as f64 / full_bytes as f64)
         );
-        report("hora on int8 vectors", &ours, None);
+        report("qefleet hnsw, f32 vectors", &full, None);
+        report("qefleet hnsw, int8 vectors", &small, None);
         println!("  (recall against the exact f32 neighbours)");
     }
     if parts.contains("code") {
-        match code_embeddings(env_or("BENCH_CODE", 10_000)) {
+        match code_embeddings(env_or("BENCH_CODE", 4_000)) {
             Some(mut vectors) if vectors.len() > 200 => {
                 let held_out = vectors.split_off(vectors.len() - 200);
                 compare(

@@ -1,6 +1,7 @@
 //! The ReasoningBank: what each completed job taught (its code's embedding, complexity
 //! features, route, engine, rounds, quality, the test patterns that survived), persisted
-//! in sled and retrieved by similarity through a hora HNSW index.
+//! in sled and retrieved by similarity through an HNSW index (`hnsw.rs`; hora before
+//! ADR 0013).
 //!
 //! The index never blocks: at open it is built in a background thread from what sled
 //! holds while searches run exactly (brute force) over everything; once built, it serves
@@ -12,12 +13,9 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use hora::core::ann_index::ANNIndex;
-use hora::core::metrics::Metric;
-use hora::index::hnsw_idx::HNSWIndex;
-use hora::index::hnsw_params::HNSWParams;
 use serde::{Deserialize, Serialize};
 
+use crate::hnsw::{Hnsw, HnswParams};
 use crate::kmeans::kmeans;
 use crate::vector::{cosine_from_distance2, distance2, normalise, Stored};
 
@@ -119,19 +117,20 @@ pub struct Pattern {
     pub common_patterns: Vec<String>,
 }
 
-pub fn hnsw_params(settings: &BankSettings) -> HNSWParams<f32> {
-    HNSWParams::<f32>::default()
-        .n_neighbor(settings.m)
-        .n_neighbor0(settings.m * 2)
-        .ef_build(settings.ef_build)
-        .ef_search(settings.ef_search)
+pub fn hnsw_params(settings: &BankSettings) -> HnswParams {
+    HnswParams {
+        m: settings.m,
+        ef_construction: settings.ef_build,
+        ef_search: settings.ef_search,
+        seed: 1,
+    }
 }
 
 struct Inner {
     /// sled key of each entry, by position.
     keys: Vec<u64>,
     vectors: Vec<Vec<f32>>,
-    index: Option<HNSWIndex<f32, usize>>,
+    index: Option<Hnsw>,
     /// Entries `0..indexed` are in `index`.
     indexed: usize,
 }
@@ -261,11 +260,9 @@ impl Bank {
     /// Positions and squared distances of the `k` nearest entries.
     fn nearest(&self, inner: &Inner, query: &[f32], k: usize) -> Vec<(usize, f32)> {
         let mut found: Vec<(usize, f32)> = Vec::with_capacity(k * 2);
-        if let (Some(index), true) = (&inner.index, inner.indexed > 0) {
-            for (node, d2) in index.search_nodes(query, k) {
-                if let Some(pos) = node.idx() {
-                    found.push((*pos, d2));
-                }
+        if let Some(index) = &inner.index {
+            for (pos, d2) in index.search(query, k) {
+                found.push((pos as usize, d2));
             }
         }
         for (pos, v) in inner.vectors.iter().enumerate().skip(inner.indexed) {
@@ -460,27 +457,18 @@ impl Bank {
 }
 
 /// An HNSW index over `vectors` (positions as ids), or none for no vectors.
-pub fn build_index(vectors: &[Vec<f32>], settings: &BankSettings) -> Option<HNSWIndex<f32, usize>> {
+pub fn build_index(vectors: &[Vec<f32>], settings: &BankSettings) -> Option<Hnsw> {
     if vectors.is_empty() {
         return None;
     }
-    let mut index = HNSWIndex::<f32, usize>::new(settings.dimension, &hnsw_params(settings));
-    for (pos, v) in vectors.iter().enumerate() {
-        if let Err(e) = index.add(v, pos) {
-            tracing::warn!(error = e, "vector left out of the index");
-        }
+    let mut index = Hnsw::new(settings.dimension, hnsw_params(settings));
+    for v in vectors {
+        index.insert(v);
     }
-    match index.build(Metric::Euclidean) {
-        Ok(()) => Some(index),
-        Err(e) => {
-            tracing::warn!(error = e, "index build failed; searches stay exact");
-            None
-        }
-    }
+    Some(index)
 }
 
-/// Adds the entries past `indexed` to the index (hora builds only the items added since
-/// its last build).
+/// Adds the entries past `indexed` to the index, in order (ids stay positions).
 fn fold_in_tail(inner: &mut Inner) {
     let Inner {
         vectors,
@@ -489,22 +477,10 @@ fn fold_in_tail(inner: &mut Inner) {
         ..
     } = inner;
     let Some(index) = index.as_mut() else { return };
-    if *indexed >= vectors.len() {
-        return;
+    for v in &vectors[(*indexed).min(vectors.len())..] {
+        index.insert(v);
     }
-    let added = vectors
-        .iter()
-        .enumerate()
-        .skip(*indexed)
-        .all(|(pos, v)| index.add(v, pos).is_ok());
-    if added && index.build(Metric::Euclidean).is_ok() {
-        *indexed = vectors.len();
-    } else {
-        // A half-grown index is worse than none: searches stay exact until a rebuild.
-        tracing::warn!("ReasoningBank index could not grow; searching exactly");
-        inner.index = None;
-        inner.indexed = 0;
-    }
+    *indexed = vectors.len();
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! The ReasoningBank: trajectories of completed jobs, retrieved by code similarity
-//! (hora HNSW over L2-normalised embeddings, persisted in sled), distilled into patterns
+//! (HNSW over L2-normalised embeddings, persisted in sled), distilled into patterns
 //! with k-means++.
 
 pub mod bank;
+pub mod hnsw;
 pub mod kmeans;
 pub mod vector;
 

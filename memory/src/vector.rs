@@ -1,6 +1,5 @@
-//! Vectors as the bank keeps them: L2-normalised f32 (hora's Euclidean metric is the one
-//! that returns correct neighbours; on unit vectors it orders exactly like cosine), and an
-//! optional int8 form for storage.
+//! Vectors as the bank keeps them: L2-normalised f32 (squared Euclidean distance on unit
+//! vectors orders exactly like cosine), and an optional int8 form for storage.
 
 use serde::{Deserialize, Serialize};
 
@@ -12,7 +11,7 @@ pub fn normalise(v: &mut [f32]) {
     }
 }
 
-/// Squared Euclidean distance (what hora returns for `Metric::Euclidean`).
+/// Squared Euclidean distance (what the index ranks by).
 pub fn distance2(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
 }

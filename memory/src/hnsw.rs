@@ -1,0 +1,584 @@
+//! HNSW (Malkov and Yashunin, 2018) for the ReasoningBank, replacing hora (ADR 0013):
+//! vectors in one flat array, neighbour lists in flat fixed-capacity arrays, level
+//! multiplier 1/ln M, the paper's neighbour-selection heuristic, a visited list reset by
+//! generation counter, and a squared-L2 distance that runs on AVX2/FMA when the CPU has it.
+//! One writer inserts; any number of readers search (`&self`).
+
+use std::cell::RefCell;
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Squared Euclidean distance, on AVX2/FMA where the CPU has it.
+pub fn l2(a: &[f32], b: &[f32]) -> f32 {
+    l2_for_this_cpu()(a, b)
+}
+
+/// The squared-L2 implementation for this CPU.
+fn l2_for_this_cpu() -> fn(&[f32], &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return l2_avx2_checked;
+        }
+    }
+    l2_portable
+}
+
+#[cfg(target_arch = "x86_64")]
+fn l2_avx2_checked(a: &[f32], b: &[f32]) -> f32 {
+    // SAFETY: only handed out by `l2_for_this_cpu` after it found AVX2 and FMA on this
+    // CPU, the one requirement of calling a function compiled for them.
+    #[allow(unsafe_code)]
+    unsafe {
+        l2_avx2(a, b)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn l2_avx2(a: &[f32], b: &[f32]) -> f32 {
+    l2_portable(a, b)
+}
+
+/// Sixteen independent partial sums: the shape LLVM vectorises (an f32 sum in one
+/// accumulator is not, as addition order would change).
+#[inline(always)]
+fn l2_portable(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = a.len() / 16;
+    for c in 0..chunks {
+        let (x, y) = (&a[c * 16..c * 16 + 16], &b[c * 16..c * 16 + 16]);
+        for i in 0..16 {
+            let d = x[i] - y[i];
+            acc[i] += d * d;
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for i in chunks * 16..a.len().min(b.len()) {
+        let d = a[i] - b[i];
+        sum += d * d;
+    }
+    sum
+}
+
+/// Squared Euclidean distance from an f32 query to an int8 vector with one scale.
+fn l2_i8_for_this_cpu() -> fn(&[f32], &[i8], f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return l2_i8_avx2_checked;
+        }
+    }
+    l2_i8_portable
+}
+
+#[cfg(target_arch = "x86_64")]
+fn l2_i8_avx2_checked(q: &[f32], x: &[i8], scale: f32) -> f32 {
+    // SAFETY: only handed out by `l2_i8_for_this_cpu` after it found AVX2 and FMA.
+    #[allow(unsafe_code)]
+    unsafe {
+        l2_i8_avx2(q, x, scale)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn l2_i8_avx2(q: &[f32], x: &[i8], scale: f32) -> f32 {
+    l2_i8_portable(q, x, scale)
+}
+
+#[inline(always)]
+fn l2_i8_portable(q: &[f32], x: &[i8], scale: f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = q.len() / 16;
+    for c in 0..chunks {
+        let (a, b) = (&q[c * 16..c * 16 + 16], &x[c * 16..c * 16 + 16]);
+        for i in 0..16 {
+            let d = a[i] - scale * f32::from(b[i]);
+            acc[i] += d * d;
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for i in chunks * 16..q.len().min(x.len()) {
+        let d = q[i] - scale * f32::from(x[i]);
+        sum += d * d;
+    }
+    sum
+}
+
+/// How the index keeps its vectors.
+#[derive(Debug, Clone)]
+enum Store {
+    F32(Vec<f32>),
+    /// Symmetric int8 with one max-abs scale per vector: a quarter of the bytes.
+    I8 {
+        data: Vec<i8>,
+        scales: Vec<f32>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Near {
+    d: f32,
+    id: u32,
+}
+
+impl Eq for Near {}
+
+impl Ord for Near {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.d.total_cmp(&other.d).then(self.id.cmp(&other.id))
+    }
+}
+
+impl PartialOrd for Near {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+thread_local! {
+    /// Per-thread visited marks: node -> generation of the search that saw it.
+    static VISITED: RefCell<(Vec<u32>, u32)> = const { RefCell::new((Vec::new(), 0)) };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HnswParams {
+    pub m: usize,
+    pub ef_construction: usize,
+    pub ef_search: usize,
+    pub seed: u64,
+}
+
+impl Default for HnswParams {
+    fn default() -> Self {
+        Self {
+            m: 16,
+            ef_construction: 100,
+            ef_search: 64,
+            seed: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Hnsw {
+    dim: usize,
+    params: HnswParams,
+    m0: usize,
+    ml: f64,
+    store: Store,
+    /// Layer 0: per node, a count then `m0` slots.
+    layer0: Vec<u32>,
+    /// Layers above 0: per node, for each of its levels, a count then `m` slots.
+    upper: Vec<Vec<u32>>,
+    levels: Vec<u8>,
+    entry: Option<u32>,
+    max_level: usize,
+    rng: StdRng,
+    /// The distances for this CPU, chosen once.
+    dist: fn(&[f32], &[f32]) -> f32,
+    dist_i8: fn(&[f32], &[i8], f32) -> f32,
+}
+
+impl Hnsw {
+    pub fn new(dim: usize, params: HnswParams) -> Self {
+        Self::with_store(dim, params, Store::F32(Vec::new()))
+    }
+
+    /// An index keeping its vectors as int8 (searches take f32 queries).
+    pub fn new_int8(dim: usize, params: HnswParams) -> Self {
+        Self::with_store(
+            dim,
+            params,
+            Store::I8 {
+                data: Vec::new(),
+                scales: Vec::new(),
+            },
+        )
+    }
+
+    fn with_store(dim: usize, params: HnswParams, store: Store) -> Self {
+        let m = params.m.max(2);
+        Self {
+            dim,
+            params: HnswParams { m, ..params },
+            m0: 2 * m,
+            ml: 1.0 / (m as f64).ln(),
+            store,
+            layer0: Vec::new(),
+            upper: Vec::new(),
+            levels: Vec::new(),
+            entry: None,
+            max_level: 0,
+            rng: StdRng::seed_from_u64(params.seed),
+            dist: l2_for_this_cpu(),
+            dist_i8: l2_i8_for_this_cpu(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.levels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.levels.is_empty()
+    }
+
+    pub fn dimension(&self) -> usize {
+        self.dim
+    }
+
+    /// Squared distance from `q` to node `id`.
+    #[inline]
+    fn d(&self, q: &[f32], id: u32) -> f32 {
+        let start = id as usize * self.dim;
+        match &self.store {
+            Store::F32(v) => (self.dist)(q, &v[start..start + self.dim]),
+            Store::I8 { data, scales } => {
+                (self.dist_i8)(q, &data[start..start + self.dim], scales[id as usize])
+            }
+        }
+    }
+
+    /// Node `id`'s vector as f32 (decoded from int8 when stored so).
+    fn vector(&self, id: u32) -> std::borrow::Cow<'_, [f32]> {
+        let start = id as usize * self.dim;
+        match &self.store {
+            Store::F32(v) => std::borrow::Cow::Borrowed(&v[start..start + self.dim]),
+            Store::I8 { data, scales } => {
+                let scale = scales[id as usize];
+                std::borrow::Cow::Owned(
+                    data[start..start + self.dim]
+                        .iter()
+                        .map(|x| scale * f32::from(*x))
+                        .collect(),
+                )
+            }
+        }
+    }
+
+    fn neighbours(&self, id: u32, level: usize) -> &[u32] {
+        if level == 0 {
+            let start = id as usize * (self.m0 + 1);
+            let n = self.layer0[start] as usize;
+            &self.layer0[start + 1..start + 1 + n]
+        } else {
+            let list = &self.upper[id as usize];
+            let start = (level - 1) * (self.params.m + 1);
+            let n = list[start] as usize;
+            &list[start + 1..start + 1 + n]
+        }
+    }
+
+    fn set_neighbours(&mut self, id: u32, level: usize, ids: &[u32]) {
+        let (slots, cap) = if level == 0 {
+            let start = id as usize * (self.m0 + 1);
+            (&mut self.layer0[start..start + self.m0 + 1], self.m0)
+        } else {
+            let m = self.params.m;
+            let start = (level - 1) * (m + 1);
+            (&mut self.upper[id as usize][start..start + m + 1], m)
+        };
+        let n = ids.len().min(cap);
+        slots[0] = n as u32;
+        slots[1..1 + n].copy_from_slice(&ids[..n]);
+    }
+
+    /// The `ef` nearest found from `entry` on `level`, nearest first.
+    fn search_layer(&self, q: &[f32], entry: &[Near], ef: usize, level: usize) -> Vec<Near> {
+        VISITED.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let (marks, generation) = &mut *cell;
+            if marks.len() < self.len() {
+                marks.resize(self.len(), 0);
+            }
+            *generation = generation.wrapping_add(1);
+            if *generation == 0 {
+                marks.iter_mut().for_each(|m| *m = 0);
+                *generation = 1;
+            }
+            let generation = *generation;
+            let mut candidates: BinaryHeap<std::cmp::Reverse<Near>> =
+                BinaryHeap::with_capacity(ef * 2);
+            let mut found: BinaryHeap<Near> = BinaryHeap::with_capacity(ef + 1);
+            for e in entry {
+                marks[e.id as usize] = generation;
+                candidates.push(std::cmp::Reverse(*e));
+                found.push(*e);
+            }
+            while let Some(std::cmp::Reverse(current)) = candidates.pop() {
+                let worst = found.peek().map_or(f32::INFINITY, |f| f.d);
+                if current.d > worst && found.len() >= ef {
+                    break;
+                }
+                for &n in self.neighbours(current.id, level) {
+                    if marks[n as usize] == generation {
+                        continue;
+                    }
+                    marks[n as usize] = generation;
+                    let d = self.d(q, n);
+                    let worst = found.peek().map_or(f32::INFINITY, |f| f.d);
+                    if found.len() < ef || d < worst {
+                        candidates.push(std::cmp::Reverse(Near { d, id: n }));
+                        found.push(Near { d, id: n });
+                        if found.len() > ef {
+                            found.pop();
+                        }
+                    }
+                }
+            }
+            found.into_sorted_vec()
+        })
+    }
+
+    /// The paper's heuristic: a candidate is kept when it is nearer to the new element
+    /// than to every neighbour kept so far (spreads links across directions).
+    fn select(&self, candidates: &[Near], m: usize) -> Vec<u32> {
+        let mut kept: Vec<Near> = Vec::with_capacity(m);
+        for c in candidates {
+            if kept.len() >= m {
+                break;
+            }
+            let v = self.vector(c.id);
+            if kept.iter().all(|k| self.d(&v, k.id) > c.d) {
+                kept.push(*c);
+            }
+        }
+        kept.into_iter().map(|k| k.id).collect()
+    }
+
+    /// From the entry point down to `to_level`, moving to whichever neighbour is nearer
+    /// until none is (the upper layers need no candidate lists).
+    fn greedy_descent(&self, q: &[f32], from_level: usize, to_level: usize) -> Vec<Near> {
+        let Some(entry) = self.entry else {
+            return Vec::new();
+        };
+        let mut best = Near {
+            d: self.d(q, entry),
+            id: entry,
+        };
+        let mut level = from_level;
+        while level > to_level {
+            loop {
+                let mut moved = false;
+                for &n in self.neighbours(best.id, level) {
+                    let d = self.d(q, n);
+                    if d < best.d {
+                        best = Near { d, id: n };
+                        moved = true;
+                    }
+                }
+                if !moved {
+                    break;
+                }
+            }
+            level -= 1;
+        }
+        vec![best]
+    }
+
+    /// Adds a vector; returns its id (insertion order, from 0).
+    pub fn insert(&mut self, v: &[f32]) -> u32 {
+        assert_eq!(v.len(), self.dim, "vector dimension");
+        let id = self.len() as u32;
+        let level = (-self.rng.gen_range(f64::MIN_POSITIVE..1.0).ln() * self.ml).floor() as usize;
+        let level = level.min(16);
+        match &mut self.store {
+            Store::F32(vectors) => vectors.extend_from_slice(v),
+            Store::I8 { data, scales } => {
+                let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+                let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+                data.extend(
+                    v.iter()
+                        .map(|x| (x / scale).round().clamp(-127.0, 127.0) as i8),
+                );
+                scales.push(scale);
+            }
+        }
+        self.levels.push(level as u8);
+        self.layer0.extend(std::iter::repeat_n(0, self.m0 + 1));
+        self.upper.push(vec![0; level * (self.params.m + 1)]);
+        let Some(_) = self.entry else {
+            self.entry = Some(id);
+            self.max_level = level;
+            return id;
+        };
+        let top = self.max_level;
+        let mut entry = self.greedy_descent(v, top, level.min(top));
+        for l in (0..=level.min(top)).rev() {
+            let found = self.search_layer(v, &entry, self.params.ef_construction, l);
+            let cap = if l == 0 { self.m0 } else { self.params.m };
+            let chosen = self.select(&found, self.params.m);
+            self.set_neighbours(id, l, &chosen);
+            for &n in &chosen {
+                let mut links: Vec<u32> = self.neighbours(n, l).to_vec();
+                links.push(id);
+                if links.len() > cap {
+                    let nv = self.vector(n).into_owned();
+                    let mut near: Vec<Near> = links
+                        .iter()
+                        .map(|&o| Near {
+                            d: self.d(&nv, o),
+                            id: o,
+                        })
+                        .collect();
+                    near.sort();
+                    links = self.select(&near, cap);
+                }
+                self.set_neighbours(n, l, &links);
+            }
+            entry = found;
+        }
+        if level > top {
+            self.entry = Some(id);
+            self.max_level = level;
+        }
+        id
+    }
+
+    /// The `k` nearest ids with their squared distances, nearest first.
+    pub fn search(&self, q: &[f32], k: usize) -> Vec<(u32, f32)> {
+        self.search_ef(q, k, self.params.ef_search)
+    }
+
+    pub fn search_ef(&self, q: &[f32], k: usize, ef: usize) -> Vec<(u32, f32)> {
+        if self.is_empty() || q.len() != self.dim {
+            return Vec::new();
+        }
+        let entry = self.greedy_descent(q, self.max_level, 0);
+        let mut found = self.search_layer(q, &entry, ef.max(k), 0);
+        found.truncate(k);
+        found.into_iter().map(|n| (n.id, n.d)).collect()
+    }
+
+    /// Bytes of vectors and links held (for the memory comparison).
+    pub fn bytes(&self) -> usize {
+        let vectors = match &self.store {
+            Store::F32(v) => v.len() * 4,
+            Store::I8 { data, scales } => data.len() + scales.len() * 4,
+        };
+        vectors
+            + self.layer0.len() * 4
+            + self.upper.iter().map(|u| u.len() * 4).sum::<usize>()
+            + self.levels.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vector::normalise;
+
+    fn clustered(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let centres: Vec<Vec<f32>> = (0..20)
+            .map(|_| (0..dim).map(|_| rng.gen_range(-1.0..1.0)).collect())
+            .collect();
+        (0..n)
+            .map(|i| {
+                let mut v: Vec<f32> = centres[i % 20]
+                    .iter()
+                    .map(|x| x + rng.gen_range(-0.5..0.5))
+                    .collect();
+                normalise(&mut v);
+                v
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_distance_is_squared_euclidean_on_every_path() {
+        let a: Vec<f32> = (0..37).map(|i| i as f32 * 0.1).collect();
+        let b: Vec<f32> = (0..37).map(|i| (36 - i) as f32 * 0.07).collect();
+        let exact: f32 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
+        assert!((l2(&a, &b) - exact).abs() < 1e-3 * exact);
+        assert!((l2_portable(&a, &b) - exact).abs() < 1e-3 * exact);
+    }
+
+    #[test]
+    fn recall_against_brute_force() {
+        let dim = 48;
+        let mut data = clustered(3100, dim, 5);
+        // Queries from the same clusters, not in the index.
+        let queries = data.split_off(3000);
+        let mut index = Hnsw::new(dim, HnswParams::default());
+        for v in &data {
+            index.insert(v);
+        }
+        assert_eq!(index.len(), 3000);
+        let mut hits = 0;
+        for q in &queries {
+            let mut exact: Vec<(usize, f32)> = data
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i, l2(q, v)))
+                .collect();
+            exact.sort_by(|a, b| a.1.total_cmp(&b.1));
+            let truth: std::collections::HashSet<u32> =
+                exact[..10].iter().map(|(i, _)| *i as u32).collect();
+            let found = index.search(q, 10);
+            assert_eq!(found.len(), 10);
+            assert!(found.windows(2).all(|w| w[0].1 <= w[1].1));
+            hits += found.iter().filter(|(id, _)| truth.contains(id)).count();
+        }
+        let recall = hits as f64 / 1000.0;
+        assert!(recall >= 0.97, "recall@10 {recall}");
+    }
+
+    #[test]
+    fn an_int8_index_keeps_recall_in_less_memory() {
+        let dim = 48;
+        let mut data = clustered(2100, dim, 8);
+        let queries = data.split_off(2000);
+        let mut full = Hnsw::new(dim, HnswParams::default());
+        let mut small = Hnsw::new_int8(dim, HnswParams::default());
+        for v in &data {
+            full.insert(v);
+            small.insert(v);
+        }
+        let mut hits = [0, 0];
+        for q in &queries {
+            let mut exact: Vec<(usize, f32)> = data
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i, l2(q, v)))
+                .collect();
+            exact.sort_by(|a, b| a.1.total_cmp(&b.1));
+            let truth: std::collections::HashSet<u32> =
+                exact[..10].iter().map(|(i, _)| *i as u32).collect();
+            for (h, index) in hits.iter_mut().zip([&full, &small]) {
+                *h += index
+                    .search(q, 10)
+                    .iter()
+                    .filter(|(id, _)| truth.contains(id))
+                    .count();
+            }
+        }
+        let recall = hits.map(|h| h as f64 / 1000.0);
+        assert!(
+            recall[1] >= 0.95 && recall[1] >= recall[0] - 0.02,
+            "{recall:?}"
+        );
+        assert!(
+            small.bytes() < full.bytes() * 7 / 10,
+            "{} vs {}",
+            small.bytes(),
+            full.bytes()
+        );
+    }
+
+    #[test]
+    fn small_and_empty_indexes_answer() {
+        let mut index = Hnsw::new(3, HnswParams::default());
+        assert!(index.search(&[1.0, 0.0, 0.0], 5).is_empty());
+        index.insert(&[1.0, 0.0, 0.0]);
+        index.insert(&[0.0, 1.0, 0.0]);
+        let found = index.search(&[0.9, 0.1, 0.0], 5);
+        assert_eq!(found.iter().map(|f| f.0).collect::<Vec<_>>(), vec![0, 1]);
+        assert!(index.search(&[1.0, 0.0], 5).is_empty(), "wrong dimension");
+    }
+}
