@@ -128,14 +128,26 @@ fn hora(
     }
     index.build(Metric::Euclidean).expect("hora build");
     let build_s = started.elapsed().as_secs_f64();
+    timed_searches(build_s, queries, truth, |q| {
+        index.search(q, K).into_iter().map(|i| i as u32).collect()
+    })
+}
+
+/// Times one search per query (one thread) and measures recall@K against `truth`.
+fn timed_searches(
+    build_s: f64,
+    queries: &[Vec<f32>],
+    truth: &[Vec<u32>],
+    search: impl Fn(&[f32]) -> Vec<u32>,
+) -> Measured {
     let mut lat = Vec::with_capacity(queries.len());
     let mut hits = 0;
     for (q, t) in queries.iter().zip(truth) {
         let start = Instant::now();
-        let found = index.search(q, K);
+        let found = search(q);
         lat.push(start.elapsed().as_secs_f64() * 1000.0);
         let t: HashSet<u32> = t.iter().copied().collect();
-        hits += found.iter().filter(|i| t.contains(&(**i as u32))).count();
+        hits += found.iter().filter(|i| t.contains(i)).count();
     }
     lat.sort_by(f64::total_cmp);
     Measured {
@@ -179,22 +191,22 @@ fn ours_stored(
         index.insert(v);
     }
     let build_s = started.elapsed().as_secs_f64();
-    let mut lat = Vec::with_capacity(queries.len());
-    let mut hits = 0;
-    for (q, t) in queries.iter().zip(truth) {
-        let start = Instant::now();
-        let found = index.search(q, K);
-        lat.push(start.elapsed().as_secs_f64() * 1000.0);
-        let t: HashSet<u32> = t.iter().copied().collect();
-        hits += found.iter().filter(|(i, _)| t.contains(i)).count();
+    let measured = timed_searches(build_s, queries, truth, |q| {
+        index.search(q, K).into_iter().map(|(i, _)| i).collect()
+    });
+    if int8 {
+        // What a wider search buys back of the recall the rounding costs.
+        for ef in [settings.ef_search * 2, settings.ef_search * 4] {
+            let wider = timed_searches(build_s, queries, truth, |q| {
+                index
+                    .search_ef(q, K, ef)
+                    .into_iter()
+                    .map(|(i, _)| i)
+                    .collect()
+            });
+            report(&format!("  same int8 index at ef {ef}"), &wider, None);
+        }
     }
-    lat.sort_by(f64::total_cmp);
-    let measured = Measured {
-        build_s,
-        p50_ms: percentile(&lat, 50.0),
-        p95_ms: percentile(&lat, 95.0),
-        recall: hits as f64 / (K * queries.len()) as f64,
-    };
     (measured, index.bytes())
 }
 

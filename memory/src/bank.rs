@@ -486,6 +486,7 @@ fn fold_in_tail(inner: &mut Inner) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vector::exact_nearest;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
@@ -572,15 +573,9 @@ mod tests {
         let queries = clustered(100, 30, 0.6, 99);
         let mut hits = 0;
         for q in &queries {
-            let mut exact: Vec<(usize, f32)> = vectors
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (i, distance2(q, v)))
-                .collect();
-            exact.sort_by(|a, b| a.1.total_cmp(&b.1));
-            let truth: std::collections::HashSet<String> = exact[..10]
-                .iter()
-                .map(|(i, _)| format!("job-{i}"))
+            let truth: std::collections::HashSet<String> = exact_nearest(&vectors, q, 10)
+                .into_iter()
+                .map(|i| format!("job-{i}"))
                 .collect();
             let found = bank.search(q, 10).expect("search");
             assert_eq!(found.len(), 10);
@@ -709,15 +704,9 @@ mod tests {
             bytes.push(bank.vector_bytes());
             let mut hits = 0;
             for q in clustered(20, 10, 0.6, 77) {
-                let mut exact: Vec<(usize, f32)> = vectors
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| (i, distance2(&q, v)))
-                    .collect();
-                exact.sort_by(|a, b| a.1.total_cmp(&b.1));
-                let truth: std::collections::HashSet<String> = exact[..10]
-                    .iter()
-                    .map(|(i, _)| format!("job-{i}"))
+                let truth: std::collections::HashSet<String> = exact_nearest(&vectors, &q, 10)
+                    .into_iter()
+                    .map(|i| format!("job-{i}"))
                     .collect();
                 hits += bank
                     .search(&q, 10)

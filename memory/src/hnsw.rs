@@ -471,7 +471,7 @@ impl Hnsw {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vector::normalise;
+    use crate::vector::{exact_nearest, normalise};
 
     fn clustered(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
         let mut rng = StdRng::seed_from_u64(seed);
@@ -512,14 +512,10 @@ mod tests {
         assert_eq!(index.len(), 3000);
         let mut hits = 0;
         for q in &queries {
-            let mut exact: Vec<(usize, f32)> = data
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (i, l2(q, v)))
+            let truth: std::collections::HashSet<u32> = exact_nearest(&data, q, 10)
+                .into_iter()
+                .map(|i| i as u32)
                 .collect();
-            exact.sort_by(|a, b| a.1.total_cmp(&b.1));
-            let truth: std::collections::HashSet<u32> =
-                exact[..10].iter().map(|(i, _)| *i as u32).collect();
             let found = index.search(q, 10);
             assert_eq!(found.len(), 10);
             assert!(found.windows(2).all(|w| w[0].1 <= w[1].1));
@@ -542,14 +538,10 @@ mod tests {
         }
         let mut hits = [0, 0];
         for q in &queries {
-            let mut exact: Vec<(usize, f32)> = data
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (i, l2(q, v)))
+            let truth: std::collections::HashSet<u32> = exact_nearest(&data, q, 10)
+                .into_iter()
+                .map(|i| i as u32)
                 .collect();
-            exact.sort_by(|a, b| a.1.total_cmp(&b.1));
-            let truth: std::collections::HashSet<u32> =
-                exact[..10].iter().map(|(i, _)| *i as u32).collect();
             for (h, index) in hits.iter_mut().zip([&full, &small]) {
                 *h += index
                     .search(q, 10)

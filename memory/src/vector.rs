@@ -16,6 +16,18 @@ pub fn distance2(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
 }
 
+/// Positions of the `k` vectors of `data` nearest to `q`, by exhaustive search (the
+/// ground truth recall is measured against).
+pub fn exact_nearest(data: &[Vec<f32>], q: &[f32], k: usize) -> Vec<usize> {
+    let mut all: Vec<(usize, f32)> = data
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i, distance2(q, v)))
+        .collect();
+    all.sort_by(|a, b| a.1.total_cmp(&b.1));
+    all.into_iter().take(k).map(|(i, _)| i).collect()
+}
+
 /// Cosine similarity of two unit vectors from their squared distance.
 pub fn cosine_from_distance2(d2: f32) -> f32 {
     1.0 - d2 / 2.0
