@@ -3,5 +3,7 @@
 //! fleet's consolidation job, so it improves without forgetting.
 
 pub mod predictor;
+pub mod snapshot;
 
 pub use predictor::{Predictor, Sample, Settings};
+pub use snapshot::SonaSnapshot;

@@ -8,6 +8,7 @@ pub mod escalate;
 pub mod liveness;
 pub mod router;
 pub mod service;
+pub mod sona;
 pub mod submit;
 pub mod validate;
 

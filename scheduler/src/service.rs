@@ -167,6 +167,11 @@ pub async fn run(
         control,
         shutdown.clone(),
     ));
+    tasks.spawn(crate::sona::watch_adapter(
+        bucket(&js, SONA_BUCKET).await?,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let requests = client
         .queue_subscribe(SUBMIT_SUBJECT, SCHEDULER_QUEUE_GROUP.to_string())
         .await

@@ -97,6 +97,12 @@ pub struct Metrics {
     pub memory_inserts: IntCounterVec,
     /// Trajectories in this process's bank.
     pub memory_stored: IntGauge,
+    /// Version of the SONA adapter (quality predictor) this process has loaded.
+    pub sona_adapter_version: IntGauge,
+    /// Seconds a consolidation took (maint worker).
+    pub sona_consolidation_seconds: HistogramVec,
+    /// Completed jobs the quality predictor learned from (maint worker).
+    pub sona_jobs_learned: IntCounterVec,
     /// Every family's name, sorted.
     names: std::sync::Arc<[String]>,
 }
@@ -338,6 +344,21 @@ impl Metrics {
             "qefleet_memory_stored_trajectories",
             "Trajectories in this process's ReasoningBank",
         );
+        let sona_adapter_version = gauge(
+            "qefleet_sona_adapter_version",
+            "Version of the SONA quality predictor (consolidations applied) this process has loaded; 0 before the first",
+        );
+        let sona_consolidation_seconds = histogram(
+            "qefleet_sona_consolidation_seconds",
+            "Seconds a SONA consolidation took: reading the jobs, learning, storing the snapshot",
+            vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0],
+            &[OUTCOME],
+        );
+        let sona_jobs_learned = counter(
+            "qefleet_sona_jobs_learned_total",
+            "Completed jobs the SONA quality predictor learned from, by pool",
+            &[POOL],
+        );
         let build_info = int_gauges(
             "qefleet_build_info",
             "1, labelled with the qefleet version this process runs",
@@ -384,6 +405,9 @@ impl Metrics {
             memory_retrieved_quality,
             memory_inserts,
             memory_stored,
+            sona_adapter_version,
+            sona_consolidation_seconds,
+            sona_jobs_learned,
             names: {
                 let mut names = names.into_inner();
                 names.sort();
@@ -488,6 +512,7 @@ mod tests {
         "state",
         "info",
         "trajectories",
+        "version",
     ];
 
     #[test]

@@ -162,11 +162,13 @@ pub async fn ensure_all(js: &jetstream::Context) -> Result<(), ProvisionError> {
     for wanted in stream_configs_for(&version) {
         ensure_stream(js, wanted).await?;
     }
-    ensure_bucket(js, JOB_STATE_BUCKET, 30 * DAY).await?;
-    ensure_bucket(js, WORKERS_BUCKET, WORKER_TTL).await?;
-    ensure_bucket(js, CONSOLIDATIONS_BUCKET, Duration::ZERO).await?;
-    ensure_bucket(js, CONTROL_BUCKET, Duration::ZERO).await?;
-    ensure_bucket(js, SPEND_BUCKET, 3 * DAY).await?;
+    ensure_bucket(js, JOB_STATE_BUCKET, 30 * DAY, 1).await?;
+    ensure_bucket(js, WORKERS_BUCKET, WORKER_TTL, 1).await?;
+    ensure_bucket(js, CONSOLIDATIONS_BUCKET, Duration::ZERO, 1).await?;
+    ensure_bucket(js, CONTROL_BUCKET, Duration::ZERO, 1).await?;
+    ensure_bucket(js, SPEND_BUCKET, 3 * DAY, 1).await?;
+    // Ten snapshots of each learned model: the current one and nine to roll back to.
+    ensure_bucket(js, SONA_BUCKET, Duration::ZERO, 10).await?;
     Ok(())
 }
 
@@ -219,6 +221,7 @@ async fn ensure_bucket(
     js: &jetstream::Context,
     bucket: &str,
     max_age: Duration,
+    history: i64,
 ) -> Result<kv::Store, ProvisionError> {
     if let Ok(store) = js.get_key_value(bucket).await {
         return Ok(store);
@@ -226,7 +229,7 @@ async fn ensure_bucket(
     let created = js
         .create_key_value(kv::Config {
             bucket: bucket.to_string(),
-            history: 1,
+            history,
             max_age,
             storage: StorageType::File,
             ..Default::default()

@@ -34,6 +34,11 @@ pub const JOB_STATE_BUCKET: &str = "qe_job_state";
 pub const WORKERS_BUCKET: &str = "qe_workers";
 /// Key-value bucket of consolidation markers, keyed by consolidation number.
 pub const CONSOLIDATIONS_BUCKET: &str = "qe_consolidations";
+/// Key-value bucket of the fleet's learned models (SONA), one key per model, with history
+/// so an earlier snapshot can be restored.
+pub const SONA_BUCKET: &str = "qe_sona";
+/// The quality predictor's snapshot in [`SONA_BUCKET`].
+pub const QUALITY_PREDICTOR_KEY: &str = "quality_predictor";
 /// Key-value bucket of operator switches the fleet watches at run time.
 pub const CONTROL_BUCKET: &str = "qe_control";
 /// Key-value bucket of the daily spend ledger (`<YYYY-MM-DD>.<tenant>`, `<day>._all`).

@@ -10,11 +10,11 @@ use qefleet_inference::{Embedder, InferenceArgs};
 use qefleet_scheduler::SchedulerArgs;
 use qefleet_shared::nats::NatsArgs;
 use qefleet_shared::shutdown;
-use qefleet_worker::consolidator::RecordOnly;
 use qefleet_worker::engine::Engine;
 use qefleet_worker::engines::generator::LocalGenerator;
 use qefleet_worker::engines::llm::{CloudModel, LlmEngine, LlmSettings, LocalModel};
 use qefleet_worker::engines::DoctestEngine;
+use qefleet_worker::sona::SonaConsolidator;
 use qefleet_worker::{EngineArg, PoolArg, WorkerArgs};
 
 #[derive(Debug, clap::Args)]
@@ -118,7 +118,7 @@ pub async fn worker(mut args: WorkerCmd) -> anyhow::Result<ExitCode> {
         client,
         args.worker,
         engine,
-        Arc::new(RecordOnly),
+        Arc::new(SonaConsolidator),
         shutdown::on_signals(),
     )
     .await?;

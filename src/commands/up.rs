@@ -14,7 +14,7 @@ use qefleet_shared::client::{submit, wait_for_result};
 use qefleet_shared::embedded::{EmbeddedOptions, EmbeddedServer};
 use qefleet_shared::nats::NatsArgs;
 use qefleet_shared::shutdown::{self, Shutdown};
-use qefleet_worker::consolidator::RecordOnly;
+use qefleet_worker::sona::SonaConsolidator;
 use qefleet_worker::{EngineArg, PoolArg, ResultArgs, WorkerArgs};
 use tokio::task::JoinSet;
 
@@ -127,7 +127,7 @@ async fn start(args: &UpArgs, shutdown: Shutdown) -> anyhow::Result<Fleet> {
                 worker_client,
                 worker,
                 engine,
-                Arc::new(RecordOnly),
+                Arc::new(SonaConsolidator),
                 worker_shutdown,
             )
             .await?;

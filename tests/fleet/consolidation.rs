@@ -78,3 +78,119 @@ async fn two_hundred_fifty_completions_with_two_scheduler_replicas_make_exactly_
     );
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sona_consolidations_learn_from_results_store_versioned_snapshots_and_apply_once() {
+    use qefleet_learn::SonaSnapshot;
+    use qefleet_schemas::ConsolidationJob;
+    use qefleet_shared::embedded::free_port;
+    use qefleet_worker::consolidator::{ConsolidationContext, Consolidator};
+    use qefleet_worker::sona::SonaConsolidator;
+
+    let mut fleet = Fleet::start().await;
+    let scheduler_port = free_port();
+    fleet
+        .scheduler(SchedulerArgs {
+            consolidate_every: 10,
+            metrics_addr: Some(([127, 0, 0, 1], scheduler_port).into()),
+            ..SchedulerArgs::default()
+        })
+        .await;
+    let mut args = fleet.worker_args(PoolArg::Local);
+    args.concurrency = 4;
+    fleet
+        .worker(args, Arc::new(ScriptedEngine::succeeding(Duration::ZERO)))
+        .await;
+    let maint_port = free_port();
+    let mut args = fleet.worker_args(PoolArg::Maint);
+    args.metrics_addr = Some(([127, 0, 0, 1], maint_port).into());
+    fleet
+        .worker_consolidating(
+            args,
+            Arc::new(ScriptedEngine::succeeding(Duration::ZERO)),
+            Arc::new(SonaConsolidator),
+        )
+        .await;
+    for _ in 0..25 {
+        fleet.submit_ok(&job(CALC)).await;
+    }
+    eventually(Duration::from_secs(60), "two consolidations", || async {
+        consolidated_events(&fleet).await >= 2
+    })
+    .await;
+    let bucket = fleet.js.get_key_value(SONA_BUCKET).await.expect("bucket");
+    let entry = bucket
+        .entry(QUALITY_PREDICTOR_KEY)
+        .await
+        .expect("entry")
+        .expect("a snapshot");
+    let snapshot = SonaSnapshot::decode(&entry.value).expect("snapshot");
+    assert_eq!((snapshot.version, snapshot.consolidation), (2, 2));
+    assert!(
+        snapshot.jobs >= 20 && snapshot.jobs <= 25,
+        "learned from each result once: {}",
+        snapshot.jobs
+    );
+    // The scripted engine reports quality 0.95 for these modules: the predictor learned it.
+    let report = qefleet_scheduler::complexity::analyze(CALC)
+        .expect("analyses")
+        .report;
+    let predicted = snapshot.predictor.predict(&qefleet_worker::sona::features(
+        &report,
+        qefleet_schemas::Pool::Local,
+    ));
+    assert!(predicted > 0.8, "predicted quality {predicted}");
+    // The first snapshot is kept for rollback.
+    let mut history = bucket
+        .history(QUALITY_PREDICTOR_KEY)
+        .await
+        .expect("history");
+    let mut versions = Vec::new();
+    while let Some(Ok(e)) = history.next().await {
+        versions.push(
+            SonaSnapshot::decode(&e.value)
+                .expect("old snapshot")
+                .version,
+        );
+    }
+    assert_eq!(versions, vec![1, 2]);
+    // The scheduler follows the snapshots; the maint worker reports what it applied.
+    metrics_show(
+        scheduler_port,
+        &["qefleet_sona_adapter_version 2"],
+        "scheduler adapter version",
+    )
+    .await;
+    metrics_show(
+        maint_port,
+        &[
+            "qefleet_sona_adapter_version 2",
+            "qefleet_sona_consolidation_seconds_count{outcome=\"applied\"} 2",
+        ],
+        "maint metrics",
+    )
+    .await;
+    // A redelivered consolidation job that was already applied changes nothing.
+    let context = ConsolidationContext {
+        js: fleet.js.clone(),
+        metrics: qefleet_shared::metrics::Metrics::new(),
+    };
+    let again = ConsolidationJob {
+        schema_version: qefleet_schemas::SCHEMA_VERSION,
+        number: 2,
+        completions: 20,
+        triggered_at_ms: 0,
+    };
+    let summary = SonaConsolidator
+        .consolidate(&again, &context)
+        .await
+        .expect("consolidates");
+    assert!(summary.contains("already applied"), "{summary}");
+    let after = bucket
+        .entry(QUALITY_PREDICTOR_KEY)
+        .await
+        .expect("entry")
+        .expect("snapshot");
+    assert_eq!(after.revision, entry.revision, "nothing stored");
+    fleet.stop().await;
+}

@@ -17,7 +17,7 @@ use qefleet_shared::nats::{connect, NatsArgs};
 use qefleet_shared::provision;
 use qefleet_shared::shutdown::{self, ShutdownTrigger};
 use qefleet_shared::subjects::DLQ_STREAM;
-use qefleet_worker::consolidator::RecordOnly;
+use qefleet_worker::consolidator::{Consolidator, RecordOnly};
 use qefleet_worker::engine::{Engine, EngineError, EngineFuture, EngineOutput, EngineRequest};
 use qefleet_worker::{PoolArg, WorkerArgs};
 use tokio::task::JoinSet;
@@ -107,6 +107,17 @@ impl Fleet {
 
     /// Starts an in-process worker; the returned trigger stops it alone.
     pub async fn worker(&mut self, args: WorkerArgs, engine: Arc<dyn Engine>) -> ShutdownTrigger {
+        self.worker_consolidating(args, engine, Arc::new(RecordOnly))
+            .await
+    }
+
+    /// [`Self::worker`] with the maint pool's consolidator chosen by the test.
+    pub async fn worker_consolidating(
+        &mut self,
+        args: WorkerArgs,
+        engine: Arc<dyn Engine>,
+        consolidator: Arc<dyn Consolidator>,
+    ) -> ShutdownTrigger {
         let client = self.own_client().await;
         let (trigger, shutdown) = shutdown::channel();
         let all = self.stop_all.subscribe();
@@ -117,7 +128,7 @@ impl Fleet {
             stop.trigger();
         });
         self.tasks.spawn(async move {
-            qefleet_worker::run(client, args, engine, Arc::new(RecordOnly), shutdown)
+            qefleet_worker::run(client, args, engine, consolidator, shutdown)
                 .await
                 .expect("worker runs");
         });

@@ -13,6 +13,7 @@ mod results;
 pub mod runtime;
 pub mod sandbox;
 pub mod savings;
+pub mod sona;
 
 pub use args::{EngineArg, PoolArg, ResultArgs, WorkerArgs};
 pub use runtime::{run, WorkerError};

@@ -28,7 +28,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::args::WorkerArgs;
-use crate::consolidator::Consolidator;
+use crate::consolidator::{ConsolidationContext, Consolidator};
 use crate::deadletter::{self, Origin};
 use crate::engine::{Engine, EngineError, EngineOutput, EngineRequest};
 use crate::outbox::{Outbox, OutboxError, PendingResult};
@@ -384,7 +384,11 @@ async fn consolidate(ctx: &Ctx, message: &Message) -> Disposition {
             }
         }
     };
-    match ctx.consolidator.consolidate(&job).await {
+    let context = ConsolidationContext {
+        js: ctx.js.clone(),
+        metrics: ctx.metrics.clone(),
+    };
+    match ctx.consolidator.consolidate(&job, &context).await {
         Ok(summary) => {
             emit_event(
                 &ctx.client,
