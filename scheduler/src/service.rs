@@ -63,6 +63,10 @@ pub struct SchedulerArgs {
     /// same process.
     #[arg(skip)]
     pub embedder: Option<Embedder>,
+    /// A registry shared with other components of the process (`qefleet up`); a new one
+    /// when absent.
+    #[arg(skip)]
+    pub metrics: Option<Metrics>,
 }
 
 impl Default for SchedulerArgs {
@@ -77,6 +81,7 @@ impl Default for SchedulerArgs {
             tenant_daily_budget_usd: None,
             daily_budget_usd: None,
             embedder: None,
+            metrics: None,
         }
     }
 }
@@ -119,7 +124,8 @@ pub async fn run(
 ) -> Result<(), SchedulerError> {
     let js = jetstream::new(client.clone());
     provision::ensure_all(&js).await?;
-    let metrics = Metrics::new();
+    // `qefleet up` hands every component one registry, served on one address.
+    let metrics = args.metrics.clone().unwrap_or_default();
     if let Some(addr) = args.metrics_addr {
         let bound = metrics::serve(addr, metrics.clone(), shutdown.clone())
             .await

@@ -67,7 +67,8 @@ pub struct Metrics {
     /// 1 for each local model operation this process runs, by execution provider.
     pub inference_provider: IntGaugeVec,
     pub consolidations_triggered: IntCounter,
-    pub outbox_pending: IntGauge,
+    /// Results computed but not yet confirmed published, by pool.
+    pub outbox_pending: IntGaugeVec,
     pub jobs_in_flight: IntGauge,
     /// Jobs in the work queue (waiting + in flight) by pool and complexity, sampled by
     /// the scheduler.
@@ -259,9 +260,10 @@ impl Metrics {
             "1 for each local model operation (generate, embed) this process runs, by execution provider",
             &[OP, PROVIDER],
         );
-        let outbox_pending = gauge(
+        let outbox_pending = int_gauges(
             "qefleet_outbox_pending_results",
-            "Results computed but not yet confirmed published",
+            "Results computed but not yet confirmed published, by pool",
+            &[POOL],
         );
         let jobs_in_flight = gauge("qefleet_in_flight_jobs", "Jobs this worker is running now");
         let consolidations_triggered = IntCounter::new(

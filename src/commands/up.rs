@@ -87,8 +87,12 @@ async fn start(args: &UpArgs, shutdown: Shutdown) -> anyhow::Result<Fleet> {
     let embedder = super::serve::embedder(&args.inference).await?;
     let mut tasks = JoinSet::new();
     let scheduler_client = client.clone();
+    // One registry for every component: `--scheduler-metrics-addr` serves the scheduler's
+    // and the workers' metrics together.
+    let metrics = qefleet_shared::metrics::Metrics::new();
     let mut scheduler_args = args.scheduler.clone();
     scheduler_args.embedder = embedder.clone();
+    scheduler_args.metrics = Some(metrics.clone());
     let scheduler_shutdown = shutdown.clone();
     tasks.spawn(async move {
         qefleet_scheduler::run(scheduler_client, scheduler_args, scheduler_shutdown).await?;
@@ -100,6 +104,7 @@ async fn start(args: &UpArgs, shutdown: Shutdown) -> anyhow::Result<Fleet> {
     }
     for pool in pools {
         let mut worker = WorkerArgs::for_pool(pool);
+        worker.metrics = Some(metrics.clone());
         worker.python = args.python.clone();
         worker.engine = args.engine;
         worker.outbox_dir = Some(

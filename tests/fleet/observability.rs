@@ -684,3 +684,46 @@ fn the_dockerfile_is_multi_stage_non_root_and_ships_the_pinned_onnx_runtime() {
         assert!(ignore.contains(heavy), ".dockerignore keeps {heavy} out");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_every_components_metrics_on_one_address() {
+    let fleet = Fleet::start().await;
+    let port = free_port();
+    let data = tempfile::tempdir().expect("tempdir");
+    let _up = Process(
+        Command::new(crate::support::BIN)
+            .args([
+                "up",
+                "--nats-url",
+                &fleet.server.url(),
+                "--engine",
+                "doctest",
+            ])
+            .arg("--scheduler-metrics-addr")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(data.path())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("qefleet up starts"),
+    );
+    let id = fleet.submit_ok(&job(CALC)).await;
+    fleet.result(&id, Duration::from_secs(60)).await;
+    crate::support::metrics_show(
+        port,
+        &[
+            // scheduler
+            "qefleet_jobs_submitted_total{complexity=\"simple\",pool=\"local\"} 1",
+            "qefleet_queue_lag_jobs{complexity=\"simple\",pool=\"local\"}",
+            // local worker
+            "qefleet_jobs_completed_total{complexity=\"simple\",outcome=\"succeeded\",pool=\"local\"} 1",
+            "qefleet_queue_wait_seconds_count{complexity=\"simple\",pool=\"local\"} 1",
+            "qefleet_outbox_pending_results{pool=\"local\"} 0",
+        ],
+        "up's one metrics address",
+    )
+    .await;
+}

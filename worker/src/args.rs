@@ -126,6 +126,10 @@ pub struct WorkerArgs {
     /// The process's embedder, when started (`--embeddings`).
     #[arg(skip)]
     pub embedder: Option<Embedder>,
+    /// A registry shared with other components of the process (`qefleet up`); a new one
+    /// when absent.
+    #[arg(skip)]
+    pub metrics: Option<qefleet_shared::metrics::Metrics>,
 }
 
 impl WorkerArgs {
@@ -152,6 +156,7 @@ impl WorkerArgs {
             memory_dir: None,
             no_memory: false,
             embedder: None,
+            metrics: None,
         }
     }
 }

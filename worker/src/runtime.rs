@@ -111,7 +111,8 @@ pub async fn run(
         },
         (None, None) => None,
     };
-    let metrics = Metrics::new();
+    // `qefleet up` hands every component one registry, served on one address.
+    let metrics = args.metrics.clone().unwrap_or_default();
     if let Some(addr) = args.metrics_addr {
         let bound = metrics::serve(addr, metrics.clone(), shutdown.clone())
             .await
@@ -829,7 +830,10 @@ async fn finish(ctx: &Ctx, result: &JobResult, ct: ContentType) -> Disposition {
         Ok(published) => published,
         Err(e) => {
             let kept = ctx.outbox.put(job_id, &pending).await;
-            ctx.metrics.outbox_pending.set(ctx.outbox.len() as i64);
+            ctx.metrics
+                .outbox_pending
+                .with_label_values(&[ctx.pool.as_str()])
+                .set(ctx.outbox.len() as i64);
             return match kept {
                 Ok(()) => {
                     tracing::warn!(job_id, error = %e, "result kept in the outbox until NATS takes it");
@@ -1017,7 +1021,10 @@ async fn flush_outbox(ctx: &Ctx) {
             break;
         }
     }
-    ctx.metrics.outbox_pending.set(ctx.outbox.len() as i64);
+    ctx.metrics
+        .outbox_pending
+        .with_label_values(&[ctx.pool.as_str()])
+        .set(ctx.outbox.len() as i64);
 }
 
 async fn flush_outbox_forever(ctx: Arc<Ctx>, mut shutdown: Shutdown) {
