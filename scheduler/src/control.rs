@@ -8,8 +8,8 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use futures_util::StreamExt;
 use qefleet_schemas::Pool;
+use qefleet_shared::consume::watch_key;
 use qefleet_shared::metrics::Metrics;
 use qefleet_shared::queues;
 use qefleet_shared::shutdown::Shutdown;
@@ -93,7 +93,7 @@ pub async fn sample_lag(
 pub async fn watch_mode(
     bucket: kv::Store,
     control: std::sync::Arc<RouteControl>,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) {
     let apply = |value: &[u8]| {
         let text = String::from_utf8_lossy(value);
@@ -109,23 +109,12 @@ pub async fn watch_mode(
             }
         }
     };
-    let mut updates = match bucket.watch_with_history(ROUTE_MODE_KEY).await {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the route switch; --route-mode stays in force");
-            return;
-        }
-    };
-    loop {
-        let entry = tokio::select! {
-            _ = shutdown.wait() => return,
-            entry = updates.next() => entry,
-        };
-        match entry {
-            Some(Ok(entry)) if entry.operation == kv::Operation::Put => apply(&entry.value),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => tracing::warn!(error = %e, "route switch watch error"),
-            None => return,
-        }
-    }
+    watch_key(
+        bucket,
+        ROUTE_MODE_KEY,
+        "the route switch (--route-mode stays in force)",
+        shutdown,
+        apply,
+    )
+    .await;
 }

@@ -4,44 +4,31 @@
 
 use async_nats::jetstream::kv;
 use qefleet_learn::SonaSnapshot;
+use qefleet_shared::consume::watch_key;
 use qefleet_shared::metrics::Metrics;
 use qefleet_shared::shutdown::Shutdown;
 use qefleet_shared::subjects::QUALITY_PREDICTOR_KEY;
 
 /// Follows the quality predictor's snapshots: the adapter version this process uses.
-pub async fn watch_adapter(bucket: kv::Store, metrics: Metrics, mut shutdown: Shutdown) {
-    use futures_util::StreamExt;
-    let mut updates = match bucket.watch_with_history(QUALITY_PREDICTOR_KEY).await {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the SONA snapshot");
-            return;
-        }
-    };
-    loop {
-        let entry = tokio::select! {
-            _ = shutdown.wait() => return,
-            entry = updates.next() => entry,
-        };
-        match entry {
-            Some(Ok(entry)) if entry.operation == kv::Operation::Put => {
-                match SonaSnapshot::decode(&entry.value) {
-                    Ok(snapshot) => {
-                        tracing::info!(
-                            version = snapshot.version,
-                            jobs = snapshot.jobs,
-                            "SONA quality predictor loaded"
-                        );
-                        metrics
-                            .sona_adapter_version
-                            .set(i64::try_from(snapshot.version).unwrap_or(i64::MAX));
-                    }
-                    Err(e) => tracing::warn!(error = %e, "unreadable SONA snapshot ignored"),
-                }
+pub async fn watch_adapter(bucket: kv::Store, metrics: Metrics, shutdown: Shutdown) {
+    watch_key(
+        bucket,
+        QUALITY_PREDICTOR_KEY,
+        "the SONA snapshot",
+        shutdown,
+        |value| match SonaSnapshot::decode(value) {
+            Ok(snapshot) => {
+                tracing::info!(
+                    version = snapshot.version,
+                    jobs = snapshot.jobs,
+                    "SONA quality predictor loaded"
+                );
+                metrics
+                    .sona_adapter_version
+                    .set(i64::try_from(snapshot.version).unwrap_or(i64::MAX));
             }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => tracing::warn!(error = %e, "SONA snapshot watch error"),
-            None => return,
-        }
-    }
+            Err(e) => tracing::warn!(error = %e, "unreadable SONA snapshot ignored"),
+        },
+    )
+    .await;
 }

@@ -42,3 +42,34 @@ pub async fn for_each_message<F, Fut>(
         }
     }
 }
+
+/// Calls `apply` with a key's current value at start and with every value put since,
+/// until shutdown. Deletes are skipped; watch errors are logged with `what`.
+pub async fn watch_key(
+    bucket: async_nats::jetstream::kv::Store,
+    key: &str,
+    what: &str,
+    mut shutdown: Shutdown,
+    mut apply: impl FnMut(&[u8]),
+) {
+    use async_nats::jetstream::kv::Operation;
+    let mut updates = match bucket.watch_with_history(key).await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch {what}");
+            return;
+        }
+    };
+    loop {
+        let entry = tokio::select! {
+            _ = shutdown.wait() => return,
+            entry = updates.next() => entry,
+        };
+        match entry {
+            Some(Ok(entry)) if entry.operation == Operation::Put => apply(&entry.value),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => tracing::warn!(error = %e, "{what}: watch error"),
+            None => return,
+        }
+    }
+}
