@@ -518,6 +518,18 @@ mod tests {
             .collect()
     }
 
+    /// A bank that stores every trajectory (no merging), for recall and clustering.
+    fn open_unmerged(dir: &Path) -> Bank {
+        Bank::open(
+            dir,
+            BankSettings {
+                merge_cosine: 1.1,
+                ..settings()
+            },
+        )
+        .expect("open")
+    }
+
     fn trajectory(id: usize, embedding: Vec<f32>, engine: &str, quality: f64) -> Trajectory {
         Trajectory {
             job_id: format!("job-{id}"),
@@ -549,14 +561,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let vectors = clustered(1500, 30, 0.6, 3);
         {
-            let bank = Bank::open(
-                dir.path(),
-                BankSettings {
-                    merge_cosine: 1.1,
-                    ..settings()
-                },
-            )
-            .expect("open");
+            let bank = open_unmerged(dir.path());
             for (i, v) in vectors.iter().enumerate() {
                 assert_eq!(
                     bank.insert(trajectory(i, v.clone(), "gen", 0.5))
@@ -644,14 +649,7 @@ mod tests {
     #[test]
     fn distillation_finds_each_groups_quality_and_best_engine() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let bank = Bank::open(
-            dir.path(),
-            BankSettings {
-                merge_cosine: 1.1,
-                ..settings()
-            },
-        )
-        .expect("open");
+        let bank = open_unmerged(dir.path());
         // Two far groups: group A good with "cloud", group B weaker with "gen".
         let a = clustered(60, 1, 0.05, 11);
         let b = clustered(40, 1, 0.05, 12);

@@ -390,12 +390,8 @@ impl Hnsw {
         match &mut self.store {
             Store::F32(vectors) => vectors.extend_from_slice(v),
             Store::I8 { data, scales } => {
-                let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
-                let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
-                data.extend(
-                    v.iter()
-                        .map(|x| (x / scale).round().clamp(-127.0, 127.0) as i8),
-                );
+                let (scale, values) = crate::vector::quantise(v);
+                data.extend(values);
                 scales.push(scale);
             }
         }

@@ -11,9 +11,20 @@ pub fn normalise(v: &mut [f32]) {
     }
 }
 
-/// Squared Euclidean distance (what the index ranks by).
+/// Squared Euclidean distance (what the index ranks by): the index's vectorised one.
 pub fn distance2(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+    crate::hnsw::l2(a, b)
+}
+
+/// Symmetric int8 with one max-abs scale: `(scale, values)`, `value × scale ≈ x`.
+pub fn quantise(v: &[f32]) -> (f32, Vec<i8>) {
+    let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+    let data = v
+        .iter()
+        .map(|x| (x / scale).round().clamp(-127.0, 127.0) as i8)
+        .collect();
+    (scale, data)
 }
 
 /// Positions of the `k` vectors of `data` nearest to `q`, by exhaustive search (the
@@ -45,12 +56,7 @@ impl Stored {
         if !int8 {
             return Stored::F32(v);
         }
-        let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
-        let data = v
-            .iter()
-            .map(|x| (x / scale).round().clamp(-127.0, 127.0) as i8)
-            .collect();
+        let (scale, data) = quantise(&v);
         Stored::I8 { scale, data }
     }
 

@@ -11,7 +11,9 @@ use futures_util::StreamExt;
 use qefleet_schemas::{now_unix_ms, Complexity, Pool};
 
 use crate::metrics::Metrics;
-use crate::subjects::{pool_consumer, pool_filter, DLQ_STREAM, DLQ_SUBJECTS, JOBS_STREAM};
+use crate::subjects::{
+    pool_consumer, pool_filter, DLQ_STREAM, DLQ_SUBJECTS, JOBS_STREAM, JOBS_SUBJECTS,
+};
 
 /// The pool consumer's own counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -114,24 +116,35 @@ impl QueueSnapshot {
     }
 }
 
-/// Per-subject message counts of `stream` under `filter`, keyed by the last token.
-async fn counts_by_last_token(stream: &mut Stream, filter: &str) -> BTreeMap<String, u64> {
-    let mut counts = BTreeMap::new();
+/// Message counts of `stream` per subject under `filter` (one request for all of them).
+async fn subject_counts(stream: &mut Stream, filter: &str) -> Vec<(String, u64)> {
+    let mut counts = Vec::new();
     if let Ok(mut subjects) = stream.info_with_subjects(filter).await {
         while let Some(Ok((subject, n))) = subjects.next().await {
-            let last = subject.rsplit('.').next().unwrap_or(&subject).to_string();
-            *counts.entry(last).or_insert(0) += n as u64;
+            counts.push((subject, n as u64));
         }
     }
     counts
+}
+
+/// The last token of a subject (`qe.jobs.local.simple` → `simple`).
+fn last_token(subject: &str) -> &str {
+    subject.rsplit('.').next().unwrap_or(subject)
 }
 
 /// Reads every queue now.
 pub async fn sample(js: &jetstream::Context) -> QueueSnapshot {
     let mut snapshot = QueueSnapshot::default();
     if let Ok(mut jobs) = js.get_stream(JOBS_STREAM).await {
+        // `qe.jobs.<pool>.<class>`: one listing, split by pool here.
+        let all = subject_counts(&mut jobs, JOBS_SUBJECTS).await;
         for pool in Pool::ALL {
-            let by_class = counts_by_last_token(&mut jobs, &pool_filter(pool)).await;
+            let mut by_class = BTreeMap::new();
+            for (subject, n) in &all {
+                if subject.split('.').nth(2) == Some(pool.as_str()) {
+                    *by_class.entry(last_token(subject).to_string()).or_insert(0) += n;
+                }
+            }
             let consumer =
                 jobs.consumer_info(pool_consumer(pool))
                     .await
@@ -163,7 +176,12 @@ pub async fn sample(js: &jetstream::Context) -> QueueSnapshot {
         }
     }
     if let Ok(mut dlq) = js.get_stream(DLQ_STREAM).await {
-        snapshot.dead_letters = counts_by_last_token(&mut dlq, DLQ_SUBJECTS).await;
+        for (subject, n) in subject_counts(&mut dlq, DLQ_SUBJECTS).await {
+            *snapshot
+                .dead_letters
+                .entry(last_token(&subject).to_string())
+                .or_insert(0) += n;
+        }
     }
     snapshot
 }
