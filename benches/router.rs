@@ -2,6 +2,9 @@
 //! varied strategies, flags, liveness, lag and switches (the complexity analysis, which
 //! runs once per job before routing, is measured beside it for scale).
 //!
+//! Half the decisions first ask the SONA quality predictor for both pools' estimates, as
+//! the scheduler does once it has learned (the time includes it).
+//!
 //! Run: `cargo bench --bench router` (env BENCH_DECISIONS=200000). Target (issue 6):
 //! decision p99 < 50 µs, excluding the embedding.
 
@@ -57,10 +60,34 @@ fn main() {
         .iter()
         .map(|&(l, c)| PoolLag(HashMap::from([(Pool::Local, l), (Pool::Cloud, c)])))
         .collect();
+    // A predictor that has learned both pools: half the decisions ask it first (the
+    // scheduler's submission path does so whenever learned routing is on).
+    let mut sona = qefleet_learn::SonaSnapshot::new();
+    for (i, (_, report)) in jobs.iter().enumerate() {
+        for pool in [Pool::Local, Pool::Cloud] {
+            sona.predictor.observe(qefleet_learn::Sample {
+                x: qefleet_learn::features(report, pool),
+                y: if pool == Pool::Cloud {
+                    0.8
+                } else {
+                    0.5 + (i % 5) as f64 * 0.1
+                },
+            });
+        }
+    }
+    sona.predictor.consolidate();
+    sona.version = 1;
+    sona.jobs_by_pool = [("local".to_string(), 50), ("cloud".to_string(), 50)].into();
     let mut latencies = Vec::with_capacity(decisions);
     let mut cloud = 0usize;
     for i in 0..decisions {
         let (job, report) = &jobs[i % jobs.len()];
+        let started = Instant::now();
+        let predicted = if i % 2 == 0 {
+            black_box(sona.estimate(report))
+        } else {
+            None
+        };
         let input = RouteInput {
             job,
             complexity: report,
@@ -68,8 +95,8 @@ fn main() {
             lag: &lags[(i / 3) % lags.len()],
             mode: modes[(i / 7) % modes.len()],
             budget_exhausted: None,
+            predicted: predicted.as_ref(),
         };
-        let started = Instant::now();
         let decision = black_box(router.route(black_box(input)));
         latencies.push(started.elapsed().as_secs_f64() * 1e6);
         if matches!(decision, Ok(d) if d.pool == Pool::Cloud) {

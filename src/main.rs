@@ -42,6 +42,8 @@ enum Command {
     Replay(commands::replay::ReplayArgs),
     /// Show or set the routing switch: auto, force-local, force-cloud.
     RouteMode(commands::route::RouteModeArgs),
+    /// The SONA quality predictor's snapshots: history, rollback.
+    Sona(commands::sona::SonaArgs),
 }
 
 #[tokio::main]
@@ -59,6 +61,7 @@ async fn main() -> ExitCode {
         Command::Dlq(args) => commands::dlq::dlq(args).await,
         Command::Replay(args) => commands::replay::replay(args).await,
         Command::RouteMode(args) => commands::route::route_mode(args).await,
+        Command::Sona(args) => commands::sona::sona(args).await,
     };
     match outcome {
         Ok(code) => code,

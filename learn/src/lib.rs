@@ -2,8 +2,10 @@
 //! completed job through a MicroLoRA and consolidates into a BaseLoRA with EWC++ at the
 //! fleet's consolidation job, so it improves without forgetting.
 
+pub mod features;
 pub mod predictor;
 pub mod snapshot;
 
+pub use features::features;
 pub use predictor::{Predictor, Sample, Settings};
-pub use snapshot::SonaSnapshot;
+pub use snapshot::{PoolEstimates, SonaSnapshot};

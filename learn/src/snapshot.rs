@@ -1,8 +1,26 @@
 //! The snapshot the fleet stores and loads.
 
+use std::collections::BTreeMap;
+
+use qefleet_schemas::{ComplexityReport, Pool};
 use serde::{Deserialize, Serialize};
 
+use crate::features::features;
 use crate::predictor::{Predictor, Settings};
+
+/// Jobs of a pool the predictor must have learned from before its estimate for that pool
+/// is trusted.
+pub const MIN_POOL_JOBS: u64 = 20;
+
+/// The predictor's estimate of the quality a job reaches on each pool, for the pools it
+/// has learned enough of (`MIN_POOL_JOBS`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PoolEstimates {
+    pub local: Option<f64>,
+    pub cloud: Option<f64>,
+    /// The adapter version that estimated.
+    pub version: u64,
+}
 
 /// A versioned snapshot of the quality predictor, as the fleet stores it (the `qe_sona`
 /// bucket) and every process loads it.
@@ -16,6 +34,9 @@ pub struct SonaSnapshot {
     pub results_seq: u64,
     /// Jobs learned from in all.
     pub jobs: u64,
+    /// Jobs learned from, by pool (`local`, `cloud`).
+    #[serde(default)]
+    pub jobs_by_pool: BTreeMap<String, u64>,
     pub updated_at_ms: u64,
     pub predictor: Predictor,
 }
@@ -27,9 +48,34 @@ impl SonaSnapshot {
             consolidation: 0,
             results_seq: 0,
             jobs: 0,
+            jobs_by_pool: BTreeMap::new(),
             updated_at_ms: 0,
             predictor: Predictor::new(Settings::default()),
         }
+    }
+
+    /// Jobs of `pool` learned from.
+    pub fn jobs_of(&self, pool: Pool) -> u64 {
+        self.jobs_by_pool.get(pool.as_str()).copied().unwrap_or(0)
+    }
+
+    /// The quality a job with this complexity is expected to reach on each pool, for the
+    /// pools learned from at least `MIN_POOL_JOBS` jobs, once a consolidation has run;
+    /// `None` before.
+    pub fn estimate(&self, report: &ComplexityReport) -> Option<PoolEstimates> {
+        if self.version == 0 {
+            return None;
+        }
+        let of = |pool: Pool| {
+            (self.jobs_of(pool) >= MIN_POOL_JOBS)
+                .then(|| self.predictor.predict(&features(report, pool)))
+        };
+        let estimates = PoolEstimates {
+            local: of(Pool::Local),
+            cloud: of(Pool::Cloud),
+            version: self.version,
+        };
+        (estimates.local.is_some() || estimates.cloud.is_some()).then_some(estimates)
     }
 
     /// MessagePack: every f64 comes back exactly.

@@ -61,6 +61,7 @@ impl Submitter {
             lag: &lag,
             mode: self.control.mode(),
             budget_exhausted: exhausted.as_deref(),
+            predicted: None,
         }) {
             Ok(route) => route,
             Err(why) => return declined(why),

@@ -2,11 +2,13 @@
 //! job's own pool, the privacy flag, the operators' force switches, the strategy (cost,
 //! quality, privacy-first, balanced) with the job's budget, liveness, and spill-over when
 //! a pool's queue lag passes a threshold (never breaking privacy). Every decision carries
-//! its reasons. Later inputs (tenant budgets, breaker state, predicted quality) plug in
-//! here.
+//! its reasons. Once the SONA quality predictor has learned from enough jobs of both pools,
+//! its estimates decide the balanced and quality strategies instead of the complexity
+//! class alone.
 
 use std::collections::HashMap;
 
+use qefleet_learn::PoolEstimates;
 use qefleet_schemas::{
     Complexity, ComplexityReport, ErrorCode, ErrorReply, JobSpec, Pool, RouteDecision, Strategy,
 };
@@ -71,6 +73,8 @@ pub struct RouteInput<'a> {
     pub mode: RouteMode,
     /// Why the job may not spend on the cloud today (a daily budget is spent), if so.
     pub budget_exhausted: Option<&'a str>,
+    /// The SONA quality predictor's estimates for this job, once it has learned enough.
+    pub predicted: Option<&'a PoolEstimates>,
 }
 
 /// Decides the pool of a job. Must be cheap: it runs on every submission.
@@ -90,6 +94,13 @@ pub struct HybridRouter {
     /// A pool whose lag reaches this spills new jobs to the other pool, when that one is
     /// live, below it, and the job and strategy allow.
     pub spill_lag: u64,
+    /// The quality the cloud must be predicted to add over local for the balanced strategy
+    /// to pay for it.
+    pub min_gain: f64,
+    /// Share of balanced jobs sent to the other pool than the one chosen (when that pool
+    /// may take them), so the quality predictor keeps learning both; picked by a hash of
+    /// the job id, so a resubmission goes the same way. 0 when learned routing is off.
+    pub explore: f64,
 }
 
 impl Default for HybridRouter {
@@ -97,8 +108,34 @@ impl Default for HybridRouter {
         Self {
             default_strategy: Strategy::Balanced,
             spill_lag: 200,
+            min_gain: DEFAULT_MIN_GAIN,
+            explore: DEFAULT_EXPLORE,
         }
     }
+}
+
+/// Default of [`HybridRouter::min_gain`].
+pub const DEFAULT_MIN_GAIN: f64 = 0.1;
+
+/// Default of [`HybridRouter::explore`].
+pub const DEFAULT_EXPLORE: f64 = 0.05;
+
+/// Whether the job with this id is one of the `share` explored: FNV-1a of the id, so the
+/// choice is stable across schedulers and resubmissions.
+fn explored(job_id: &str, share: f64) -> bool {
+    if share <= 0.0 {
+        return false;
+    }
+    let hash = job_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    ((hash % 10_000) as f64) < share * 10_000.0
+}
+
+/// Both pools' estimates, when the predictor has both.
+fn both(predicted: Option<&PoolEstimates>) -> Option<(f64, f64, u64)> {
+    let p = predicted?;
+    Some((p.local?, p.cloud?, p.version))
 }
 
 impl Router for HybridRouter {
@@ -114,6 +151,7 @@ impl Router for HybridRouter {
             lag,
             mode,
             budget_exhausted,
+            predicted,
         } = input;
         let strategy = job.strategy.unwrap_or(self.default_strategy);
         let mut reasons = Vec::new();
@@ -161,20 +199,39 @@ impl Router for HybridRouter {
                 Pool::Cloud
             }
         } else {
-            let wants_cloud = match strategy {
-                Strategy::PrivacyFirst => {
+            let wants_cloud = match (strategy, both(predicted)) {
+                (Strategy::PrivacyFirst, _) => {
                     reasons.push("strategy privacy-first: local workers only".into());
                     false
                 }
-                Strategy::Cost => {
+                (Strategy::Cost, _) => {
                     reasons.push("strategy cost: local workers cost least".into());
                     false
                 }
-                Strategy::Quality => {
+                (Strategy::Quality, Some((local, cloud, version))) if local >= cloud => {
+                    reasons.push(format!(
+                        "strategy quality: the SONA predictor (adapter v{version}) expects {local:.2} local against {cloud:.2} cloud: local does as well"
+                    ));
+                    false
+                }
+                (Strategy::Quality, _) => {
                     reasons.push("strategy quality: prefers the cloud engines".into());
                     true
                 }
-                Strategy::Balanced => {
+                (Strategy::Balanced, Some((local, cloud, version))) => {
+                    let gain = cloud - local;
+                    let pays = gain >= self.min_gain;
+                    reasons.push(format!(
+                        "strategy balanced: the SONA predictor (adapter v{version}) expects {local:.2} local against {cloud:.2} cloud: {}",
+                        if pays {
+                            format!("a gain of {gain:.2} >= {:.2} pays for the cloud", self.min_gain)
+                        } else {
+                            format!("a gain of {gain:.2} < {:.2} stays local", self.min_gain)
+                        }
+                    ));
+                    pays
+                }
+                (Strategy::Balanced, None) => {
                     let hard = matches!(
                         complexity.class,
                         Complexity::Complex | Complexity::VeryComplex
@@ -187,6 +244,19 @@ impl Router for HybridRouter {
                     ));
                     hard
                 }
+            };
+            // Once the predictor has learned a pool, a few jobs keep teaching it the other.
+            let explore = strategy == Strategy::Balanced
+                && predicted.is_some()
+                && explored(job.job_id.as_deref().unwrap_or_default(), self.explore);
+            let wants_cloud = if explore {
+                reasons.push(format!(
+                    "exploring: {:.0}% of balanced jobs try the other pool so the quality predictor keeps learning both",
+                    self.explore * 100.0
+                ));
+                !wants_cloud
+            } else {
+                wants_cloud
             };
             let may_spend = job.budget.max_usd != Some(0.0) && budget_exhausted.is_none();
             let spills = matches!(strategy, Strategy::Balanced | Strategy::Quality);
@@ -319,6 +389,7 @@ mod tests {
                 lag: &PoolLag::default(),
                 mode: RouteMode::Auto,
                 budget_exhausted: None,
+                predicted: None,
             })
             .expect("routed")
     }
@@ -387,8 +458,8 @@ mod tests {
         let mut complexity = analyze(&j.source).expect("source").report;
         complexity.class = class;
         HybridRouter {
-            default_strategy: Strategy::Balanced,
             spill_lag: 100,
+            ..HybridRouter::default()
         }
         .route(RouteInput {
             job: j,
@@ -397,6 +468,7 @@ mod tests {
             lag: &PoolLag(lag.iter().copied().collect()),
             mode,
             budget_exhausted: None,
+            predicted: None,
         })
         .expect("routed")
     }
@@ -585,6 +657,7 @@ mod tests {
                 lag: &lag,
                 mode,
                 budget_exhausted: Some("tenant acme spent $1.00 of its $1.00 daily cloud budget"),
+                predicted: None,
             })
         };
         let mut quality = job();
@@ -626,6 +699,7 @@ mod tests {
                 lag: &lag,
                 mode,
                 budget_exhausted: exhausted,
+                predicted: None,
             })
         };
         let d = escalate(&job(), &live(1, 1), RouteMode::Auto, None).expect("escalated");
@@ -661,5 +735,148 @@ mod tests {
         assert!(
             refused(&job(), &live(1, 0), RouteMode::Auto, None).contains("no live cloud worker")
         );
+    }
+
+    fn route_predicted(
+        strategy: Strategy,
+        class: Complexity,
+        predicted: Option<PoolEstimates>,
+    ) -> RouteDecision {
+        let mut j = job();
+        j.strategy = Some(strategy);
+        let mut complexity = analyze(&j.source).expect("source").report;
+        complexity.class = class;
+        HybridRouter::default()
+            .route(RouteInput {
+                job: &j,
+                complexity: &complexity,
+                live: &live(1, 1),
+                lag: &PoolLag::default(),
+                mode: RouteMode::Auto,
+                budget_exhausted: None,
+                predicted: predicted.as_ref(),
+            })
+            .expect("routed")
+    }
+
+    fn estimates(local: Option<f64>, cloud: Option<f64>) -> Option<PoolEstimates> {
+        Some(PoolEstimates {
+            local,
+            cloud,
+            version: 3,
+        })
+    }
+
+    #[test]
+    fn balanced_follows_the_predicted_gain_not_the_complexity_class() {
+        // A complex module the predictor expects local to handle: stays local.
+        let d = route_predicted(
+            Strategy::Balanced,
+            Complexity::VeryComplex,
+            estimates(Some(0.82), Some(0.86)),
+        );
+        assert_eq!(d.pool, Pool::Local, "{:?}", d.reasons);
+        assert!(
+            d.reasons.iter().any(|r| r.contains("adapter v3")
+                && r.contains("0.82 local")
+                && r.contains("stays local")),
+            "{:?}",
+            d.reasons
+        );
+        // A simple module where the cloud is expected to add a lot: goes to the cloud.
+        let d = route_predicted(
+            Strategy::Balanced,
+            Complexity::Simple,
+            estimates(Some(0.40), Some(0.75)),
+        );
+        assert_eq!(d.pool, Pool::Cloud, "{:?}", d.reasons);
+        assert!(
+            d.reasons.iter().any(|r| r.contains("pays for the cloud")),
+            "{:?}",
+            d.reasons
+        );
+        // With only one pool learned, the complexity rule decides.
+        let d = route_predicted(
+            Strategy::Balanced,
+            Complexity::VeryComplex,
+            estimates(Some(0.9), None),
+        );
+        assert_eq!(d.pool, Pool::Cloud, "{:?}", d.reasons);
+        assert!(
+            d.reasons.iter().any(|r| r.contains("very_complex module")),
+            "{:?}",
+            d.reasons
+        );
+    }
+
+    #[test]
+    fn quality_stays_local_only_where_local_is_predicted_as_good() {
+        let d = route_predicted(
+            Strategy::Quality,
+            Complexity::Simple,
+            estimates(Some(0.9), Some(0.85)),
+        );
+        assert_eq!(d.pool, Pool::Local, "{:?}", d.reasons);
+        assert!(
+            d.reasons.iter().any(|r| r.contains("local does as well")),
+            "{:?}",
+            d.reasons
+        );
+        let d = route_predicted(
+            Strategy::Quality,
+            Complexity::Simple,
+            estimates(Some(0.84), Some(0.85)),
+        );
+        assert_eq!(d.pool, Pool::Cloud, "{:?}", d.reasons);
+        // Cost and privacy-first do not consult it.
+        for strategy in [Strategy::Cost, Strategy::PrivacyFirst] {
+            let d = route_predicted(
+                strategy,
+                Complexity::Simple,
+                estimates(Some(0.1), Some(0.9)),
+            );
+            assert_eq!(d.pool, Pool::Local, "{strategy:?}: {:?}", d.reasons);
+        }
+    }
+
+    #[test]
+    fn exploration_is_a_stable_share_of_balanced_jobs_once_the_predictor_learns() {
+        let ids: Vec<String> = (0..4000).map(|i| format!("job-{i}")).collect();
+        let share = ids.iter().filter(|id| explored(id, 0.05)).count() as f64 / 4000.0;
+        assert!((0.035..0.065).contains(&share), "{share}");
+        assert!(!ids.iter().any(|id| explored(id, 0.0)));
+        let id = ids
+            .iter()
+            .find(|id| explored(id, 0.05))
+            .expect("one explored");
+        let mut j = job();
+        j.job_id = Some(id.clone());
+        let mut complexity = analyze(&j.source).expect("source").report;
+        complexity.class = Complexity::Simple;
+        let route = |j: &JobSpec, predicted: Option<PoolEstimates>| {
+            HybridRouter::default()
+                .route(RouteInput {
+                    job: j,
+                    complexity: &complexity,
+                    live: &live(1, 1),
+                    lag: &PoolLag::default(),
+                    mode: RouteMode::Auto,
+                    budget_exhausted: None,
+                    predicted: predicted.as_ref(),
+                })
+                .expect("routed")
+        };
+        // Before the predictor has learned anything, the rule decides alone.
+        assert_eq!(route(&j, None).pool, Pool::Local);
+        let d = route(&j, estimates(Some(0.9), None));
+        assert_eq!(d.pool, Pool::Cloud, "{:?}", d.reasons);
+        assert!(
+            d.reasons.iter().any(|r| r.contains("exploring")),
+            "{:?}",
+            d.reasons
+        );
+        // Privacy still wins.
+        j.local_only = true;
+        assert_eq!(route(&j, estimates(Some(0.9), None)).pool, Pool::Local);
     }
 }

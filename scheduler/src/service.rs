@@ -22,7 +22,8 @@ use qefleet_inference::Embedder;
 
 use crate::control::{sample_lag, watch_mode, RouteControl};
 use crate::liveness::Liveness;
-use crate::router::{HybridRouter, RouteMode};
+use crate::router::{HybridRouter, RouteMode, DEFAULT_EXPLORE, DEFAULT_MIN_GAIN};
+use crate::sona::QualityModel;
 use crate::submit::{DailyBudgets, Submitter};
 use crate::validate::Limits;
 
@@ -52,6 +53,19 @@ pub struct SchedulerArgs {
     /// the other one (balanced and quality strategies; never local_only jobs).
     #[arg(long, env = "QEFLEET_SPILL_LAG", default_value_t = 200)]
     pub spill_lag: u64,
+    /// Route by the SONA quality predictor's estimates (balanced and quality strategies)
+    /// once it has learned from enough jobs of both pools; false keeps the complexity
+    /// rule.
+    #[arg(long, env = "QEFLEET_LEARNED_ROUTING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub learned_routing: bool,
+    /// Quality the cloud must be predicted to add over local before the balanced strategy
+    /// sends a job there.
+    #[arg(long, env = "QEFLEET_MIN_CLOUD_GAIN", default_value_t = DEFAULT_MIN_GAIN)]
+    pub min_cloud_gain: f64,
+    /// Share of balanced jobs routed to the other pool than chosen, so the predictor
+    /// keeps learning both (only with learned routing; 0 turns it off).
+    #[arg(long, env = "QEFLEET_ROUTE_EXPLORE", default_value_t = DEFAULT_EXPLORE)]
+    pub route_explore: f64,
     /// Daily cloud budget per tenant, US dollars (UTC day). When a tenant's spend reaches
     /// it, its jobs stay local and jobs that insist on the cloud are refused.
     #[arg(long, env = "QEFLEET_TENANT_DAILY_BUDGET_USD")]
@@ -78,6 +92,9 @@ impl Default for SchedulerArgs {
             metrics_addr: None,
             route_mode: RouteMode::Auto,
             spill_lag: 200,
+            learned_routing: true,
+            min_cloud_gain: DEFAULT_MIN_GAIN,
+            route_explore: DEFAULT_EXPLORE,
             tenant_daily_budget_usd: None,
             daily_budget_usd: None,
             embedder: None,
@@ -136,13 +153,21 @@ pub async fn run(
         metrics.report_inference_provider("embed", embedder.provider().label());
     }
     let control = Arc::new(RouteControl::new(args.route_mode));
+    let quality = Arc::new(QualityModel::new(args.learned_routing));
     let submitter = Submitter {
         js: js.clone(),
         job_state: bucket(&js, JOB_STATE_BUCKET).await?,
         router: Arc::new(HybridRouter {
             default_strategy: args.strategy.into(),
             spill_lag: args.spill_lag,
+            min_gain: args.min_cloud_gain,
+            explore: if args.learned_routing {
+                args.route_explore
+            } else {
+                0.0
+            },
         }),
+        quality: quality.clone(),
         liveness: Arc::new(Liveness::new(
             bucket(&js, WORKERS_BUCKET).await?,
             Duration::from_secs(1),
@@ -175,6 +200,7 @@ pub async fn run(
     ));
     tasks.spawn(crate::sona::watch_adapter(
         bucket(&js, SONA_BUCKET).await?,
+        quality,
         metrics.clone(),
         shutdown.clone(),
     ));

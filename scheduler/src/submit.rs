@@ -19,6 +19,7 @@ use qefleet_shared::ledger::{spend_key, spent, utc_day, ALL_TENANTS};
 use crate::control::RouteControl;
 use crate::liveness::Liveness;
 use crate::router::{RouteInput, Router};
+use crate::sona::QualityModel;
 use crate::validate::{validate, Limits};
 
 /// Shared state of the submission path.
@@ -27,6 +28,8 @@ pub struct Submitter {
     pub(crate) js: jetstream::Context,
     pub(crate) job_state: kv::Store,
     pub(crate) router: Arc<dyn Router>,
+    /// The SONA quality predictor the router consults.
+    pub(crate) quality: Arc<QualityModel>,
     pub(crate) liveness: Arc<Liveness>,
     pub(crate) limits: Limits,
     pub(crate) metrics: Metrics,
@@ -127,6 +130,7 @@ impl Submitter {
         let live = self.liveness.live_pools().await;
         let exhausted = self.budget_exhausted(&job.tenant, now).await;
         let lag = self.control.lag();
+        let predicted = self.quality.estimate(&analysis.report);
         let route = match self.router.route(RouteInput {
             job: &job,
             complexity: &analysis.report,
@@ -134,6 +138,7 @@ impl Submitter {
             lag: &lag,
             mode: self.control.mode(),
             budget_exhausted: exhausted.as_deref(),
+            predicted: predicted.as_ref(),
         }) {
             Ok(route) => route,
             Err(e) => return rejected(e.code, e.message),

@@ -5,6 +5,7 @@ pub mod replay;
 pub mod result;
 pub mod route;
 pub mod serve;
+pub mod sona;
 pub mod status;
 pub mod submit;
 pub mod up;

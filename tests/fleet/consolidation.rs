@@ -192,5 +192,49 @@ async fn sona_consolidations_learn_from_results_store_versioned_snapshots_and_ap
         .expect("entry")
         .expect("snapshot");
     assert_eq!(after.revision, entry.revision, "nothing stored");
+    assert!(
+        snapshot.jobs_of(qefleet_schemas::Pool::Local) >= 20,
+        "{:?}",
+        snapshot.jobs_by_pool
+    );
+    // Rollback: the previous snapshot is put back as a new revision, and the scheduler
+    // swaps it in.
+    let listed = fleet.cli(&["sona", "history"]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(
+        text.contains("adapter v1") && text.contains("* revision") && text.contains("local "),
+        "{text}"
+    );
+    let refused = fleet.cli(&["sona", "rollback", "--to", "999"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("revision 999 is not kept"),
+        "{refused:?}"
+    );
+    let rolled = fleet.cli(&["sona", "rollback"]);
+    let text = String::from_utf8_lossy(&rolled.stdout);
+    assert!(rolled.status.success(), "{rolled:?}");
+    assert!(
+        text.contains("rolled back from") && text.contains("adapter v2"),
+        "{text}"
+    );
+    let history = qefleet_worker::sona::history(&bucket)
+        .await
+        .expect("history");
+    assert_eq!(
+        history
+            .iter()
+            .map(|r| r.snapshot.version)
+            .collect::<Vec<_>>(),
+        vec![1, 2, 1]
+    );
+    assert_eq!(history[2].snapshot, history[0].snapshot);
+    metrics_show(
+        scheduler_port,
+        &["qefleet_sona_adapter_version 1"],
+        "scheduler adapter version after the rollback",
+    )
+    .await;
     fleet.stop().await;
 }

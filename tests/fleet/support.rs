@@ -245,7 +245,7 @@ impl Fleet {
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         let mut full: Vec<String> = Vec::new();
         full.push(args[0].to_string());
-        if args[0] == "dlq" {
+        if matches!(args[0], "dlq" | "sona") {
             full.push(args[1].to_string());
             full.insert(1, "--nats-url".into());
             full.insert(2, self.server.url());

@@ -8,11 +8,9 @@
 use std::time::Instant;
 
 use async_nats::jetstream::{self, kv};
+pub use qefleet_learn::features;
 use qefleet_learn::{Sample, SonaSnapshot};
-use qefleet_schemas::{
-    now_unix_ms, ComplexityReport, ConsolidationJob, ContentType, JobResult, JobState, JobStatus,
-    Pool,
-};
+use qefleet_schemas::{now_unix_ms, ConsolidationJob, ContentType, JobResult, JobState, JobStatus};
 use qefleet_shared::messages;
 use qefleet_shared::metrics::Metrics;
 use qefleet_shared::subjects::{
@@ -23,25 +21,6 @@ use crate::consolidator::{ConsolidateFuture, ConsolidationContext, Consolidator}
 
 /// Results learned from per consolidation at most (the most recent ones).
 const MAX_BATCH: u64 = 1000;
-
-/// The predictor's inputs: the complexity report scaled to about 0-1, and the pool.
-pub fn features(report: &ComplexityReport, pool: Pool) -> Vec<f64> {
-    let scaled = |v: u32, full: f64| (f64::from(v) / full).min(2.0);
-    vec![
-        report.score.min(2.0),
-        scaled(report.cyclomatic, 50.0),
-        scaled(report.max_function_cyclomatic, 20.0),
-        scaled(report.code_lines, 1000.0),
-        scaled(report.functions, 50.0),
-        scaled(report.async_functions, 10.0),
-        scaled(report.classes, 20.0),
-        scaled(report.branches, 100.0),
-        scaled(report.imports, 30.0),
-        f64::from(u8::from(pool == Pool::Local)),
-        f64::from(u8::from(pool == Pool::Cloud)),
-        1.0,
-    ]
-}
 
 /// The maint pool's consolidator in the fleet.
 #[derive(Debug, Clone, Copy, Default)]
@@ -121,6 +100,10 @@ impl SonaConsolidator {
                 x: features(&state.complexity, result.pool),
                 y,
             });
+            *snapshot
+                .jobs_by_pool
+                .entry(result.pool.as_str().to_string())
+                .or_default() += 1;
             metrics
                 .sona_jobs_learned
                 .with_label_values(&[result.pool.as_str()])
@@ -181,4 +164,97 @@ impl Consolidator for SonaConsolidator {
             outcome.map(|(summary, _)| summary)
         })
     }
+}
+
+/// One stored snapshot of the quality predictor (a revision of its key).
+#[derive(Debug, Clone)]
+pub struct Revision {
+    /// The key-value revision: unique, increasing, what a rollback names.
+    pub revision: u64,
+    pub snapshot: SonaSnapshot,
+}
+
+/// The stored snapshots of the quality predictor, oldest first (the bucket keeps ten).
+pub async fn history(bucket: &kv::Store) -> Result<Vec<Revision>, String> {
+    use futures_util::StreamExt;
+    let mut entries = bucket
+        .history(QUALITY_PREDICTOR_KEY)
+        .await
+        .map_err(|e| format!("SONA snapshot history: {e}"))?;
+    let mut out = Vec::new();
+    while let Some(entry) = entries.next().await {
+        let entry = entry.map_err(|e| format!("SONA snapshot history: {e}"))?;
+        if entry.operation != kv::Operation::Put {
+            continue;
+        }
+        let snapshot = SonaSnapshot::decode(&entry.value)
+            .map_err(|e| format!("revision {}: unreadable snapshot: {e}", entry.revision))?;
+        out.push(Revision {
+            revision: entry.revision,
+            snapshot,
+        });
+    }
+    Ok(out)
+}
+
+/// What a rollback did.
+#[derive(Debug, Clone)]
+pub struct RolledBack {
+    /// The revision that was in use.
+    pub from: Revision,
+    /// The revision whose snapshot is in use again.
+    pub to: Revision,
+    /// The new revision holding it.
+    pub revision: u64,
+}
+
+/// Puts an earlier snapshot back in use: `to` (a revision from [`history`]), or the one
+/// before the latest. It is stored as a new revision with a compare-and-set on the latest,
+/// so a consolidation finishing at the same moment makes the rollback fail (and say so)
+/// instead of being silently overwritten; schedulers swap it in as they would a new one.
+/// The next consolidation learns again from the results after the restored snapshot.
+pub async fn rollback(bucket: &kv::Store, to: Option<u64>) -> Result<RolledBack, String> {
+    let revisions = history(bucket).await?;
+    let Some(latest) = revisions.last().cloned() else {
+        return Err("no SONA snapshot stored yet: nothing to roll back".into());
+    };
+    let target = match to {
+        Some(r) if r == latest.revision => {
+            return Err(format!("revision {r} is the one in use already"));
+        }
+        Some(r) => revisions
+            .iter()
+            .find(|v| v.revision == r)
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "revision {r} is not kept (kept: {})",
+                    revisions
+                        .iter()
+                        .map(|v| v.revision.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?,
+        None => revisions
+            .iter()
+            .rev()
+            .nth(1)
+            .cloned()
+            .ok_or("only one SONA snapshot is stored: there is no earlier one to go back to")?,
+    };
+    let bytes = target.snapshot.encode().map_err(|e| e.to_string())?;
+    let revision = bucket
+        .update(QUALITY_PREDICTOR_KEY, bytes.into(), latest.revision)
+        .await
+        .map_err(|e| {
+            format!(
+                "not rolled back: the snapshot changed while rolling back (a consolidation?), try again: {e}"
+            )
+        })?;
+    Ok(RolledBack {
+        from: latest,
+        to: target,
+        revision,
+    })
 }
