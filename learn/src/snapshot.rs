@@ -18,8 +18,11 @@ pub const MIN_POOL_JOBS: u64 = 20;
 pub struct PoolEstimates {
     pub local: Option<f64>,
     pub cloud: Option<f64>,
-    /// The adapter version that estimated.
+    /// The adapter version that estimated (0: none).
     pub version: u64,
+    /// Similar past jobs behind the estimates when they come from the router's memory
+    /// (0: the predictor alone).
+    pub recalled: u32,
 }
 
 /// A versioned snapshot of the quality predictor, as the fleet stores it (the `qe_sona`
@@ -74,6 +77,7 @@ impl SonaSnapshot {
             local: of(Pool::Local),
             cloud: of(Pool::Cloud),
             version: self.version,
+            recalled: 0,
         };
         (estimates.local.is_some() || estimates.cloud.is_some()).then_some(estimates)
     }

@@ -6,6 +6,7 @@ pub mod consolidation;
 pub mod control;
 pub mod escalate;
 pub mod liveness;
+pub mod recall;
 pub mod router;
 pub mod service;
 pub mod sona;

@@ -132,10 +132,19 @@ fn explored(job_id: &str, share: f64) -> bool {
     ((hash % 10_000) as f64) < share * 10_000.0
 }
 
-/// Both pools' estimates, when the predictor has both.
-fn both(predicted: Option<&PoolEstimates>) -> Option<(f64, f64, u64)> {
+/// Both pools' estimates, when there are both, and where they come from.
+fn both(predicted: Option<&PoolEstimates>) -> Option<(f64, f64, String)> {
     let p = predicted?;
-    Some((p.local?, p.cloud?, p.version))
+    let source = match (p.recalled, p.version) {
+        (0, v) => format!("the SONA predictor (adapter v{v})"),
+        (n, 0) => format!("the router's memory ({n} similar past jobs)"),
+        (n, v) => {
+            format!(
+                "the router's memory ({n} similar past jobs) and the SONA predictor (adapter v{v})"
+            )
+        }
+    };
+    Some((p.local?, p.cloud?, source))
 }
 
 impl Router for HybridRouter {
@@ -208,9 +217,9 @@ impl Router for HybridRouter {
                     reasons.push("strategy cost: local workers cost least".into());
                     false
                 }
-                (Strategy::Quality, Some((local, cloud, version))) if local >= cloud => {
+                (Strategy::Quality, Some((local, cloud, source))) if local >= cloud => {
                     reasons.push(format!(
-                        "strategy quality: the SONA predictor (adapter v{version}) expects {local:.2} local against {cloud:.2} cloud: local does as well"
+                        "strategy quality: {source} expects {local:.2} local against {cloud:.2} cloud: local does as well"
                     ));
                     false
                 }
@@ -218,11 +227,11 @@ impl Router for HybridRouter {
                     reasons.push("strategy quality: prefers the cloud engines".into());
                     true
                 }
-                (Strategy::Balanced, Some((local, cloud, version))) => {
+                (Strategy::Balanced, Some((local, cloud, source))) => {
                     let gain = cloud - local;
                     let pays = gain >= self.min_gain;
                     reasons.push(format!(
-                        "strategy balanced: the SONA predictor (adapter v{version}) expects {local:.2} local against {cloud:.2} cloud: {}",
+                        "strategy balanced: {source} expects {local:.2} local against {cloud:.2} cloud: {}",
                         if pays {
                             format!("a gain of {gain:.2} >= {:.2} pays for the cloud", self.min_gain)
                         } else {
@@ -764,6 +773,7 @@ mod tests {
             local,
             cloud,
             version: 3,
+            recalled: 0,
         })
     }
 

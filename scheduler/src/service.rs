@@ -22,6 +22,7 @@ use qefleet_inference::Embedder;
 
 use crate::control::{sample_lag, watch_mode, RouteControl};
 use crate::liveness::Liveness;
+use crate::recall::RouteMemory;
 use crate::router::{HybridRouter, RouteMode, DEFAULT_EXPLORE, DEFAULT_MIN_GAIN};
 use crate::sona::QualityModel;
 use crate::submit::{DailyBudgets, Submitter};
@@ -62,6 +63,10 @@ pub struct SchedulerArgs {
     /// sends a job there.
     #[arg(long, env = "QEFLEET_MIN_CLOUD_GAIN", default_value_t = DEFAULT_MIN_GAIN)]
     pub min_cloud_gain: f64,
+    /// Where the router's memory of similar past jobs is kept (with --embeddings and
+    /// learned routing); one per replica. Default `.qefleet/memory/scheduler`.
+    #[arg(long, env = "QEFLEET_ROUTE_MEMORY_DIR")]
+    pub route_memory_dir: Option<std::path::PathBuf>,
     /// Share of balanced jobs routed to the other pool than chosen, so the predictor
     /// keeps learning both (only with learned routing; 0 turns it off).
     #[arg(long, env = "QEFLEET_ROUTE_EXPLORE", default_value_t = DEFAULT_EXPLORE)]
@@ -95,6 +100,7 @@ impl Default for SchedulerArgs {
             learned_routing: true,
             min_cloud_gain: DEFAULT_MIN_GAIN,
             route_explore: DEFAULT_EXPLORE,
+            route_memory_dir: None,
             tenant_daily_budget_usd: None,
             daily_budget_usd: None,
             embedder: None,
@@ -154,6 +160,16 @@ pub async fn run(
     }
     let control = Arc::new(RouteControl::new(args.route_mode));
     let quality = Arc::new(QualityModel::new(args.learned_routing));
+    let memory = match (&args.embedder, args.learned_routing) {
+        (Some(embedder), true) => {
+            let dir = args
+                .route_memory_dir
+                .clone()
+                .unwrap_or_else(|| std::path::PathBuf::from(".qefleet/memory/scheduler"));
+            RouteMemory::open(&dir, embedder.clone(), metrics.clone())
+        }
+        _ => None,
+    };
     let submitter = Submitter {
         js: js.clone(),
         job_state: bucket(&js, JOB_STATE_BUCKET).await?,
@@ -168,6 +184,7 @@ pub async fn run(
             },
         }),
         quality: quality.clone(),
+        memory: memory.clone(),
         liveness: Arc::new(Liveness::new(
             bucket(&js, WORKERS_BUCKET).await?,
             Duration::from_secs(1),
@@ -204,6 +221,13 @@ pub async fn run(
         metrics.clone(),
         shutdown.clone(),
     ));
+    if let Some(memory) = memory {
+        tasks.spawn(crate::recall::follow_results(
+            client.clone(),
+            memory,
+            shutdown.clone(),
+        ));
+    }
     let requests = client
         .queue_subscribe(SUBMIT_SUBJECT, SCHEDULER_QUEUE_GROUP.to_string())
         .await

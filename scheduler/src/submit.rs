@@ -18,9 +18,11 @@ use qefleet_shared::ledger::{spend_key, spent, utc_day, ALL_TENANTS};
 
 use crate::control::RouteControl;
 use crate::liveness::Liveness;
+use crate::recall::{Recalled, RouteMemory};
 use crate::router::{RouteInput, Router};
 use crate::sona::QualityModel;
 use crate::validate::{validate, Limits};
+use qefleet_learn::PoolEstimates;
 
 /// Shared state of the submission path.
 #[derive(Debug, Clone)]
@@ -30,6 +32,8 @@ pub struct Submitter {
     pub(crate) router: Arc<dyn Router>,
     /// The SONA quality predictor the router consults.
     pub(crate) quality: Arc<QualityModel>,
+    /// The router's memory of similar past jobs, with an embedder and learned routing.
+    pub(crate) memory: Option<RouteMemory>,
     pub(crate) liveness: Arc<Liveness>,
     pub(crate) limits: Limits,
     pub(crate) metrics: Metrics,
@@ -49,6 +53,21 @@ const SPEND_CACHE: std::time::Duration = std::time::Duration::from_secs(1);
 pub struct DailyBudgets {
     pub tenant_usd: Option<f64>,
     pub fleet_usd: Option<f64>,
+}
+
+/// The estimates the router gets: per pool, the router's memory of similar past jobs
+/// where it has one, the SONA predictor's otherwise.
+fn combine(sona: Option<PoolEstimates>, recalled: Option<&Recalled>) -> Option<PoolEstimates> {
+    let Some(r) = recalled.filter(|r| r.local.is_some() || r.cloud.is_some()) else {
+        return sona;
+    };
+    let version = sona.map_or(0, |s| s.version);
+    Some(PoolEstimates {
+        local: r.local.or(sona.and_then(|s| s.local)),
+        cloud: r.cloud.or(sona.and_then(|s| s.cloud)),
+        version,
+        recalled: r.jobs,
+    })
 }
 
 fn rejected(code: ErrorCode, message: impl Into<String>) -> SubmitReply {
@@ -130,7 +149,11 @@ impl Submitter {
         let live = self.liveness.live_pools().await;
         let exhausted = self.budget_exhausted(&job.tenant, now).await;
         let lag = self.control.lag();
-        let predicted = self.quality.estimate(&analysis.report);
+        let recalled = match &self.memory {
+            Some(memory) => memory.recall(&job.source).await,
+            None => None,
+        };
+        let predicted = combine(self.quality.estimate(&analysis.report), recalled.as_ref());
         let route = match self.router.route(RouteInput {
             job: &job,
             complexity: &analysis.report,
@@ -143,6 +166,10 @@ impl Submitter {
             Ok(route) => route,
             Err(e) => return rejected(e.code, e.message),
         };
+        // Before the job is queued: its result may come back before `queue` returns.
+        if let (Some(memory), Some(recalled)) = (&self.memory, recalled) {
+            memory.expect(&job_id, recalled.embedding);
+        }
         let queued = QueuedJob {
             schema_version: SCHEMA_VERSION,
             job,

@@ -92,6 +92,9 @@ async fn start(args: &UpArgs, shutdown: Shutdown) -> anyhow::Result<Fleet> {
     let metrics = qefleet_shared::metrics::Metrics::new();
     let mut scheduler_args = args.scheduler.clone();
     scheduler_args.embedder = embedder.clone();
+    if scheduler_args.route_memory_dir.is_none() {
+        scheduler_args.route_memory_dir = Some(args.data_dir.join("memory").join("scheduler"));
+    }
     scheduler_args.metrics = Some(metrics.clone());
     let scheduler_shutdown = shutdown.clone();
     tasks.spawn(async move {
