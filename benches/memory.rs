@@ -31,6 +31,8 @@ use rand::{Rng, SeedableRng};
 
 const DIM: usize = 384;
 const K: usize = 10;
+/// Candidates an int8 index re-ranks with f32 vectors (and twice that).
+const RERANK: usize = 32;
 
 /// `n` unit vectors around `clusters` centres, Gaussian-ish noise of `spread` per axis.
 fn clustered(n: usize, clusters: usize, spread: f32, seed: u64) -> Vec<Vec<f32>> {
@@ -138,7 +140,7 @@ fn timed_searches(
     build_s: f64,
     queries: &[Vec<f32>],
     truth: &[Vec<u32>],
-    search: impl Fn(&[f32]) -> Vec<u32>,
+    mut search: impl FnMut(&[f32]) -> Vec<u32>,
 ) -> Measured {
     let mut lat = Vec::with_capacity(queries.len());
     let mut hits = 0;
@@ -195,6 +197,36 @@ fn ours_stored(
         index.search(q, K).into_iter().map(|(i, _)| i).collect()
     });
     if int8 {
+        // Re-ranking with the f32 vectors read from a file (what the index does not hold
+        // in memory): RERANK candidates read per query, each 4 × DIM bytes.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("vectors.f32");
+        write_f32(&path, data);
+        let file = std::fs::File::open(&path).expect("open");
+        let mut buf = vec![0u8; DIM * 4];
+        let mut v = vec![0f32; DIM];
+        for candidates in [RERANK, RERANK * 2] {
+            let reranked = timed_searches(build_s, queries, truth, |q| {
+                use std::os::unix::fs::FileExt;
+                index
+                    .search_rerank(q, K, settings.ef_search, candidates, |id| {
+                        file.read_exact_at(&mut buf, id as u64 * (DIM as u64 * 4))
+                            .expect("read");
+                        for (x, b) in v.iter_mut().zip(buf.chunks_exact(4)) {
+                            *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                        }
+                        qefleet_memory::vector::distance2(q, &v)
+                    })
+                    .into_iter()
+                    .map(|(i, _)| i)
+                    .collect()
+            });
+            report(
+                &format!("  same int8 index, {candidates} candidates re-ranked with f32 from disk"),
+                &reranked,
+                None,
+            );
+        }
         // What a wider search buys back of the recall the rounding costs.
         for ef in [settings.ef_search * 2, settings.ef_search * 4] {
             let wider = timed_searches(build_s, queries, truth, |q| {

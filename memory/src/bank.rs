@@ -6,7 +6,10 @@
 //! The index never blocks: at open it is built in a background thread from what sled
 //! holds while searches run exactly (brute force) over everything; once built, it serves
 //! the entries it covers and the entries added since are searched exactly and folded in
-//! one at a time. Near-duplicates (cosine ≥ `merge_cosine`, same pool and engine) are
+//! one at a time. The vectors live in memory once, in the index (only the entries waiting
+//! for it are held beside it). With `int8`, the index keeps int8 vectors and the f32 ones
+//! stay on disk (the `vectors` tree), read to re-rank the index's candidates, so recall
+//! is that of f32 in a third of the memory. Near-duplicates (cosine ≥ `merge_cosine`, same pool and engine) are
 //! merged into the entry they resemble instead of piling up.
 
 use std::path::Path;
@@ -65,8 +68,11 @@ struct Record {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BankSettings {
     pub dimension: usize,
-    /// Store vectors as int8 (a quarter of the bytes).
+    /// Keep the index's vectors as int8 (a quarter of the bytes) and re-rank its
+    /// candidates with the f32 vectors kept on disk.
     pub int8: bool,
+    /// Candidates re-ranked per search with `int8` (at least the k asked for).
+    pub rerank: usize,
     /// Merge a new trajectory into an existing one at this cosine or above.
     pub merge_cosine: f32,
     /// HNSW graph degree (M) and its layer-0 degree (2M).
@@ -80,6 +86,7 @@ impl Default for BankSettings {
         Self {
             dimension: 384,
             int8: false,
+            rerank: 32,
             merge_cosine: 0.98,
             m: 16,
             ef_build: 200,
@@ -129,7 +136,9 @@ pub fn hnsw_params(settings: &BankSettings) -> HnswParams {
 struct Inner {
     /// sled key of each entry, by position.
     keys: Vec<u64>,
-    vectors: Vec<Vec<f32>>,
+    /// Vectors of the entries not in the index yet, positions `indexed..` (all of them
+    /// while the index is built at open; none once it has caught up).
+    waiting: Vec<Stored>,
     index: Option<Hnsw>,
     /// Entries `0..indexed` are in `index`.
     indexed: usize,
@@ -147,6 +156,8 @@ impl std::fmt::Debug for Inner {
 #[derive(Debug, Clone)]
 pub struct Bank {
     tree: sled::Tree,
+    /// f32 vectors by key, with `int8` (for re-ranking).
+    vectors: sled::Tree,
     db: sled::Db,
     settings: BankSettings,
     inner: Arc<RwLock<Inner>>,
@@ -165,8 +176,9 @@ impl Bank {
             message: e.to_string(),
         })?;
         let tree = db.open_tree("trajectories").map_err(storage)?;
+        let vectors = db.open_tree("vectors").map_err(storage)?;
         let mut keys = Vec::new();
-        let mut vectors = Vec::new();
+        let mut waiting = Vec::new();
         for entry in tree.iter() {
             let (k, v) = entry.map_err(storage)?;
             let Ok(record) = rmp_serde::from_slice::<Record>(&v) else {
@@ -175,15 +187,16 @@ impl Bank {
             };
             let key = u64::from_be_bytes(k.as_ref().try_into().map_err(storage)?);
             keys.push(key);
-            vectors.push(record.vector.to_f32());
+            waiting.push(record.vector);
         }
         let bank = Self {
             tree,
+            vectors,
             db,
             settings,
             inner: Arc::new(RwLock::new(Inner {
                 keys,
-                vectors,
+                waiting,
                 index: None,
                 indexed: 0,
             })),
@@ -195,8 +208,9 @@ impl Bank {
     /// Builds an index over every entry present now in a background thread and swaps it
     /// in; entries added meanwhile are folded in at the next insert.
     fn build_in_background(&self) {
-        let snapshot: Vec<Vec<f32>> = match self.inner.read() {
-            Ok(inner) => inner.vectors.clone(),
+        // A copy while the build runs: searches keep using the waiting vectors meanwhile.
+        let snapshot: Vec<Stored> = match self.inner.read() {
+            Ok(inner) => inner.waiting.clone(),
             Err(_) => return,
         };
         if snapshot.is_empty() {
@@ -211,6 +225,7 @@ impl Bank {
             if let Ok(mut inner) = inner.write() {
                 inner.index = index;
                 inner.indexed = n;
+                inner.waiting.drain(..n);
                 fold_in_tail(&mut inner);
             }
             tracing::info!(
@@ -237,7 +252,19 @@ impl Bank {
         self.len() == 0
     }
 
-    /// Bytes of stored vector data (f32 or int8), for the memory comparison.
+    /// Bytes of vectors and links the bank holds in memory (the index and the entries
+    /// waiting for it), for the memory comparison.
+    pub fn memory_bytes(&self) -> usize {
+        self.inner
+            .read()
+            .map(|i| {
+                i.index.as_ref().map_or(0, Hnsw::bytes)
+                    + i.waiting.iter().map(Stored::bytes).sum::<usize>()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Bytes of vector data in the records (f32 or int8), for the storage comparison.
     pub fn vector_bytes(&self) -> usize {
         self.tree
             .iter()
@@ -257,16 +284,42 @@ impl Bank {
         Ok(())
     }
 
+    /// The f32 vector kept on disk for the entry `key` (with `int8`).
+    fn exact_vector(&self, key: u64) -> Option<Vec<f32>> {
+        let bytes = self.vectors.get(key.to_be_bytes()).ok()??;
+        Some(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        )
+    }
+
     /// Positions and squared distances of the `k` nearest entries.
     fn nearest(&self, inner: &Inner, query: &[f32], k: usize) -> Vec<(usize, f32)> {
         let mut found: Vec<(usize, f32)> = Vec::with_capacity(k * 2);
         if let Some(index) = &inner.index {
-            for (pos, d2) in index.search(query, k) {
+            let hits = if self.settings.int8 {
+                index.search_rerank(
+                    query,
+                    k,
+                    self.settings.ef_search,
+                    self.settings.rerank,
+                    |id| match self.exact_vector(inner.keys[id as usize]) {
+                        Some(v) => distance2(query, &v),
+                        // A bank written before f32 copies were kept: the int8 distance.
+                        None => index.distance(query, id),
+                    },
+                )
+            } else {
+                index.search(query, k)
+            };
+            for (pos, d2) in hits {
                 found.push((pos as usize, d2));
             }
         }
-        for (pos, v) in inner.vectors.iter().enumerate().skip(inner.indexed) {
-            found.push((pos, distance2(query, v)));
+        for (i, v) in inner.waiting.iter().enumerate() {
+            found.push((inner.indexed + i, v.distance2(query)));
         }
         found.sort_by(|a, b| a.1.total_cmp(&b.1));
         found.dedup_by_key(|f| f.0);
@@ -347,7 +400,15 @@ impl Bank {
             return Ok(Inserted::Merged);
         }
         let vector = Stored::new(trajectory.embedding.clone(), self.settings.int8);
-        let searchable = vector.to_f32();
+        let exact: Vec<u8> = if self.settings.int8 {
+            trajectory
+                .embedding
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect()
+        } else {
+            Vec::new()
+        };
         let record = Record {
             trajectory: Trajectory {
                 embedding: Vec::new(),
@@ -357,14 +418,21 @@ impl Bank {
         };
         let key = self.db.generate_id().map_err(storage)?;
         let bytes = rmp_serde::to_vec_named(&record).map_err(storage)?;
+        let record_vector = record.vector;
+        if !exact.is_empty() {
+            self.vectors
+                .insert(key.to_be_bytes(), exact)
+                .map_err(storage)?;
+        }
         self.tree
             .insert(key.to_be_bytes(), bytes)
             .map_err(storage)?;
         inner.keys.push(key);
-        inner.vectors.push(searchable);
+        inner.waiting.push(record_vector);
         if inner.index.is_none() && inner.keys.len() == 1 {
             // The first entry: an index of one, grown entry by entry from here.
-            inner.index = build_index(&inner.vectors, &self.settings);
+            inner.index = build_index(&inner.waiting, &self.settings);
+            inner.waiting.clear();
             inner.indexed = 1;
         } else {
             fold_in_tail(&mut inner);
@@ -456,31 +524,36 @@ impl Bank {
     }
 }
 
-/// An HNSW index over `vectors` (positions as ids), or none for no vectors.
-pub fn build_index(vectors: &[Vec<f32>], settings: &BankSettings) -> Option<Hnsw> {
+/// An HNSW index over `vectors` (positions as ids; int8 with `settings.int8`), or none
+/// for no vectors.
+pub fn build_index(vectors: &[Stored], settings: &BankSettings) -> Option<Hnsw> {
     if vectors.is_empty() {
         return None;
     }
-    let mut index = Hnsw::new(settings.dimension, hnsw_params(settings));
+    let mut index = if settings.int8 {
+        Hnsw::new_int8(settings.dimension, hnsw_params(settings))
+    } else {
+        Hnsw::new(settings.dimension, hnsw_params(settings))
+    };
     for v in vectors {
-        index.insert(v);
+        index.insert(&v.to_f32());
     }
     Some(index)
 }
 
-/// Adds the entries past `indexed` to the index, in order (ids stay positions).
+/// Moves the waiting entries into the index, in order (ids stay positions).
 fn fold_in_tail(inner: &mut Inner) {
     let Inner {
-        vectors,
+        waiting,
         index,
         indexed,
         ..
     } = inner;
     let Some(index) = index.as_mut() else { return };
-    for v in &vectors[(*indexed).min(vectors.len())..] {
-        index.insert(v);
+    for v in waiting.drain(..) {
+        index.insert(&v.to_f32());
+        *indexed += 1;
     }
-    *indexed = vectors.len();
 }
 
 #[cfg(test)]
@@ -680,26 +753,35 @@ mod tests {
     }
 
     #[test]
-    fn int8_storage_keeps_recall_in_a_quarter_of_the_bytes() {
+    fn an_int8_bank_keeps_f32_recall_in_less_memory_also_after_reopening() {
         let vectors = clustered(400, 10, 0.6, 21);
         let mut bytes = Vec::new();
         let mut recalls = Vec::new();
-        for int8 in [false, true] {
+        for (int8, reopen) in [(false, false), (true, false), (true, true)] {
             let dir = tempfile::tempdir().expect("tempdir");
-            let bank = Bank::open(
-                dir.path(),
-                BankSettings {
-                    int8,
-                    merge_cosine: 1.1,
-                    ..settings()
-                },
-            )
-            .expect("open");
+            let open = || {
+                Bank::open(
+                    dir.path(),
+                    BankSettings {
+                        int8,
+                        merge_cosine: 1.1,
+                        ..settings()
+                    },
+                )
+                .expect("open")
+            };
+            let mut bank = open();
             for (i, v) in vectors.iter().enumerate() {
                 bank.insert(trajectory(i, v.clone(), "gen", 0.5))
                     .expect("insert");
             }
-            bytes.push(bank.vector_bytes());
+            if reopen {
+                bank.flush().expect("flush");
+                drop(bank);
+                bank = open();
+                wait_indexed(&bank);
+            }
+            bytes.push(bank.memory_bytes());
             let mut hits = 0;
             for q in clustered(20, 10, 0.6, 77) {
                 let truth: std::collections::HashSet<String> = exact_nearest(&vectors, &q, 10)
@@ -715,12 +797,15 @@ mod tests {
             }
             recalls.push(hits as f64 / 200.0);
         }
+        // 64 dimensions: links weigh more than at 384 (where int8 saves about 70%).
         assert!(
-            bytes[1] * 10 <= bytes[0] * 3,
-            "int8 {} vs f32 {}",
-            bytes[1],
+            bytes[1] * 10 <= bytes[0] * 6 && bytes[2] == bytes[1],
+            "int8 {bytes:?} vs f32 {}",
             bytes[0]
         );
-        assert!(recalls[1] >= 0.95 && recalls[0] >= 0.95, "{recalls:?}");
+        assert!(
+            recalls[0] >= 0.95 && recalls[1] >= recalls[0] - 0.01 && recalls[2] == recalls[1],
+            "{recalls:?}"
+        );
     }
 }

@@ -244,6 +244,11 @@ impl Hnsw {
         }
     }
 
+    /// Squared distance from `q` to node `id` as the index holds it (int8 or f32).
+    pub fn distance(&self, q: &[f32], id: u32) -> f32 {
+        self.d(q, id)
+    }
+
     /// Node `id`'s vector as f32 (decoded from int8 when stored so).
     fn vector(&self, id: u32) -> std::borrow::Cow<'_, [f32]> {
         let start = id as usize * self.dim;
@@ -451,6 +456,28 @@ impl Hnsw {
         found.into_iter().map(|n| (n.id, n.d)).collect()
     }
 
+    /// The `k` nearest by exact distance among the index's `candidates` nearest (at ef
+    /// `ef`): for an int8 index, `exact(id)` gives the squared distance from the query to
+    /// the f32 vector kept elsewhere (on disk), which settles the near-ties the rounding
+    /// blurs, at the cost of `candidates` reads.
+    pub fn search_rerank(
+        &self,
+        q: &[f32],
+        k: usize,
+        ef: usize,
+        candidates: usize,
+        mut exact: impl FnMut(u32) -> f32,
+    ) -> Vec<(u32, f32)> {
+        let mut found: Vec<(u32, f32)> = self
+            .search_ef(q, candidates.max(k), ef.max(candidates))
+            .into_iter()
+            .map(|(id, _)| (id, exact(id)))
+            .collect();
+        found.sort_by(|a, b| a.1.total_cmp(&b.1));
+        found.truncate(k);
+        found
+    }
+
     /// Bytes of vectors and links held (for the memory comparison).
     pub fn bytes(&self) -> usize {
         let vectors = match &self.store {
@@ -557,6 +584,52 @@ mod tests {
             small.bytes(),
             full.bytes()
         );
+    }
+
+    #[test]
+    fn reranking_an_int8_index_with_f32_distances_restores_recall() {
+        let dim = 64;
+        // Queries from the same clusters as the data (same seed, drawn after it).
+        let mut data = clustered(3100, dim, 11);
+        let queries = data.split_off(3000);
+        let mut small = Hnsw::new_int8(dim, HnswParams::default());
+        let mut full = Hnsw::new(dim, HnswParams::default());
+        for v in &data {
+            small.insert(v);
+            full.insert(v);
+        }
+        let recall = |index: &Hnsw, rerank: bool| {
+            let mut hits = 0;
+            for q in &queries {
+                let truth: std::collections::HashSet<u32> = exact_nearest(&data, q, 10)
+                    .into_iter()
+                    .map(|i| i as u32)
+                    .collect();
+                let found = if rerank {
+                    index.search_rerank(q, 10, 64, 40, |id| l2(q, &data[id as usize]))
+                } else {
+                    index.search(q, 10)
+                };
+                hits += found.iter().filter(|(id, _)| truth.contains(id)).count();
+            }
+            hits as f64 / (queries.len() * 10) as f64
+        };
+        let (plain, reranked, f32) = (
+            recall(&small, false),
+            recall(&small, true),
+            recall(&full, false),
+        );
+        assert!(
+            reranked >= plain && reranked >= f32 - 0.01,
+            "int8 {plain}, reranked {reranked}, f32 {f32}"
+        );
+        // Distances reported are the exact ones, nearest first.
+        let q = &queries[0];
+        let found = small.search_rerank(q, 5, 64, 20, |id| l2(q, &data[id as usize]));
+        for w in found.windows(2) {
+            assert!(w[0].1 <= w[1].1);
+        }
+        assert_eq!(found[0].1, l2(q, &data[found[0].0 as usize]));
     }
 
     #[test]

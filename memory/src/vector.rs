@@ -72,6 +72,14 @@ impl Stored {
         }
     }
 
+    /// Squared distance from `q` (for int8, to the decoded, re-normalised vector).
+    pub fn distance2(&self, q: &[f32]) -> f32 {
+        match self {
+            Stored::F32(v) => distance2(q, v),
+            Stored::I8 { .. } => distance2(q, &self.to_f32()),
+        }
+    }
+
     /// Bytes of vector data this form keeps.
     pub fn bytes(&self) -> usize {
         match self {
