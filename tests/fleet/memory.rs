@@ -96,3 +96,121 @@ async fn a_worker_remembers_jobs_and_gives_similar_ones_their_suites() {
     assert!(!seen[4].is_empty(), "recalled from the reopened bank");
     fleet.stop().await;
 }
+
+/// Reports a fixed quality per module name.
+#[derive(Debug)]
+struct QualityByModule(&'static [(&'static str, f64)]);
+
+impl qefleet_worker::engine::Engine for QualityByModule {
+    fn name(&self) -> &str {
+        "by-module"
+    }
+
+    fn generate<'a>(
+        &'a self,
+        request: qefleet_worker::engine::EngineRequest<'a>,
+    ) -> qefleet_worker::engine::EngineFuture<'a> {
+        Box::pin(async move {
+            let name = request.job.job.module_name.as_str();
+            let quality = self.0.iter().find(|(m, _)| *m == name).map(|(_, q)| *q);
+            Ok(qefleet_worker::engine::EngineOutput {
+                tests_total: 1,
+                tests_passed: 1,
+                quality_score: quality,
+                ..Default::default()
+            })
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_router_learns_per_module_which_pool_does_better() {
+    use qefleet_schemas::{JobSpec, Pool, SubmitReply};
+    let mut fleet = Fleet::start().await;
+    let memory_dir = tempfile::tempdir().expect("tempdir");
+    fleet
+        .scheduler(SchedulerArgs {
+            embedder: Some(embedder()),
+            route_memory_dir: Some(memory_dir.path().to_path_buf()),
+            // Deterministic: no exploration.
+            route_explore: 0.0,
+            ..SchedulerArgs::default()
+        })
+        .await;
+    // Local does badly on the parser and well on calc; the cloud is middling on both.
+    let local = fleet.worker_args(PoolArg::Local);
+    fleet
+        .worker(
+            local,
+            Arc::new(QualityByModule(&[("parser", 0.3), ("calc", 0.9)])),
+        )
+        .await;
+    let cloud = fleet.worker_args(PoolArg::Cloud);
+    fleet
+        .worker(
+            cloud,
+            Arc::new(QualityByModule(&[("parser", 0.8), ("calc", 0.8)])),
+        )
+        .await;
+    let module = |name: &str, source: &str, pool: Option<Pool>| {
+        let mut j = JobSpec::python(name, source);
+        j.pool = pool;
+        j
+    };
+    let route = |reply: SubmitReply| match reply {
+        SubmitReply::Accepted { job_id, route, .. } => (job_id, route),
+        SubmitReply::Rejected { error, .. } => panic!("rejected: {error:?}"),
+    };
+    // Both modules are simple: the complexity rule keeps them local, and the memory is
+    // empty, so it decides.
+    let (_, first) = route(
+        fleet
+            .submit(
+                &module("parser", PARSER, None),
+                qefleet_schemas::ContentType::MsgPack,
+            )
+            .await,
+    );
+    assert_eq!(first.pool, Pool::Local, "{:?}", first.reasons);
+    // Teach it: each module twice on each pool (jobs that insist on their pool).
+    for (name, source) in [("parser", PARSER), ("calc", CALC)] {
+        for pool in [Pool::Local, Pool::Local, Pool::Cloud, Pool::Cloud] {
+            let id = fleet.submit_ok(&module(name, source, Some(pool))).await;
+            fleet.result(&id, Duration::from_secs(30)).await;
+        }
+    }
+    // Results reach the memory through a subscription: give it a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, parser) = route(
+        fleet
+            .submit(
+                &module("parser", PARSER, None),
+                qefleet_schemas::ContentType::MsgPack,
+            )
+            .await,
+    );
+    assert_eq!(parser.pool, Pool::Cloud, "{:?}", parser.reasons);
+    assert!(
+        parser
+            .reasons
+            .iter()
+            .any(|r| r.contains("router's memory") && r.contains("pays for the cloud")),
+        "{:?}",
+        parser.reasons
+    );
+    let (_, calc) = route(
+        fleet
+            .submit(
+                &module("calc", CALC, None),
+                qefleet_schemas::ContentType::MsgPack,
+            )
+            .await,
+    );
+    assert_eq!(calc.pool, Pool::Local, "{:?}", calc.reasons);
+    assert!(
+        calc.reasons.iter().any(|r| r.contains("stays local")),
+        "{:?}",
+        calc.reasons
+    );
+    fleet.stop().await;
+}
