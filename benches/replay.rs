@@ -254,7 +254,7 @@ async fn replay(modules: &[Module], order: &[usize], routing: Routing, cloud_q: 
         });
         let s = stop.clone();
         tasks.spawn(async move {
-            qefleet_worker::run(c, args, engine, Arc::new(SonaConsolidator), s)
+            qefleet_worker::run(c, args, engine, Arc::new(SonaConsolidator::default()), s)
                 .await
                 .expect("worker");
         });

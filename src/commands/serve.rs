@@ -118,7 +118,7 @@ pub async fn worker(mut args: WorkerCmd) -> anyhow::Result<ExitCode> {
         client,
         args.worker,
         engine,
-        Arc::new(SonaConsolidator),
+        Arc::new(SonaConsolidator::default()),
         shutdown::on_signals(),
     )
     .await?;

@@ -135,7 +135,7 @@ async fn start(args: &UpArgs, shutdown: Shutdown) -> anyhow::Result<Fleet> {
                 worker_client,
                 worker,
                 engine,
-                Arc::new(SonaConsolidator),
+                Arc::new(SonaConsolidator::default()),
                 worker_shutdown,
             )
             .await?;

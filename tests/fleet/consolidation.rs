@@ -104,11 +104,14 @@ async fn sona_consolidations_learn_from_results_store_versioned_snapshots_and_ap
     let maint_port = free_port();
     let mut args = fleet.worker_args(PoolArg::Maint);
     args.metrics_addr = Some(([127, 0, 0, 1], maint_port).into());
+    // One job at a time: consolidation 1 is applied before 2 (with more in flight, a later
+    // one may apply first and the earlier one find itself already covered).
+    args.concurrency = 1;
     fleet
         .worker_consolidating(
             args,
             Arc::new(ScriptedEngine::succeeding(Duration::ZERO)),
-            Arc::new(SonaConsolidator),
+            Arc::new(SonaConsolidator::default()),
         )
         .await;
     for _ in 0..25 {
@@ -181,7 +184,7 @@ async fn sona_consolidations_learn_from_results_store_versioned_snapshots_and_ap
         completions: 20,
         triggered_at_ms: 0,
     };
-    let summary = SonaConsolidator
+    let summary = SonaConsolidator::default()
         .consolidate(&again, &context)
         .await
         .expect("consolidates");

@@ -7,6 +7,8 @@
 
 use std::time::Instant;
 
+use futures_util::StreamExt;
+
 use async_nats::jetstream::{self, kv};
 pub use qefleet_learn::features;
 use qefleet_learn::{Sample, SonaSnapshot};
@@ -22,9 +24,58 @@ use crate::consolidator::{ConsolidateFuture, ConsolidationContext, Consolidator}
 /// Results learned from per consolidation at most (the most recent ones).
 const MAX_BATCH: u64 = 1000;
 
-/// The maint pool's consolidator in the fleet.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SonaConsolidator;
+/// The results published at stream sequences `first..=last`, in order, through one
+/// ordered consumer (gaps, results past their retention, are skipped; unreadable ones
+/// too).
+async fn read_results(
+    stream: &jetstream::stream::Stream,
+    first: u64,
+    last: u64,
+) -> Result<Vec<JobResult>, String> {
+    use jetstream::consumer::{pull, DeliverPolicy};
+    if first > last {
+        return Ok(Vec::new());
+    }
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: first,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("results stream reader: {e}"))?;
+    let mut delivered = consumer
+        .messages()
+        .await
+        .map_err(|e| format!("results stream reader: {e}"))?;
+    let mut out = Vec::new();
+    // The idle limit ends the read if the last results were removed meanwhile.
+    while let Ok(Some(message)) = tokio::time::timeout(IDLE, delivered.next()).await {
+        let message = message.map_err(|e| format!("results stream reader: {e}"))?;
+        let seq = message.info().map_or(last, |i| i.stream_sequence);
+        if let Ok((result, _)) =
+            messages::decode::<JobResult>(message.headers.as_ref(), &message.payload)
+        {
+            out.push(result);
+        }
+        if seq >= last {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// How long the results reader waits for the next message before it ends.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The maint pool's consolidator in the fleet. Consolidations run one at a time in a
+/// process (jobs are delivered in order, so an earlier number is applied before a later
+/// one); between processes the compare-and-set decides.
+#[derive(Debug, Clone, Default)]
+pub struct SonaConsolidator {
+    one_at_a_time: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
 
 impl SonaConsolidator {
     async fn run(
@@ -73,23 +124,27 @@ impl SonaConsolidator {
             .await
             .map_err(|e| format!("job states: {e}"))?;
         let first = (snapshot.results_seq + 1).max(last.saturating_sub(MAX_BATCH - 1));
+        let results = read_results(&results, first, last).await?;
+        // Each result's complexity report, from the job-state bucket, 16 reads in flight.
+        let states: Vec<_> = futures_util::stream::iter(results)
+            .map(|result| {
+                let states = states.clone();
+                async move {
+                    let state = states.get(&result.job_id).await;
+                    (result, state)
+                }
+            })
+            .buffered(16)
+            .collect()
+            .await;
         let mut learned = 0u64;
-        for seq in first..=last {
-            // Gaps (results past their retention) are skipped.
-            let Ok(message) = results.get_raw_message(seq).await else {
-                continue;
-            };
-            let Ok((result, _)) =
-                messages::decode::<JobResult>(Some(&message.headers), &message.payload)
-            else {
-                continue;
-            };
+        for (result, state) in states {
             let y = match result.status {
                 JobStatus::Succeeded => result.quality_score.unwrap_or(0.0),
                 JobStatus::Failed => 0.0,
                 JobStatus::Expired => continue,
             };
-            let Ok(Some(state)) = states.get(&result.job_id).await else {
+            let Ok(Some(state)) = state else {
                 continue;
             };
             let Ok(state) = qefleet_schemas::codec::decode::<JobState>(&state, ContentType::Json)
@@ -151,6 +206,7 @@ impl Consolidator for SonaConsolidator {
         ctx: &'a ConsolidationContext,
     ) -> ConsolidateFuture<'a> {
         Box::pin(async move {
+            let _turn = self.one_at_a_time.lock().await;
             let started = Instant::now();
             let outcome = self.run(job, &ctx.js, &ctx.metrics).await;
             let label = match &outcome {
