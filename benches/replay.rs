@@ -435,7 +435,13 @@ fn main() {
     }
     let base = &runs[0].1;
     let half = base.quality.len() / 2;
+    let ceiling: f64 = order
+        .iter()
+        .map(|&m| modules[m].local.max(cloud_q))
+        .sum::<f64>()
+        / order.len() as f64;
     println!("| best choice by the true means | | | | | 100% | 100% | {best:.3} | | | |");
+    println!("| highest quality possible (each job on its better pool, cost ignored) | {ceiling:.3} | | | | | | | | | |");
     println!();
     for (name, r) in &runs[1..] {
         println!(
