@@ -164,6 +164,9 @@ impl Default for HnswParams {
     }
 }
 
+/// Most links a node has on one layer (layer 0 holds 2M): the gather buffer's size.
+const MAX_LINKS: usize = 256;
+
 #[derive(Debug, Clone)]
 pub struct Hnsw {
     dim: usize,
@@ -202,7 +205,7 @@ impl Hnsw {
     }
 
     fn with_store(dim: usize, params: HnswParams, store: Store) -> Self {
-        let m = params.m.max(2);
+        let m = params.m.clamp(2, MAX_LINKS / 2);
         Self {
             dim,
             params: HnswParams { m, ..params },
@@ -247,6 +250,28 @@ impl Hnsw {
     /// Squared distance from `q` to node `id` as the index holds it (int8 or f32).
     pub fn distance(&self, q: &[f32], id: u32) -> f32 {
         self.d(q, id)
+    }
+
+    /// Asks the CPU to start loading node `id`'s vector into the cache.
+    #[inline]
+    fn prefetch(&self, id: u32) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let start = id as usize * self.dim;
+            let ptr: *const i8 = match &self.store {
+                Store::F32(v) => v.as_ptr().wrapping_add(start).cast(),
+                Store::I8 { data, .. } => data.as_ptr().wrapping_add(start),
+            };
+            // SAFETY: a prefetch is a hint that never faults and reads nothing into the
+            // program, whatever the address; SSE, which it needs, is part of x86_64.
+            #[allow(unsafe_code)]
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(ptr);
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = id;
     }
 
     /// Node `id`'s vector as f32 (decoded from int8 when stored so).
@@ -320,11 +345,19 @@ impl Hnsw {
                 if current.d > worst && found.len() >= ef {
                     break;
                 }
+                // Unvisited neighbours first, their vectors fetched into the cache ahead of
+                // the distances (as hnswlib does), then the distances.
+                let mut fresh = [0u32; MAX_LINKS];
+                let mut count = 0;
                 for &n in self.neighbours(current.id, level) {
-                    if marks[n as usize] == generation {
-                        continue;
+                    if marks[n as usize] != generation && count < MAX_LINKS {
+                        marks[n as usize] = generation;
+                        self.prefetch(n);
+                        fresh[count] = n;
+                        count += 1;
                     }
-                    marks[n as usize] = generation;
+                }
+                for &n in &fresh[..count] {
                     let d = self.d(q, n);
                     let worst = found.peek().map_or(f32::INFINITY, |f| f.d);
                     if found.len() < ef || d < worst {
