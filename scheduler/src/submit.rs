@@ -154,6 +154,15 @@ impl Submitter {
             None => None,
         };
         let predicted = combine(self.quality.estimate(&analysis.report), recalled.as_ref());
+        let source = match predicted {
+            None => "none",
+            Some(p) if p.recalled > 0 => "memory",
+            Some(_) => "predictor",
+        };
+        self.metrics
+            .route_estimates
+            .with_label_values(&[source])
+            .inc();
         let route = match self.router.route(RouteInput {
             job: &job,
             complexity: &analysis.report,

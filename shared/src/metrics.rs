@@ -25,6 +25,7 @@ pub mod labels {
     pub const OP: &str = "op";
     pub const KIND: &str = "kind";
     pub const VERSION: &str = "version";
+    pub const SOURCE: &str = "source";
 }
 
 /// Every metric a qefleet process may export. Unused ones simply stay at zero.
@@ -104,6 +105,7 @@ pub struct Metrics {
     pub sona_consolidation_seconds: HistogramVec,
     /// Completed jobs the quality predictor learned from (maint worker).
     pub sona_jobs_learned: IntCounterVec,
+    pub route_estimates: IntCounterVec,
     /// Every family's name, sorted.
     names: std::sync::Arc<[String]>,
 }
@@ -361,6 +363,11 @@ impl Metrics {
             "Completed jobs the SONA quality predictor learned from, by pool",
             &[POOL],
         );
+        let route_estimates = counter(
+            "qefleet_route_estimates_total",
+            "Submissions by the quality estimates the router had for them: none, predictor (SONA), memory (similar past jobs, with the predictor for a pool the memory lacks)",
+            &[SOURCE],
+        );
         let build_info = int_gauges(
             "qefleet_build_info",
             "1, labelled with the qefleet version this process runs",
@@ -410,6 +417,7 @@ impl Metrics {
             sona_adapter_version,
             sona_consolidation_seconds,
             sona_jobs_learned,
+            route_estimates,
             names: {
                 let mut names = names.into_inner();
                 names.sort();

@@ -128,8 +128,10 @@ async fn the_router_learns_per_module_which_pool_does_better() {
     use qefleet_schemas::{JobSpec, Pool, SubmitReply};
     let mut fleet = Fleet::start().await;
     let memory_dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
     fleet
         .scheduler(SchedulerArgs {
+            metrics_addr: Some(([127, 0, 0, 1], port).into()),
             embedder: Some(embedder()),
             route_memory_dir: Some(memory_dir.path().to_path_buf()),
             // Deterministic: no exploration.
@@ -212,5 +214,15 @@ async fn the_router_learns_per_module_which_pool_does_better() {
         "{:?}",
         calc.reasons
     );
+    metrics_show(
+        port,
+        &[
+            "qefleet_route_estimates_total{source=\"none\"}",
+            "qefleet_route_estimates_total{source=\"memory\"}",
+            "qefleet_memory_search_seconds_count{pool=\"route\"} 11",
+        ],
+        "the router's estimates",
+    )
+    .await;
     fleet.stop().await;
 }
