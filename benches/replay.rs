@@ -221,6 +221,7 @@ async fn replay(modules: &[Module], order: &[usize], routing: Routing, cloud_q: 
         let args = SchedulerArgs {
             consolidate_every: WAVE as u64,
             learned_routing: routing != Routing::Rule,
+            predictor_routing: routing == Routing::Predictor,
             embedder,
             route_memory_dir: Some(memory_dir),
             ..SchedulerArgs::default()

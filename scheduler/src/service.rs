@@ -63,6 +63,11 @@ pub struct SchedulerArgs {
     /// sends a job there.
     #[arg(long, env = "QEFLEET_MIN_CLOUD_GAIN", default_value_t = DEFAULT_MIN_GAIN)]
     pub min_cloud_gain: f64,
+    /// Also route by the SONA predictor's estimates for jobs the router's memory knows
+    /// nothing similar to (or without --embeddings). Off by default: on complexity counts
+    /// alone it routed worse than the complexity rule in `cargo bench --bench replay`.
+    #[arg(long, env = "QEFLEET_PREDICTOR_ROUTING", default_value_t = false, action = clap::ArgAction::Set)]
+    pub predictor_routing: bool,
     /// Where the router's memory of similar past jobs is kept (with --embeddings and
     /// learned routing); one per replica. Default `.qefleet/memory/scheduler`.
     #[arg(long, env = "QEFLEET_ROUTE_MEMORY_DIR")]
@@ -101,6 +106,7 @@ impl Default for SchedulerArgs {
             min_cloud_gain: DEFAULT_MIN_GAIN,
             route_explore: DEFAULT_EXPLORE,
             route_memory_dir: None,
+            predictor_routing: false,
             tenant_daily_budget_usd: None,
             daily_budget_usd: None,
             embedder: None,
@@ -185,6 +191,7 @@ pub async fn run(
         }),
         quality: quality.clone(),
         memory: memory.clone(),
+        predictor_alone: args.predictor_routing,
         liveness: Arc::new(Liveness::new(
             bucket(&js, WORKERS_BUCKET).await?,
             Duration::from_secs(1),

@@ -34,6 +34,8 @@ pub struct Submitter {
     pub(crate) quality: Arc<QualityModel>,
     /// The router's memory of similar past jobs, with an embedder and learned routing.
     pub(crate) memory: Option<RouteMemory>,
+    /// Route by the predictor's estimates when the memory knows nothing similar.
+    pub(crate) predictor_alone: bool,
     pub(crate) liveness: Arc<Liveness>,
     pub(crate) limits: Limits,
     pub(crate) metrics: Metrics,
@@ -56,10 +58,16 @@ pub struct DailyBudgets {
 }
 
 /// The estimates the router gets: per pool, the router's memory of similar past jobs
-/// where it has one, the SONA predictor's otherwise.
-fn combine(sona: Option<PoolEstimates>, recalled: Option<&Recalled>) -> Option<PoolEstimates> {
+/// where it has one, the SONA predictor's otherwise; for a job like nothing the memory
+/// holds, the predictor's alone only when `predictor_alone` (ADR 0015: on complexity
+/// counts alone it routed worse than the rule in the replay).
+fn combine(
+    sona: Option<PoolEstimates>,
+    recalled: Option<&Recalled>,
+    predictor_alone: bool,
+) -> Option<PoolEstimates> {
     let Some(r) = recalled.filter(|r| r.local.is_some() || r.cloud.is_some()) else {
-        return sona;
+        return sona.filter(|_| predictor_alone);
     };
     let version = sona.map_or(0, |s| s.version);
     Some(PoolEstimates {
@@ -153,7 +161,11 @@ impl Submitter {
             Some(memory) => memory.recall(&job.source).await,
             None => None,
         };
-        let predicted = combine(self.quality.estimate(&analysis.report), recalled.as_ref());
+        let predicted = combine(
+            self.quality.estimate(&analysis.report),
+            recalled.as_ref(),
+            self.predictor_alone,
+        );
         let source = match predicted {
             None => "none",
             Some(p) if p.recalled > 0 => "memory",
@@ -355,5 +367,49 @@ fn duplicate(state: JobState) -> SubmitReply {
         duplicate: true,
         route: state.route,
         complexity: Some(state.complexity),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sona() -> Option<PoolEstimates> {
+        Some(PoolEstimates {
+            local: Some(0.6),
+            cloud: Some(0.8),
+            version: 4,
+            recalled: 0,
+        })
+    }
+
+    fn recalled(local: Option<f64>, cloud: Option<f64>) -> Recalled {
+        Recalled {
+            embedding: Vec::new(),
+            local,
+            cloud,
+            jobs: 3,
+        }
+    }
+
+    #[test]
+    fn memory_first_predictor_fills_in_and_alone_only_when_asked() {
+        let r = recalled(Some(0.2), None);
+        let both = combine(sona(), Some(&r), false).expect("estimates");
+        assert_eq!(
+            (both.local, both.cloud, both.version, both.recalled),
+            (Some(0.2), Some(0.8), 4, 3)
+        );
+        // Nothing similar remembered: the predictor alone only when trusted alone.
+        let none = recalled(None, None);
+        assert_eq!(combine(sona(), Some(&none), false), None);
+        assert_eq!(combine(sona(), None, false), None);
+        assert_eq!(combine(sona(), None, true), sona());
+        // Memory without a predictor yet.
+        let only = combine(None, Some(&recalled(Some(0.3), Some(0.9))), false).expect("memory");
+        assert_eq!(
+            (only.local, only.cloud, only.version),
+            (Some(0.3), Some(0.9), 0)
+        );
     }
 }
