@@ -110,6 +110,16 @@ pub enum Inserted {
     Merged,
 }
 
+impl Inserted {
+    /// The metrics label (`qefleet_memory_inserts_total{outcome}`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Inserted::New => "new",
+            Inserted::Merged => "merged",
+        }
+    }
+}
+
 /// A distilled pattern: one k-means++ cluster of past jobs with its quality statistics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pattern {

@@ -582,7 +582,7 @@ mod tests {
     }
 
     #[test]
-    fn an_int8_index_keeps_recall_in_less_memory() {
+    fn an_int8_index_keeps_recall_in_less_memory_and_reranking_restores_f32_recall() {
         let dim = 48;
         let mut data = clustered(2100, dim, 8);
         let queries = data.split_off(2000);
@@ -592,18 +592,22 @@ mod tests {
             full.insert(v);
             small.insert(v);
         }
-        let mut hits = [0, 0];
+        let mut hits = [0, 0, 0];
         for q in &queries {
             let truth: std::collections::HashSet<u32> = exact_nearest(&data, q, 10)
                 .into_iter()
                 .map(|i| i as u32)
                 .collect();
-            for (h, index) in hits.iter_mut().zip([&full, &small]) {
-                *h += index
-                    .search(q, 10)
-                    .iter()
-                    .filter(|(id, _)| truth.contains(id))
-                    .count();
+            let exact = |id: u32| l2(q, &data[id as usize]);
+            let reranked = small.search_rerank(q, 10, 64, 32, exact);
+            // Re-ranked distances are the exact ones, nearest first.
+            assert!(reranked.windows(2).all(|w| w[0].1 <= w[1].1));
+            assert_eq!(reranked[0].1, exact(reranked[0].0));
+            for (h, found) in
+                hits.iter_mut()
+                    .zip([full.search(q, 10), small.search(q, 10), reranked])
+            {
+                *h += found.iter().filter(|(id, _)| truth.contains(id)).count();
             }
         }
         let recall = hits.map(|h| h as f64 / 1000.0);
@@ -612,57 +616,15 @@ mod tests {
             "{recall:?}"
         );
         assert!(
+            recall[2] >= recall[1] && recall[2] >= recall[0] - 0.01,
+            "re-ranked: {recall:?}"
+        );
+        assert!(
             small.bytes() < full.bytes() * 7 / 10,
             "{} vs {}",
             small.bytes(),
             full.bytes()
         );
-    }
-
-    #[test]
-    fn reranking_an_int8_index_with_f32_distances_restores_recall() {
-        let dim = 64;
-        // Queries from the same clusters as the data (same seed, drawn after it).
-        let mut data = clustered(3100, dim, 11);
-        let queries = data.split_off(3000);
-        let mut small = Hnsw::new_int8(dim, HnswParams::default());
-        let mut full = Hnsw::new(dim, HnswParams::default());
-        for v in &data {
-            small.insert(v);
-            full.insert(v);
-        }
-        let recall = |index: &Hnsw, rerank: bool| {
-            let mut hits = 0;
-            for q in &queries {
-                let truth: std::collections::HashSet<u32> = exact_nearest(&data, q, 10)
-                    .into_iter()
-                    .map(|i| i as u32)
-                    .collect();
-                let found = if rerank {
-                    index.search_rerank(q, 10, 64, 40, |id| l2(q, &data[id as usize]))
-                } else {
-                    index.search(q, 10)
-                };
-                hits += found.iter().filter(|(id, _)| truth.contains(id)).count();
-            }
-            hits as f64 / (queries.len() * 10) as f64
-        };
-        let (plain, reranked, f32) = (
-            recall(&small, false),
-            recall(&small, true),
-            recall(&full, false),
-        );
-        assert!(
-            reranked >= plain && reranked >= f32 - 0.01,
-            "int8 {plain}, reranked {reranked}, f32 {f32}"
-        );
-        // Distances reported are the exact ones, nearest first.
-        let q = &queries[0];
-        let found = small.search_rerank(q, 5, 64, 20, |id| l2(q, &data[id as usize]));
-        for w in found.windows(2) {
-            assert!(w[0].1 <= w[1].1);
-        }
-        assert_eq!(found[0].1, l2(q, &data[found[0].0 as usize]));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use futures_util::StreamExt;
 use qefleet_inference::Embedder;
-use qefleet_memory::{Bank, BankSettings, Inserted, Neighbour, Trajectory};
+use qefleet_memory::{Bank, BankSettings, Neighbour, Trajectory};
 use qefleet_schemas::{now_unix_ms, JobResult, JobStatus, Pool};
 use qefleet_shared::metrics::Metrics;
 use qefleet_shared::shutdown::Shutdown;
@@ -190,13 +190,9 @@ impl RouteMemory {
         let bank = self.bank.clone();
         match tokio::task::spawn_blocking(move || bank.insert(trajectory)).await {
             Ok(Ok(inserted)) => {
-                let outcome = match inserted {
-                    Inserted::New => "new",
-                    Inserted::Merged => "merged",
-                };
                 self.metrics
                     .memory_inserts
-                    .with_label_values(&[outcome])
+                    .with_label_values(&[inserted.label()])
                     .inc();
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "router memory: outcome not stored"),

@@ -777,67 +777,48 @@ mod tests {
         })
     }
 
+    /// The decision went to `pool`, and one of its reasons says `why`.
+    fn expect(d: RouteDecision, pool: Pool, why: &str) {
+        assert_eq!(d.pool, pool, "{:?}", d.reasons);
+        assert!(d.reasons.iter().any(|r| r.contains(why)), "{:?}", d.reasons);
+    }
+
     #[test]
     fn balanced_follows_the_predicted_gain_not_the_complexity_class() {
+        let balanced = |class, local, cloud| {
+            route_predicted(Strategy::Balanced, class, estimates(local, cloud))
+        };
         // A complex module the predictor expects local to handle: stays local.
-        let d = route_predicted(
-            Strategy::Balanced,
-            Complexity::VeryComplex,
-            estimates(Some(0.82), Some(0.86)),
-        );
-        assert_eq!(d.pool, Pool::Local, "{:?}", d.reasons);
-        assert!(
-            d.reasons.iter().any(|r| r.contains("adapter v3")
-                && r.contains("0.82 local")
-                && r.contains("stays local")),
-            "{:?}",
-            d.reasons
-        );
+        let d = balanced(Complexity::VeryComplex, Some(0.82), Some(0.86));
+        expect(d.clone(), Pool::Local, "stays local");
+        expect(d, Pool::Local, "adapter v3) expects 0.82 local");
         // A simple module where the cloud is expected to add a lot: goes to the cloud.
-        let d = route_predicted(
-            Strategy::Balanced,
-            Complexity::Simple,
-            estimates(Some(0.40), Some(0.75)),
-        );
-        assert_eq!(d.pool, Pool::Cloud, "{:?}", d.reasons);
-        assert!(
-            d.reasons.iter().any(|r| r.contains("pays for the cloud")),
-            "{:?}",
-            d.reasons
-        );
+        let d = balanced(Complexity::Simple, Some(0.40), Some(0.75));
+        expect(d, Pool::Cloud, "pays for the cloud");
         // With only one pool learned, the complexity rule decides.
-        let d = route_predicted(
-            Strategy::Balanced,
-            Complexity::VeryComplex,
-            estimates(Some(0.9), None),
-        );
-        assert_eq!(d.pool, Pool::Cloud, "{:?}", d.reasons);
-        assert!(
-            d.reasons.iter().any(|r| r.contains("very_complex module")),
-            "{:?}",
-            d.reasons
-        );
+        let d = balanced(Complexity::VeryComplex, Some(0.9), None);
+        expect(d, Pool::Cloud, "very_complex module");
     }
 
     #[test]
     fn quality_stays_local_only_where_local_is_predicted_as_good() {
-        let d = route_predicted(
-            Strategy::Quality,
-            Complexity::Simple,
-            estimates(Some(0.9), Some(0.85)),
+        let quality = |local, cloud| {
+            route_predicted(
+                Strategy::Quality,
+                Complexity::Simple,
+                estimates(local, cloud),
+            )
+        };
+        expect(
+            quality(Some(0.9), Some(0.85)),
+            Pool::Local,
+            "local does as well",
         );
-        assert_eq!(d.pool, Pool::Local, "{:?}", d.reasons);
-        assert!(
-            d.reasons.iter().any(|r| r.contains("local does as well")),
-            "{:?}",
-            d.reasons
+        expect(
+            quality(Some(0.84), Some(0.85)),
+            Pool::Cloud,
+            "prefers the cloud",
         );
-        let d = route_predicted(
-            Strategy::Quality,
-            Complexity::Simple,
-            estimates(Some(0.84), Some(0.85)),
-        );
-        assert_eq!(d.pool, Pool::Cloud, "{:?}", d.reasons);
         // Cost and privacy-first do not consult it.
         for strategy in [Strategy::Cost, Strategy::PrivacyFirst] {
             let d = route_predicted(
@@ -845,7 +826,7 @@ mod tests {
                 Complexity::Simple,
                 estimates(Some(0.1), Some(0.9)),
             );
-            assert_eq!(d.pool, Pool::Local, "{strategy:?}: {:?}", d.reasons);
+            expect(d, Pool::Local, "local");
         }
     }
 

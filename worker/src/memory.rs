@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use qefleet_inference::Embedder;
-use qefleet_memory::{Bank, BankSettings, Inserted, Neighbour, Trajectory};
+use qefleet_memory::{Bank, BankSettings, Neighbour, Trajectory};
 use qefleet_schemas::{now_unix_ms, JobResult, JobStatus, QueuedJob};
 use qefleet_shared::metrics::Metrics;
 
@@ -198,13 +198,9 @@ impl Memory {
         let bank = self.bank.clone();
         match tokio::task::spawn_blocking(move || bank.insert(trajectory)).await {
             Ok(Ok(inserted)) => {
-                let outcome = match inserted {
-                    Inserted::New => "new",
-                    Inserted::Merged => "merged",
-                };
                 self.metrics
                     .memory_inserts
-                    .with_label_values(&[outcome])
+                    .with_label_values(&[inserted.label()])
                     .inc();
                 self.metrics.memory_stored.set(self.bank.len() as i64);
             }
