@@ -119,14 +119,20 @@ impl RouteMemory {
             .with_label_values(&["embed", self.embedder.provider().label()])
             .observe(started.elapsed().as_secs_f64());
         let searched = Instant::now();
-        // Searching the HNSW is a fraction of a millisecond: no blocking pool needed.
-        let neighbours = match self.bank.search(&embedding, RETRIEVE) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(error = %e, "router memory search failed");
-                Vec::new()
-            }
-        };
+        // Off the async threads: while the index is built at open, searches are exact.
+        let (bank, query) = (self.bank.clone(), embedding.clone());
+        let neighbours =
+            match tokio::task::spawn_blocking(move || bank.search(&query, RETRIEVE)).await {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "router memory search failed");
+                    Vec::new()
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "router memory search task failed");
+                    Vec::new()
+                }
+            };
         self.metrics
             .memory_search_seconds
             .with_label_values(&["route"])
@@ -157,7 +163,8 @@ impl RouteMemory {
         }
     }
 
-    /// Stores what a result of a job this replica routed reached on its pool.
+    /// Stores what a result of a job this replica routed reached on its pool, and for an
+    /// escalated job also what the local pool reached before it.
     pub async fn learn(&self, result: &JobResult) {
         if result.status == JobStatus::Expired {
             return;
@@ -169,34 +176,45 @@ impl RouteMemory {
         let Some(embedding) = embedding else {
             return;
         };
-        let trajectory = Trajectory {
-            job_id: result.job_id.clone(),
-            module_name: result.module_name.clone(),
-            embedding,
-            features: Vec::new(),
-            complexity: String::new(),
-            pool: result.pool.as_str().to_string(),
-            engine: result.engine.clone(),
-            rounds: result.refinement_rounds,
-            quality: match result.status {
-                JobStatus::Succeeded => result.quality_score.unwrap_or(0.0),
-                _ => 0.0,
-            },
-            patterns: Vec::new(),
-            suite: String::new(),
-            count: 1,
-            at_ms: now_unix_ms(),
+        let quality = match result.status {
+            JobStatus::Succeeded => result.quality_score.unwrap_or(0.0),
+            _ => 0.0,
         };
-        let bank = self.bank.clone();
-        match tokio::task::spawn_blocking(move || bank.insert(trajectory)).await {
-            Ok(Ok(inserted)) => {
-                self.metrics
-                    .memory_inserts
-                    .with_label_values(&[inserted.label()])
-                    .inc();
+        let mut outcomes = vec![(result.pool, result.engine.clone(), quality)];
+        if let Some(escalation) = &result.escalation {
+            outcomes.push((
+                Pool::Local,
+                escalation.local_engine.clone(),
+                escalation.local_quality_score.unwrap_or(0.0),
+            ));
+        }
+        for (pool, engine, quality) in outcomes {
+            let trajectory = Trajectory {
+                job_id: result.job_id.clone(),
+                module_name: result.module_name.clone(),
+                embedding: embedding.clone(),
+                features: Vec::new(),
+                complexity: String::new(),
+                pool: pool.as_str().to_string(),
+                engine,
+                rounds: result.refinement_rounds,
+                quality,
+                patterns: Vec::new(),
+                suite: String::new(),
+                count: 1,
+                at_ms: now_unix_ms(),
+            };
+            let bank = self.bank.clone();
+            match tokio::task::spawn_blocking(move || bank.insert(trajectory)).await {
+                Ok(Ok(inserted)) => {
+                    self.metrics
+                        .memory_inserts
+                        .with_label_values(&[inserted.label()])
+                        .inc();
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "router memory: outcome not stored"),
+                Err(e) => tracing::warn!(error = %e, "router memory: store task failed"),
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "router memory: outcome not stored"),
-            Err(e) => tracing::warn!(error = %e, "router memory: store task failed"),
         }
     }
 }
@@ -266,7 +284,8 @@ mod tests {
             neighbour("cloud", 0.1, 0.5, 10),
         ];
         let (local, cloud, jobs) = estimate(&found);
-        let want = (0.99 * 3.0 * 0.2 + 0.95 * 0.8) / (0.99 * 3.0 + 0.95);
+        let (a, b) = (f64::from(0.99f32), f64::from(0.95f32));
+        let want = (a * 3.0 * 0.2 + b * 0.8) / (a * 3.0 + b);
         assert!((local.expect("local") - want).abs() < 1e-9);
         assert_eq!(cloud, None, "one cloud job is not enough");
         assert_eq!(jobs, 5);

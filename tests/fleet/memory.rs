@@ -139,7 +139,8 @@ async fn the_router_learns_per_module_which_pool_does_better() {
             ..SchedulerArgs::default()
         })
         .await;
-    // Local does badly on the parser and well on calc; the cloud is middling on both.
+    // Local does badly on the parser and well on calc; the cloud is middling on both. The
+    // local worker's quality gate is the default 0.4.
     let local = fleet.worker_args(PoolArg::Local);
     fleet
         .worker(
@@ -165,7 +166,7 @@ async fn the_router_learns_per_module_which_pool_does_better() {
     };
     // Both modules are simple: the complexity rule keeps them local, and the memory is
     // empty, so it decides.
-    let (_, first) = route(
+    let (first_id, first) = route(
         fleet
             .submit(
                 &module("parser", PARSER, None),
@@ -174,6 +175,17 @@ async fn the_router_learns_per_module_which_pool_does_better() {
             .await,
     );
     assert_eq!(first.pool, Pool::Local, "{:?}", first.reasons);
+    // Its local result (0.3) misses the quality gate (0.4): escalated, the cloud's result
+    // comes back carrying the local one, and the memory learns both pools from it.
+    let (escalated, _) = fleet.result(&first_id, Duration::from_secs(30)).await;
+    assert_eq!(escalated.pool, Pool::Cloud);
+    assert!(escalated.escalation.is_some());
+    metrics_show(
+        port,
+        &["qefleet_memory_inserts_total{outcome=\"new\"} 2"],
+        "both pools remembered from the escalated job",
+    )
+    .await;
     // Teach it: each module twice on each pool (jobs that insist on their pool).
     for (name, source) in [("parser", PARSER), ("calc", CALC)] {
         for pool in [Pool::Local, Pool::Local, Pool::Cloud, Pool::Cloud] {
