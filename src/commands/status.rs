@@ -7,7 +7,10 @@ use futures_util::StreamExt;
 use qefleet_schemas::{now_unix_ms, Pool};
 use qefleet_shared::nats::NatsArgs;
 use qefleet_shared::provision::stream_configs;
-use qefleet_shared::subjects::{CONTROL_BUCKET, ROUTE_MODE_KEY, SPEND_BUCKET, WORKERS_BUCKET};
+use qefleet_shared::subjects::{
+    CONTROL_BUCKET, QUALITY_PREDICTOR_KEY, ROUTE_MODE_KEY, SONA_BUCKET, SPEND_BUCKET,
+    WORKERS_BUCKET,
+};
 use serde_json::json;
 
 #[derive(Debug, clap::Args)]
@@ -88,6 +91,25 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         .ok(),
         Err(_) => None,
     };
+    // The SONA quality predictor in use (the latest snapshot).
+    let sona = match js.get_key_value(SONA_BUCKET).await {
+        Ok(kv) => kv
+            .entry(QUALITY_PREDICTOR_KEY)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|e| {
+                let s = qefleet_learn::SonaSnapshot::decode(&e.value).ok()?;
+                Some(json!({
+                    "revision": e.revision,
+                    "adapter_version": s.version,
+                    "consolidation": s.consolidation,
+                    "jobs": s.jobs,
+                    "jobs_by_pool": s.jobs_by_pool,
+                }))
+            }),
+        Err(_) => None,
+    };
     let report = json!({
         "server": {"version": server.version, "name": server.server_name},
         "streams": streams,
@@ -96,6 +118,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         "live_workers": workers,
         "route_mode": route_mode,
         "cloud_spend_today_usd": cloud_spend_today,
+        "sona": sona,
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -136,6 +159,13 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             .as_deref()
             .unwrap_or("not set (schedulers' --route-mode)")
     );
+    match &sona {
+        Some(s) => println!(
+            "SONA quality predictor: adapter v{} (consolidation {}, revision {}), learned from {} jobs {}",
+            s["adapter_version"], s["consolidation"], s["revision"], s["jobs"], s["jobs_by_pool"]
+        ),
+        None => println!("SONA quality predictor: none yet (the first consolidation stores one)"),
+    }
     if let Some(usd) = cloud_spend_today {
         println!("cloud spend today ({day} UTC): ${usd:.4}");
     }

@@ -239,5 +239,11 @@ async fn sona_consolidations_learn_from_results_store_versioned_snapshots_and_ap
         "scheduler adapter version after the rollback",
     )
     .await;
+    let status = fleet.cli(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("SONA quality predictor: adapter v1 (consolidation 1, revision 3)"),
+        "{text}"
+    );
     fleet.stop().await;
 }
