@@ -303,6 +303,21 @@ impl Embedder {
         v.pop()
             .ok_or_else(|| InferenceError::Inference("no embedding returned".into()))
     }
+
+    /// Embeds one text and records the time in `qefleet_inference_seconds{op="embed"}`.
+    pub async fn embed_one_observed(
+        &self,
+        text: &str,
+        metrics: &qefleet_shared::metrics::Metrics,
+    ) -> Result<Vec<f32>, InferenceError> {
+        let started = Instant::now();
+        let embedding = self.embed_one(text).await?;
+        metrics
+            .inference_seconds
+            .with_label_values(&["embed", self.provider().label()])
+            .observe(started.elapsed().as_secs_f64());
+        Ok(embedding)
+    }
 }
 
 /// The process's embedder for `model_dir`: started by the first caller, shared by every

@@ -371,6 +371,24 @@ impl Bank {
         Ok(out)
     }
 
+    /// [`Bank::search`] on the blocking pool, for async callers (while the index is built at
+    /// open, searches are exact and can take milliseconds). A failure is logged and costs
+    /// the caller its neighbours, nothing else.
+    pub async fn search_off_thread(&self, embedding: Vec<f32>, k: usize) -> Vec<Neighbour> {
+        let bank = self.clone();
+        match tokio::task::spawn_blocking(move || bank.search(&embedding, k)).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "ReasoningBank search failed");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "ReasoningBank search task failed");
+                Vec::new()
+            }
+        }
+    }
+
     /// Stores a trajectory, or merges it into a near-duplicate of the same pool and
     /// engine (counts add up, quality becomes the mean, patterns the union).
     pub fn insert(&self, mut trajectory: Trajectory) -> Result<Inserted, BankError> {

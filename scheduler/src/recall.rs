@@ -106,33 +106,22 @@ impl RouteMemory {
     /// Embeds the module and estimates each pool from similar past jobs. A failure costs
     /// the job its recalled estimate, nothing else.
     pub async fn recall(&self, source: &str) -> Option<Recalled> {
-        let started = Instant::now();
-        let embedding = match self.embedder.embed_one(source).await {
+        let embedding = match self
+            .embedder
+            .embed_one_observed(source, &self.metrics)
+            .await
+        {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(error = %e, "module not embedded; routing without memory");
                 return None;
             }
         };
-        self.metrics
-            .inference_seconds
-            .with_label_values(&["embed", self.embedder.provider().label()])
-            .observe(started.elapsed().as_secs_f64());
         let searched = Instant::now();
-        // Off the async threads: while the index is built at open, searches are exact.
-        let (bank, query) = (self.bank.clone(), embedding.clone());
-        let neighbours =
-            match tokio::task::spawn_blocking(move || bank.search(&query, RETRIEVE)).await {
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "router memory search failed");
-                    Vec::new()
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "router memory search task failed");
-                    Vec::new()
-                }
-            };
+        let neighbours = self
+            .bank
+            .search_off_thread(embedding.clone(), RETRIEVE)
+            .await;
         self.metrics
             .memory_search_seconds
             .with_label_values(&["route"])

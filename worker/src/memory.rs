@@ -114,37 +114,26 @@ impl Memory {
     /// Embeds the job's module and retrieves similar past jobs. Failures cost the job
     /// its examples, nothing else.
     pub async fn recall(&self, queued: &QueuedJob) -> Option<Recall> {
-        let started = Instant::now();
-        let embedding = match self.embedder.embed_one(&queued.job.source).await {
+        let embedding = match self
+            .embedder
+            .embed_one_observed(&queued.job.source, &self.metrics)
+            .await
+        {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(error = %e, "module not embedded; no retrieval");
                 return None;
             }
         };
-        self.metrics
-            .inference_seconds
-            .with_label_values(&["embed", self.embedder.provider().label()])
-            .observe(started.elapsed().as_secs_f64());
-        let bank = self.bank.clone();
-        let query = embedding.clone();
         let searched = Instant::now();
-        let neighbours = tokio::task::spawn_blocking(move || bank.search(&query, RETRIEVE)).await;
+        let neighbours = self
+            .bank
+            .search_off_thread(embedding.clone(), RETRIEVE)
+            .await;
         self.metrics
             .memory_search_seconds
             .with_label_values(&[self.pool.as_str()])
             .observe(searched.elapsed().as_secs_f64());
-        let neighbours = match neighbours {
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "retrieval failed");
-                Vec::new()
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "retrieval task failed");
-                Vec::new()
-            }
-        };
         if let Some(best) = neighbours.first() {
             self.metrics
                 .memory_retrieved_quality
