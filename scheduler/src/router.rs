@@ -2,9 +2,9 @@
 //! job's own pool, the privacy flag, the operators' force switches, the strategy (cost,
 //! quality, privacy-first, balanced) with the job's budget, liveness, and spill-over when
 //! a pool's queue lag passes a threshold (never breaking privacy). Every decision carries
-//! its reasons. Once the SONA quality predictor has learned from enough jobs of both pools,
-//! its estimates decide the balanced and quality strategies instead of the complexity
-//! class alone.
+//! its reasons. Once there are quality estimates for both pools (the router's memory of
+//! similar past jobs, the SONA predictor filling a pool it lacks: `RouteInput::predicted`),
+//! they decide the balanced and quality strategies instead of the complexity class alone.
 
 use std::collections::HashMap;
 
