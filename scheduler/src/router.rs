@@ -753,11 +753,20 @@ mod tests {
     ) -> RouteDecision {
         let mut j = job();
         j.strategy = Some(strategy);
+        route_estimated(&j, class, predicted)
+    }
+
+    /// `j` routed with both pools live, no lag, and these estimates.
+    fn route_estimated(
+        j: &JobSpec,
+        class: Complexity,
+        predicted: Option<PoolEstimates>,
+    ) -> RouteDecision {
         let mut complexity = analyze(&j.source).expect("source").report;
         complexity.class = class;
         HybridRouter::default()
             .route(RouteInput {
-                job: &j,
+                job: j,
                 complexity: &complexity,
                 live: &live(1, 1),
                 lag: &PoolLag::default(),
@@ -842,21 +851,7 @@ mod tests {
             .expect("one explored");
         let mut j = job();
         j.job_id = Some(id.clone());
-        let mut complexity = analyze(&j.source).expect("source").report;
-        complexity.class = Complexity::Simple;
-        let route = |j: &JobSpec, predicted: Option<PoolEstimates>| {
-            HybridRouter::default()
-                .route(RouteInput {
-                    job: j,
-                    complexity: &complexity,
-                    live: &live(1, 1),
-                    lag: &PoolLag::default(),
-                    mode: RouteMode::Auto,
-                    budget_exhausted: None,
-                    predicted: predicted.as_ref(),
-                })
-                .expect("routed")
-        };
+        let route = |j: &JobSpec, predicted| route_estimated(j, Complexity::Simple, predicted);
         // Before the predictor has learned anything, the rule decides alone.
         assert_eq!(route(&j, None).pool, Pool::Local);
         let d = route(&j, estimates(Some(0.9), None));

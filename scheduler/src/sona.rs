@@ -35,12 +35,6 @@ impl QualityModel {
         *current = Some(Arc::new(snapshot));
     }
 
-    /// The adapter version in use, if any snapshot is loaded.
-    pub fn version(&self) -> Option<u64> {
-        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
-        current.as_ref().map(|s| s.version)
-    }
-
     /// How well a job with this complexity is expected to do on each pool; `None` while
     /// the predictor has not learned enough, or learned routing is off.
     pub fn estimate(&self, report: &ComplexityReport) -> Option<PoolEstimates> {
