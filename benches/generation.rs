@@ -6,7 +6,8 @@
 //! Set up once: `benches/eval/setup.sh`. Run: `cargo bench --bench generation`
 //! (env EVAL_BUDGET seconds per module and tool, default 60 as in the targets;
 //! EVAL_MODULES to pick some; EVAL_TOOLS=qefleet or pynguin to run one tool; EVAL_SUITES=DIR
-//! keeps qefleet's suites there). Prints each
+//! keeps qefleet's suites there; EVAL_MUTANT_SELECTION=0 turns the generator's choice of
+//! calls by mutants killed off). Prints each
 //! module's figures and, per tool, means and the medians the targets are stated in.
 
 use std::path::PathBuf;
@@ -74,6 +75,8 @@ async fn ours(sandbox: &Sandbox, module: &str, source: &str, budget: Duration) -
                 budget,
                 ..RefineSettings::default()
             },
+            // EVAL_MUTANT_SELECTION=0: calls chosen by lines alone, for comparison.
+            mutant_selection: std::env::var("EVAL_MUTANT_SELECTION").map_or(true, |v| v != "0"),
             ..GeneratorSettings::default()
         },
     );

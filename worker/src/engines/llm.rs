@@ -225,6 +225,7 @@ impl<M: ChatModel> Proposer for Proposing<'_, M> {
                 test_file,
                 tokens: completion.tokens,
                 cost_usd: completion.cost_usd,
+                ..Proposal::default()
             })
         })
     }

@@ -9,8 +9,9 @@ use super::python::{run_python, SuiteRun, Workspace};
 use crate::engine::{EngineError, EngineOutput};
 use crate::sandbox::Sandbox;
 
-const MUTANTS_SCRIPT: &str = include_str!("mutants.py");
-const MUTANTS_FILE: &str = "qefleet_mutants.py";
+/// The mutation tool; the local generator's probe imports its operators too.
+pub(crate) const MUTANTS_SCRIPT: &str = include_str!("mutants.py");
+pub(crate) const MUTANTS_FILE: &str = "qefleet_mutants.py";
 
 /// A mutant the suite did not kill.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

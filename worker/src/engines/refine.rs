@@ -50,6 +50,8 @@ pub struct RoundFeedback {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Proposal {
     pub test_file: Option<String>,
+    /// Test functions the engine knows to kill mutants: minimisation keeps them.
+    pub keep_tests: Vec<String>,
     pub tokens: TokenUsage,
     pub cost_usd: f64,
 }
@@ -120,6 +122,8 @@ struct Measured {
     dropped: Vec<String>,
     /// Test functions first to fail on some killed mutant.
     killers: Vec<String>,
+    /// Test functions the engine asked to keep.
+    keep: Vec<String>,
 }
 
 /// Runs the loop for one module in one workspace.
@@ -178,7 +182,8 @@ impl Refiner<'_> {
                 break;
             };
             rounds = round;
-            let measured = self.measure(test_file, deadline).await?;
+            let mut measured = self.measure(test_file, deadline).await?;
+            measured.keep = proposal.keep_tests;
             let gain = measured.quality - feedback.best_quality;
             tracing::debug!(
                 round,
@@ -232,7 +237,8 @@ impl Refiner<'_> {
         deadline: Instant,
     ) -> Result<Option<Measured>, EngineError> {
         let text = &best.output.test_file;
-        let needed = needed_tests(&best.run.lines_by_test, &best.killers);
+        let mut needed = needed_tests(&best.run.lines_by_test, &best.killers);
+        needed.extend(best.keep.iter().cloned());
         let remove: Vec<String> = test_functions(text)
             .into_iter()
             .filter(|t| !needed.contains(t))
@@ -310,6 +316,7 @@ impl Refiner<'_> {
             failing_output,
             dropped,
             killers,
+            keep: Vec::new(),
         })
     }
 
@@ -578,6 +585,7 @@ mod tests {
                         completion: 10,
                     },
                     cost_usd: 0.5,
+                    ..Proposal::default()
                 });
             Box::pin(async move { Ok(next.unwrap_or_default()) })
         }

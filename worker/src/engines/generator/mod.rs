@@ -10,12 +10,13 @@ pub mod inputs;
 pub mod render;
 pub mod targets;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use super::measure::{MUTANTS_FILE, MUTANTS_SCRIPT};
 use super::python::{find_python, helper_outcome, run_python, Workspace};
 use super::refine::{Proposal, ProposalFuture, Proposer, RefineSettings, Refiner, RoundFeedback};
 use crate::engine::{Engine, EngineError, EngineFuture, EngineRequest};
@@ -37,6 +38,9 @@ pub struct GeneratorSettings {
     pub cases_per_target: usize,
     /// Seconds one probed call may take.
     pub call_timeout: f64,
+    /// Choose calls also by the mutants their tests would kill (the probe runs them
+    /// against mutants of the module), not only by the lines they reach.
+    pub mutant_selection: bool,
     pub refine: RefineSettings,
 }
 
@@ -46,6 +50,7 @@ impl Default for GeneratorSettings {
             calls_per_target: 24,
             cases_per_target: 10,
             call_timeout: 1.0,
+            mutant_selection: true,
             refine: RefineSettings::default(),
         }
     }
@@ -85,9 +90,26 @@ struct Probed {
     #[serde(default)]
     float: bool,
     exception: Option<String>,
+    /// A `pytest.raises(match=...)` pattern for the exception's message.
+    #[serde(rename = "match")]
+    message: Option<String>,
     /// The instance's public attributes after the call: name, repr, is a float.
     #[serde(default)]
     state: Vec<(String, String, bool)>,
+}
+
+/// The mutants a probed call's test would kill that no call before it kills.
+#[derive(Debug, Deserialize)]
+struct Kills {
+    kills_of: usize,
+    sites: Vec<u32>,
+}
+
+/// What one probe run found: each call's outcome, and the mutants some calls kill.
+#[derive(Debug, Default)]
+struct ProbeRun {
+    probed: Vec<Probed>,
+    kills: HashMap<usize, Vec<u32>>,
 }
 
 impl Engine for LocalGenerator {
@@ -120,6 +142,7 @@ impl Engine for LocalGenerator {
                 .to_string();
             let workspace = Workspace::new(&job.module_name, &job.source)?;
             workspace.write(PROBE_FILE, PROBE_SCRIPT)?;
+            workspace.write(MUTANTS_FILE, MUTANTS_SCRIPT)?;
             let mut proposer = Proposing {
                 generator: self,
                 workspace: &workspace,
@@ -217,10 +240,10 @@ impl Proposer for Proposing<'_> {
             .into_iter()
             .filter(|c| self.probed.insert(c.key()))
             .collect();
-            let outcomes = self.probe_calls(&calls, deadline).await?;
-            self.observed = harvest(&outcomes);
+            let run = self.probe_calls(&calls, deadline).await?;
+            self.observed = harvest(&run.probed);
             let before = self.cases.len();
-            keep_new_cases(&mut self.cases, &calls, outcomes, settings.cases_per_target);
+            keep_new_cases(&mut self.cases, &calls, run, settings.cases_per_target);
             if feedback.round > 1 && self.cases.len() == before && dropped.is_empty() {
                 return Ok(Proposal::default());
             }
@@ -234,6 +257,7 @@ impl Proposer for Proposing<'_> {
             self.tests = rendered.tests;
             Ok(Proposal {
                 test_file: Some(rendered.text),
+                keep_tests: rendered.killing,
                 ..Proposal::default()
             })
         })
@@ -245,11 +269,26 @@ impl Proposing<'_> {
         &self,
         calls: &[Call],
         deadline: Instant,
-    ) -> Result<Vec<Probed>, EngineError> {
+    ) -> Result<ProbeRun, EngineError> {
         if calls.is_empty() {
-            return Ok(Vec::new());
+            return Ok(ProbeRun::default());
         }
+        let left = deadline.saturating_duration_since(Instant::now());
+        // Mutants the kept cases already kill need no other call.
+        let mutants = self.generator.settings.mutant_selection.then(|| {
+            let killed: BTreeSet<u32> = self
+                .cases
+                .iter()
+                .flat_map(|c| c.kills.iter().copied())
+                .collect();
+            serde_json::json!({
+                "file": self.workspace.path().join(MUTANTS_FILE).display().to_string(),
+                "killed": killed,
+                "budget": (left.as_secs_f64() / 4.0).min(MUTANT_PROBE_SECONDS),
+            })
+        });
         let request = serde_json::json!({
+            "mutants": mutants,
             "module": self.module_name,
             "alias": self.alias,
             "module_file": self.workspace.module_file.display().to_string(),
@@ -269,23 +308,30 @@ impl Proposing<'_> {
             left,
         )
         .await?;
-        // One line per probed call; a run cut off (a call hanging in C code) keeps the
-        // calls it finished. A module that does not import fails the job as before.
-        let probed: Vec<Probed> = finished
-            .stdout
-            .lines()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .collect();
+        // One line per probed call, then one per call that kills mutants; a run cut off
+        // (a call hanging in C code) keeps the calls it finished. A module that does not
+        // import fails the job as before.
+        let mut run = ProbeRun::default();
+        for line in finished.stdout.lines() {
+            if let Ok(k) = serde_json::from_str::<Kills>(line) {
+                run.kills.insert(k.kills_of, k.sites);
+            } else if let Ok(p) = serde_json::from_str::<Probed>(line) {
+                run.probed.push(p);
+            }
+        }
         match helper_outcome(&finished, "probing the module") {
-            Ok(()) => Ok(probed),
-            Err(e) if !probed.is_empty() && finished.ending != Ending::Exited(Some(3)) => {
-                tracing::debug!(kept = probed.len(), error = %e, "probe cut off; keeping the calls it finished");
-                Ok(probed)
+            Ok(()) => Ok(run),
+            Err(e) if !run.probed.is_empty() && finished.ending != Ending::Exited(Some(3)) => {
+                tracing::debug!(kept = run.probed.len(), error = %e, "probe cut off; keeping the calls it finished");
+                Ok(run)
             }
             Err(e) => Err(e),
         }
     }
 }
+
+/// Seconds a probe spends at most running calls against mutants.
+const MUTANT_PROBE_SECONDS: f64 = 12.0;
 
 /// Whether the module imports `random` (its draws are only reproducible when seeded).
 fn uses_random(source: &str) -> bool {
@@ -300,9 +346,13 @@ fn uses_random(source: &str) -> bool {
 }
 
 /// Adds probed calls that are deterministic and assertable and execute new lines, are
-/// the first value for their target, or show a new exception for it.
-fn keep_new_cases(cases: &mut Vec<Case>, calls: &[Call], probed: Vec<Probed>, per_target: usize) {
+/// the first value for their target, or show a new exception for it (at most
+/// `per_target` cases a target), or kill mutants no kept case kills (up to three times as
+/// many).
+fn keep_new_cases(cases: &mut Vec<Case>, calls: &[Call], run: ProbeRun, per_target: usize) {
     let mut covered: BTreeSet<u32> = cases.iter().flat_map(|c| c.lines.iter().copied()).collect();
+    let mut killed: BTreeSet<u32> = cases.iter().flat_map(|c| c.kills.iter().copied()).collect();
+    let ProbeRun { probed, mut kills } = run;
     for p in probed {
         let Some(call) = calls.get(p.id) else {
             continue;
@@ -313,14 +363,19 @@ fn keep_new_cases(cases: &mut Vec<Case>, calls: &[Call], probed: Vec<Probed>, pe
                 literal: p.literal,
                 float: p.float,
             },
-            ("raises", _, Some(exc)) => Outcome::Raises(exc),
+            ("raises", _, Some(exception)) => Outcome::Raises {
+                exception,
+                message: p.message,
+            },
             _ => continue,
         };
         let mine: Vec<&Case> = cases
             .iter()
             .filter(|c| c.call.target == call.target)
             .collect();
-        if mine.len() >= per_target {
+        let kills = kills.remove(&p.id).unwrap_or_default();
+        let new_kills = kills.iter().any(|k| !killed.contains(k));
+        if mine.len() >= per_target && !(new_kills && mine.len() < 3 * per_target) {
             continue;
         }
         let new_lines = p.call_lines.iter().any(|l| !covered.contains(l));
@@ -329,16 +384,20 @@ fn keep_new_cases(cases: &mut Vec<Case>, calls: &[Call], probed: Vec<Probed>, pe
                 .iter()
                 .any(|c| matches!(c.outcome, Outcome::Value { .. }));
         let new_exception = match &outcome {
-            Outcome::Raises(e) => !mine.iter().any(|c| c.outcome == Outcome::Raises(e.clone())),
+            Outcome::Raises { exception, .. } => !mine.iter().any(
+                |c| matches!(&c.outcome, Outcome::Raises { exception: e, .. } if e == exception),
+            ),
             Outcome::Value { .. } => false,
         };
-        if new_lines || first_value || new_exception {
+        if new_lines || first_value || new_exception || new_kills {
             covered.extend(p.call_lines.iter().copied());
+            killed.extend(kills.iter().copied());
             cases.push(Case {
                 call: call.clone(),
                 outcome,
                 lines: p.lines,
                 state: p.state,
+                kills,
             });
         }
     }
@@ -419,8 +478,16 @@ class Counter:
         source: &str,
         seconds: u64,
     ) -> Result<crate::engine::EngineOutput, EngineError> {
-        LocalGenerator::probe(None)
-            .await
+        generate_with(GeneratorSettings::default(), source, seconds).await
+    }
+
+    async fn generate_with(
+        settings: GeneratorSettings,
+        source: &str,
+        seconds: u64,
+    ) -> Result<crate::engine::EngineOutput, EngineError> {
+        let sandbox = Sandbox::new(find_python(), Limits::default()).await;
+        LocalGenerator::new(sandbox, settings)
             .generate(EngineRequest {
                 job: &queued("bank", source),
                 attempt: 1,
@@ -442,10 +509,13 @@ class Counter:
             "the literal 100 led to a large input:\n{file}"
         );
         assert!(
-            file.contains("pytest.raises(bank.InsufficientFunds)"),
+            file.contains("pytest.raises(bank.InsufficientFunds, match=r'not enough')"),
+            "the message is asserted too:\n{file}"
+        );
+        assert!(
+            file.contains("pytest.raises(ValueError, match=r'amount must be positive')"),
             "{file}"
         );
-        assert!(file.contains("pytest.raises(ValueError)"), "{file}");
         assert!(
             file.contains(
                 "    obj = bank.Counter()\n    assert obj.bump() == 1\n    assert obj.value == 1\n"
@@ -461,6 +531,37 @@ class Counter:
             "rounds are counted, at most 5 for a simple module (stop rules: refine.rs tests)"
         );
         assert!(out.quality_score.expect("quality") > 0.7);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_are_kept_for_the_mutants_they_kill() {
+        // 1 and 100 reach every line; only 10 tells `n < 10` from `n <= 10` (and from the
+        // constant 10 -> 11), and only the message tells the error from its mutant.
+        let source = "def level(n: int) -> str:\n    if n < 0:\n        raise ValueError('negative level')\n    if n < 10:\n        return 'low'\n    return 'high'\n";
+        let off = GeneratorSettings {
+            mutant_selection: false,
+            ..GeneratorSettings::default()
+        };
+        let by_lines = generate_with(off, source, 60).await.expect("generates");
+        let by_mutants = generate(source, 60).await.expect("generates");
+        let file = &by_mutants.test_file;
+        assert_eq!(by_mutants.tests_failed, 0, "{file}");
+        assert!(file.contains("((10,), 'high')"), "{file}");
+        assert!(
+            !by_lines.test_file.contains("((10,), 'high')"),
+            "no new line for 10: kept only for the mutants it kills\n{}",
+            by_lines.test_file
+        );
+        assert!(
+            file.contains("pytest.raises(ValueError, match=r'negative level')"),
+            "{file}"
+        );
+        assert_eq!(by_mutants.mutation_score, Some(1.0), "{file}");
+        assert!(
+            by_lines.mutation_score < by_mutants.mutation_score,
+            "{:?}",
+            by_lines.mutation_score
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,8 +10,16 @@ unassertable, or the setup itself failed); "lines" are the module's lines the se
 the call executed, "call_lines" those of the call alone; "state" lists the instance's
 public attributes after the call, [name, repr, is_float], when they are deterministic
 literals.
+
+With "mutants": {"file": "/abs/qefleet_mutants.py", "killed": [site, ...], "budget": s}
+the probe then runs the assertable calls again against mutants of the module (the
+mutation operators of qefleet_mutants.py, one site each, sites on lines the call
+executes, those in "killed" skipped) and prints {"kills_of": id, "sites": [...]} for a
+call whose test would fail on those mutants: a call earns its place in the suite by the
+mutants it tells apart, not only by the lines it reaches.
 """
 import ast
+import importlib.util
 import asyncio  # noqa: F401  (async targets are called through asyncio.run)
 import contextlib
 import datetime
@@ -20,9 +28,11 @@ import io
 import json
 import math
 import random
+import re
 import signal
 import sys
 import time
+import types
 
 
 class ProbeTimeout(BaseException):
@@ -60,7 +70,7 @@ def has_float(value):
     return False
 
 
-def run_once(setup, code, namespace, module_file, timeout):
+def run_once(setup, code, namespace, module_file, timeout, trace=True):
     # Lines of the call under test, apart from those its setup ran: a case is kept for
     # what its own call reaches.
     lines = set()
@@ -81,7 +91,8 @@ def run_once(setup, code, namespace, module_file, timeout):
     random.seed(0)
     ALARM["fired"] = False
     signal.setitimer(signal.ITIMER_REAL, timeout)
-    sys.settrace(tracer)
+    if trace:
+        sys.settrace(tracer)
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             try:
@@ -105,7 +116,7 @@ def run_once(setup, code, namespace, module_file, timeout):
         signal.setitimer(signal.ITIMER_REAL, 0)
     if ALARM["fired"]:
         outcome = ("timeout", None)
-    return outcome, (sorted(lines), sorted(lines | setup_lines)), state_of(namespace.get("obj"))
+    return outcome, (sorted(lines), sorted(lines | setup_lines)), namespace.get("obj")
 
 
 def state_of(obj):
@@ -142,31 +153,182 @@ def describe(call, module, alias, namespace, module_file, timeout):
         code = compile(call["expr"], "<call>", "eval")
         setup = compile(call["setup"], "<setup>", "exec") if call.get("setup") else None
     except SyntaxError:
-        return entry
-    first, lines, state = run_once(setup, code, namespace, module_file, timeout)
+        return entry, None
+    first, lines, obj = run_once(setup, code, namespace, module_file, timeout)
     if first[0] == "timeout":
         entry["kind"] = "timeout"
-        return entry
-    second, _, state_again = run_once(setup, code, namespace, module_file, timeout)
+        return entry, None
+    state = state_of(obj)
+    second, _, obj_again = run_once(setup, code, namespace, module_file, timeout)
     entry["call_lines"], entry["lines"] = lines
-    entry["state"] = state if state == state_again else []
+    entry["state"] = state if state == state_of(obj_again) else []
     kind, value = first
     if kind in ("timeout", "exit", "setup") or second[0] != kind:
-        return entry
+        return entry, None
     if kind == "raises":
         name = exception_name(value, module, alias)
         if name is None or type(second[1]) is not type(value):
-            return entry
+            return entry, None
         entry.update(kind="raises", exception=name)
-        return entry
+        pattern = message_pattern(value)
+        if pattern is not None and pattern == message_pattern(second[1]):
+            entry["match"] = pattern
+        return entry, (setup, code, "raises", type(value))
     try:
         text, again = repr(value), repr(second[1])
     except BaseException:
-        return entry
+        return entry, None
     if text != again or " at 0x" in text or len(text) > 400:
-        return entry
+        return entry, None
     entry.update(kind="value", repr=text, literal=literal(value, text), float=has_float(value))
-    return entry
+    return entry, (setup, code, "value", value)
+
+
+REGEX_SPECIAL = frozenset(".^$*+?{}[]\\|()")
+
+
+def message_pattern(exc):
+    """A `pytest.raises(match=...)` pattern for the exception's message (its first line,
+    at most 80 characters, escaped) as Python source, or None when it has none worth
+    asserting."""
+    try:
+        text = str(exc)
+    except BaseException:
+        return None
+    text = text.splitlines()[0][:80] if text.strip() else ""
+    if not text.strip() or " at 0x" in text:
+        return None
+    # Escaped as `re.escape` does, less the spaces it escapes too (pytest never searches
+    # in verbose mode): `match=r'amount must be positive \(got -1\)'` reads as the message.
+    pattern = "".join("\\" + c if c in REGEX_SPECIAL else c for c in text)
+    if "'" not in pattern and "\n" not in pattern and not pattern.endswith("\\"):
+        return f"r'{pattern}'"
+    return repr(pattern)
+
+
+def same_value(expected, entry, got):
+    """Whether the assertion render.rs writes for `expected` holds for `got`: `is None`,
+    `pytest.approx` for a float, `==` for another literal, else the `repr`."""
+    try:
+        if not entry.get("literal"):
+            return repr(got) == entry["repr"]
+        if expected is None:
+            return got is None
+        if isinstance(expected, float):
+            return close(got, expected)
+        return bool(got == expected)
+    except BaseException:
+        return False
+
+
+def close(got, expected):
+    """`got == pytest.approx(expected)` for numbers."""
+    if isinstance(got, bool) or not isinstance(got, (int, float)):
+        return False
+    return abs(got - expected) <= max(1e-6 * abs(expected), 1e-12)
+
+
+def survives(entry, original, outcome, obj):
+    """Whether the test written for `entry` would still pass on a mutant that gave `outcome`."""
+    kind, got = outcome
+    if kind in ("timeout", "exit"):
+        return True  # not counted: the probe's limit is not the suite's
+    if kind == "setup":
+        return False
+    _, _, expected_kind, expected = original
+    if expected_kind == "raises":
+        if kind != "raises" or not any(c.__name__ == expected.__name__ for c in type(got).__mro__):
+            return False
+        if "match" not in entry:
+            return True
+        try:
+            return re.search(ast.literal_eval(entry["match"]), str(got)) is not None
+        except BaseException:
+            return False
+    if kind != "value" or not same_value(expected, entry, got):
+        return False
+    for name, text, is_float in entry.get("state", []):
+        try:
+            want, have = ast.literal_eval(text), vars(obj)[name]
+            if not (close(have, want) if is_float and isinstance(want, float) else have == want):
+                return False
+        except BaseException:
+            return False
+    return True
+
+
+class Mutants:
+    """Mutants of the module under test, built on first use, one site each."""
+
+    def __init__(self, path, module, module_file, alias):
+        spec = importlib.util.spec_from_file_location("qefleet_mutants_lib", path)
+        self.lib = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(self.lib)
+        self.module = module
+        self.module_file = module_file
+        self.alias = alias
+        self.source = open(module_file).read()
+        mutator = self.lib.Mutator(None)
+        mutator.visit(ast.parse(self.source))
+        self.by_line = {}
+        for index, site in enumerate(mutator.sites):
+            self.by_line.setdefault(site["line"], []).append(index)
+        self.built = {}
+
+    def sites_on(self, lines):
+        return [i for line in lines for i in self.by_line.get(line, ())]
+
+    def get(self, index):
+        if index not in self.built:
+            self.built[index] = self.build(index)
+        return self.built[index]
+
+    def build(self, index):
+        tree = ast.fix_missing_locations(self.lib.Mutator(index).visit(ast.parse(self.source)))
+        mutant = types.ModuleType(self.module.__name__)
+        mutant.__file__ = self.module_file
+        mutant.__package__ = self.module.__package__
+        signal.setitimer(signal.ITIMER_REAL, 1.0)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                exec(compile(tree, self.module_file, "exec"), mutant.__dict__)
+        except BaseException:
+            return None  # a mutant that does not import fails every test: nothing to choose
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        return mutant
+
+
+def kill_mutants(spec, probed, module, alias, namespace, module_file):
+    """For each assertable call in order, the mutants on its lines its test would kill
+    that no earlier call (nor a kept test, `killed`) kills."""
+    stop_at = time.monotonic() + spec.get("budget", 10.0)
+    try:
+        mutants = Mutants(spec["file"], module, module_file, alias)
+    except BaseException as exc:
+        print(f"mutants unavailable: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return
+    killed = set(spec.get("killed", []))
+    for entry, original in probed:
+        kills = []
+        for index in mutants.sites_on(entry["lines"]):
+            if index in killed:
+                continue
+            if time.monotonic() > stop_at:
+                return
+            mutant = mutants.get(index)
+            if mutant is None:
+                continue
+            setup, code, _, _ = original
+            scope = dict(namespace)
+            scope[alias] = mutant
+            outcome, _, obj = run_once(setup, code, scope, module_file, 0.25, trace=False)
+            if not survives(entry, original, outcome, obj):
+                kills.append(index)
+                killed.add(index)
+        if kills:
+            sys.stdout.write(json.dumps({"kills_of": entry["id"], "sites": kills}) + "\n")
+            sys.stdout.flush()
 
 
 def main():
@@ -189,16 +351,21 @@ def main():
     # after the probe's own budget.
     timeouts = {}
     stop_at = time.monotonic() + request.get("budget", float("inf"))
+    probed = []
     for call in request["calls"]:
         target = call.get("target")
         if timeouts.get(target, 0) >= 2 or time.monotonic() > stop_at:
             continue
-        entry = describe(call, module, alias, namespace, module_file, request["timeout"])
+        entry, original = describe(call, module, alias, namespace, module_file, request["timeout"])
         if entry["kind"] == "timeout":
             timeouts[target] = timeouts.get(target, 0) + 1
             continue
         sys.stdout.write(json.dumps(entry) + "\n")
         sys.stdout.flush()
+        if original is not None:
+            probed.append((entry, original))
+    if request.get("mutants") and time.monotonic() < stop_at:
+        kill_mutants(request["mutants"], probed, module, alias, namespace, module_file)
 
 
 main()

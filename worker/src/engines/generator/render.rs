@@ -15,7 +15,12 @@ pub enum Outcome {
         literal: bool,
         float: bool,
     },
-    Raises(String),
+    /// The exception's name as the test refers to it, and a `match` pattern for its
+    /// message (Python source), when it has a deterministic one.
+    Raises {
+        exception: String,
+        message: Option<String>,
+    },
 }
 
 /// A call kept for the suite, with its outcome and the module lines it executes.
@@ -26,6 +31,9 @@ pub struct Case {
     pub lines: Vec<u32>,
     /// Public attributes of the instance after the call (name, repr, is a float).
     pub state: Vec<(String, String, bool)>,
+    /// Mutation sites (of `qefleet_mutants.py`) whose mutants this case's test kills and
+    /// no case before it did, as the probe found.
+    pub kills: Vec<u32>,
 }
 
 /// The generated file, and which target each test function belongs to.
@@ -33,6 +41,9 @@ pub struct Case {
 pub struct Rendered {
     pub text: String,
     pub tests: BTreeMap<String, usize>,
+    /// Test functions with a case kept for the mutants it kills: the loop's minimisation
+    /// keeps them (its own mutation run samples the mutants and may not see those).
+    pub killing: Vec<String>,
 }
 
 fn snake(s: &str) -> String {
@@ -80,7 +91,14 @@ fn assertion(expr: &str, outcome: &Outcome) -> String {
                 serde_json::to_string(repr).unwrap_or_default()
             )
         }
-        Outcome::Raises(exc) => format!("with pytest.raises({exc}):\n        {expr}"),
+        Outcome::Raises {
+            exception,
+            message: None,
+        } => format!("with pytest.raises({exception}):\n        {expr}"),
+        Outcome::Raises {
+            exception,
+            message: Some(pattern),
+        } => format!("with pytest.raises({exception}, match={pattern}):\n        {expr}"),
     }
 }
 
@@ -197,6 +215,7 @@ pub fn render(
         ));
     }
     let mut tests = BTreeMap::new();
+    let mut killing = Vec::new();
     let unique = |base: String, target: usize, tests: &mut BTreeMap<String, usize>| {
         let mut name = base.clone();
         let mut n = 2;
@@ -220,6 +239,9 @@ pub fn render(
             .collect();
         if parametrizable(target, &values) {
             let name = unique(base.clone(), index, &mut tests);
+            if values.iter().any(|c| !c.kills.is_empty()) {
+                killing.push(name.clone());
+            }
             text.push_str("\n\n@pytest.mark.parametrize(\n    \"args, expected\",\n    [\n");
             for case in &values {
                 let Outcome::Value { repr, float, .. } = &case.outcome else {
@@ -238,14 +260,17 @@ pub fn render(
         } else {
             for case in &values {
                 let name = unique(base.clone(), index, &mut tests);
+                if !case.kills.is_empty() {
+                    killing.push(name.clone());
+                }
                 text.push_str(&format!("\n\ndef {name}():\n{}", body(case)));
             }
         }
         for case in mine
             .iter()
-            .filter(|c| matches!(c.outcome, Outcome::Raises(_)))
+            .filter(|c| matches!(c.outcome, Outcome::Raises { .. }))
         {
-            let Outcome::Raises(exc) = &case.outcome else {
+            let Outcome::Raises { exception: exc, .. } = &case.outcome else {
                 continue;
             };
             let name = unique(
@@ -256,10 +281,17 @@ pub fn render(
                 index,
                 &mut tests,
             );
+            if !case.kills.is_empty() {
+                killing.push(name.clone());
+            }
             text.push_str(&format!("\n\ndef {name}():\n{}", body(case)));
         }
     }
-    Rendered { text, tests }
+    Rendered {
+        text,
+        tests,
+        killing,
+    }
 }
 
 #[cfg(test)]
@@ -290,15 +322,20 @@ mod tests {
             },
             lines: vec![2],
             state: vec![],
+            kills: vec![],
         };
         let cases = vec![
             value(&calls[0], "2", false),
             value(&calls[1], "1", false),
             Case {
                 call: calls[2].clone(),
-                outcome: Outcome::Raises("TypeError".into()),
+                outcome: Outcome::Raises {
+                    exception: "TypeError".into(),
+                    message: None,
+                },
                 lines: vec![2],
                 state: vec![],
+                kills: vec![],
             },
             value(
                 calls.iter().find(|c| c.target == 1).expect("method call"),
