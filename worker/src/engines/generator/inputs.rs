@@ -2,7 +2,7 @@
 //! literals the body compares against (and their neighbours), combined one factor at a
 //! time and then at random (seeded), into call expressions.
 
-use super::targets::{Owner, Param, Target};
+use super::targets::{operator_syntax, Owner, Param, Target};
 
 /// One call to probe.
 #[derive(Debug, Clone, PartialEq)]
@@ -392,8 +392,36 @@ fn arg_list(params: &[Param], values: &[String]) -> (Vec<String>, Vec<(String, S
 
 /// `obj = alias.Class(values...)`.
 fn constructor(alias: &str, class: &str, init: &[Param], values: &[String]) -> String {
+    format!("{INSTANCE} = {}", construct(alias, class, init, values))
+}
+
+/// `alias.Class(values...)`.
+fn construct(alias: &str, class: &str, init: &[Param], values: &[String]) -> String {
     let (a, k) = arg_list(init, values);
-    format!("{INSTANCE} = {alias}.{class}({})", render_args(&a, &k))
+    format!("{alias}.{class}({})", render_args(&a, &k))
+}
+
+/// Two instances of a class as expressions: built from the constructor's typical values,
+/// and from the next value of each parameter's pool.
+fn instances(alias: &str, class: &str, init: &[Param]) -> Vec<String> {
+    let pools: Vec<Vec<String>> = init.iter().map(|p| pool(p, &[], 6)).collect();
+    let mut out: Vec<String> = Vec::new();
+    for pick in 0..2 {
+        let values: Vec<String> = pools
+            .iter()
+            .map(|p| {
+                p.get(pick)
+                    .or(p.first())
+                    .cloned()
+                    .unwrap_or_else(|| "1".into())
+            })
+            .collect();
+        let expr = construct(alias, class, init, &values);
+        if !out.contains(&expr) {
+            out.push(expr);
+        }
+    }
+    out
 }
 
 fn render_args(args: &[String], kwargs: &[(String, String)]) -> String {
@@ -423,6 +451,14 @@ pub fn call_expr(
         Owner::Class { class } => format!("{alias}.{class}.{}", target.name),
         Owner::Instance { .. } => format!("{INSTANCE}.{}", target.name),
     };
+    if let (Owner::Instance { .. }, Some(syntax)) = (&target.owner, operator_syntax(&target.name)) {
+        let arg = args.first().or(kwargs.first().map(|(_, v)| v));
+        match arg {
+            Some(arg) => return syntax.replace("{0}", INSTANCE).replace("{1}", arg),
+            None if !syntax.contains("{1}") => return syntax.replace("{0}", INSTANCE),
+            None => {}
+        }
+    }
     let call = format!("{callee}({})", render_args(args, kwargs));
     match (target.is_async, target.is_generator) {
         (true, _) => format!("asyncio.run({call})"),
@@ -451,7 +487,25 @@ pub fn synthesize(
             let mut pools: Vec<Vec<String>> = target
                 .params
                 .iter()
-                .map(|p| pool(p, &literals, 14))
+                .map(|p| {
+                    let mut values = pool(p, &literals, 14);
+                    // `other` of a method (`__eq__`, `union`) is most often another
+                    // instance of the class.
+                    if let Owner::Instance { class, init } = &target.owner {
+                        let same_class = p.name == "other"
+                            || p.annotation
+                                .as_deref()
+                                .is_some_and(|a| a.trim_matches(['"', '\'']) == class.as_str());
+                        if !same_class {
+                            return values;
+                        }
+                        for (i, expr) in instances(alias, class, init).into_iter().enumerate() {
+                            values.retain(|v| v != &expr);
+                            values.insert(i, expr);
+                        }
+                    }
+                    values
+                })
                 .collect();
             // Arguments of the module's own doctest examples are inputs it documents.
             for example in &target.examples {

@@ -580,6 +580,28 @@ class Counter:
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn special_methods_are_tested_through_their_syntax() {
+        let source = "class Bag:\n    def __init__(self, items=None):\n        self.items = list(items or [])\n\n    def __len__(self):\n        return len(self.items)\n\n    def __contains__(self, x):\n        return x in self.items\n\n    def __getitem__(self, i):\n        return self.items[i]\n\n    def __eq__(self, other):\n        if not isinstance(other, Bag):\n            return NotImplemented\n        return self.items == other.items\n\n    def __or__(self, other):\n        return Bag(self.items + [x for x in other.items if x not in self.items])\n";
+        let out = generate(source, 60).await.expect("generates");
+        let file = &out.test_file;
+        assert_eq!(out.tests_failed, 0, "{file}");
+        for syntax in [
+            "len(obj)",
+            " in obj)",
+            "obj[",
+            "(obj == bank.Bag(",
+            "(obj | bank.Bag(",
+        ] {
+            assert!(file.contains(syntax), "{syntax}:\n{file}");
+        }
+        assert!(
+            !file.contains("__"),
+            "no special method is called by name:\n{file}"
+        );
+        assert_eq!(out.line_coverage, Some(1.0), "{file}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn file_objects_and_dates_are_built_from_the_standard_library() {
         let source = "def count_lines(file_obj):\n    n = 0\n    for line in file_obj:\n        n += 1\n    return n\n\n\ndef weekday(dt):\n    if dt.weekday() >= 5:\n        return 'weekend'\n    return 'weekday'\n";
         let out = generate(source, 60).await.expect("generates");

@@ -115,7 +115,10 @@ fn body(case: &Case) -> String {
         return format!("    {}\n", assertion(&call.expr, &case.outcome));
     }
     let asserts_state = !case.state.is_empty() && matches!(case.outcome, Outcome::Value { .. });
-    if let (1, Some(ctor), false) = (call.setup.len(), constructor, asserts_state) {
+    let method_call = call.expr.starts_with(&format!("{INSTANCE}."));
+    if let (1, Some(ctor), false, true) =
+        (call.setup.len(), constructor, asserts_state, method_call)
+    {
         let expr = call
             .expr
             .replacen(&format!("{INSTANCE}."), &format!("{ctor}."), 1);

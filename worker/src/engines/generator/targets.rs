@@ -65,6 +65,47 @@ impl Target {
     }
 }
 
+/// The syntax that calls a special method, `{0}` standing for the instance and `{1}` for
+/// the one argument: `obj[1]` tests `__getitem__`, `len(obj)` `__len__`. Special methods
+/// without one (`__hash__`, `__setitem__`, in-place operators) are not targets. Binary
+/// operators are parenthesised: the expression sits inside `assert ... == expected`.
+pub fn operator_syntax(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "__getitem__" => "{0}[{1}]",
+        "__contains__" => "({1} in {0})",
+        "__len__" => "len({0})",
+        "__iter__" => "list({0})",
+        "__reversed__" => "list(reversed({0}))",
+        "__repr__" => "repr({0})",
+        "__str__" => "str({0})",
+        "__bool__" => "bool({0})",
+        "__int__" => "int({0})",
+        "__float__" => "float({0})",
+        "__abs__" => "abs({0})",
+        "__neg__" => "(-{0})",
+        "__invert__" => "(~{0})",
+        "__eq__" => "({0} == {1})",
+        "__ne__" => "({0} != {1})",
+        "__lt__" => "({0} < {1})",
+        "__le__" => "({0} <= {1})",
+        "__gt__" => "({0} > {1})",
+        "__ge__" => "({0} >= {1})",
+        "__add__" => "({0} + {1})",
+        "__sub__" => "({0} - {1})",
+        "__mul__" => "({0} * {1})",
+        "__truediv__" => "({0} / {1})",
+        "__floordiv__" => "({0} // {1})",
+        "__mod__" => "({0} % {1})",
+        "__pow__" => "({0} ** {1})",
+        "__and__" => "({0} & {1})",
+        "__or__" => "({0} | {1})",
+        "__xor__" => "({0} ^ {1})",
+        "__lshift__" => "({0} << {1})",
+        "__rshift__" => "({0} >> {1})",
+        _ => return None,
+    })
+}
+
 /// Why a module could not be read.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("cannot parse the module: {0}")]
@@ -220,8 +261,11 @@ fn doctest_examples(suite: &[ast::Stmt]) -> Vec<(String, Example)> {
     let mut texts = Vec::new();
     docstrings(suite, &mut texts);
     let mut calls = ExampleCalls::default();
-    for text in &texts {
-        for line in text.lines() {
+    for docstring in &texts {
+        // Names an example assigns a literal to (`>>> SIZES = [1.5, 4]`) stand for it in
+        // the calls after them in the same docstring.
+        calls.names.clear();
+        for line in docstring.lines() {
             let Some(code) = line.trim_start().strip_prefix(">>> ") else {
                 continue;
             };
@@ -230,6 +274,14 @@ fn doctest_examples(suite: &[ast::Stmt]) -> Vec<(String, Example)> {
             };
             calls.source = code.to_string();
             for stmt in parsed {
+                if let ast::Stmt::Assign(a) = &stmt {
+                    if let ([ast::Expr::Name(n)], true) =
+                        (a.targets.as_slice(), is_literal(&a.value))
+                    {
+                        let value = text(code, ast::Ranged::range(a.value.as_ref()));
+                        calls.names.insert(n.id.to_string(), value);
+                    }
+                }
                 calls.visit_stmt(stmt);
             }
         }
@@ -240,7 +292,20 @@ fn doctest_examples(suite: &[ast::Stmt]) -> Vec<(String, Example)> {
 #[derive(Default)]
 struct ExampleCalls {
     source: String,
+    /// Literals the docstring's examples assigned to names so far.
+    names: std::collections::HashMap<String, String>,
     found: Vec<(String, Example)>,
+}
+
+impl ExampleCalls {
+    /// An argument as literal source: a literal, or a name assigned one earlier.
+    fn literal_text(&self, expr: &ast::Expr) -> Option<String> {
+        match expr {
+            ast::Expr::Name(n) => self.names.get(n.id.as_str()).cloned(),
+            e if is_literal(e) => Some(text(&self.source, ast::Ranged::range(e))),
+            _ => None,
+        }
+    }
 }
 
 /// A constant, or a container or sign of constants.
@@ -268,32 +333,14 @@ impl Visitor for ExampleCalls {
             ast::Expr::Attribute(a) => Some(a.attr.to_string()),
             _ => None,
         };
-        let literal = node.args.iter().all(is_literal)
-            && node
-                .keywords
-                .iter()
-                .all(|k| k.arg.is_some() && is_literal(&k.value));
-        if let (Some(callee), true) = (callee, literal) {
-            let example = Example {
-                args: node
-                    .args
-                    .iter()
-                    .map(|a| text(&self.source, ast::Ranged::range(a)))
-                    .collect(),
-                kwargs: node
-                    .keywords
-                    .iter()
-                    .filter_map(|k| {
-                        k.arg.as_ref().map(|name| {
-                            (
-                                name.to_string(),
-                                text(&self.source, ast::Ranged::range(&k.value)),
-                            )
-                        })
-                    })
-                    .collect(),
-            };
-            self.found.push((callee, example));
+        let args: Option<Vec<String>> = node.args.iter().map(|a| self.literal_text(a)).collect();
+        let kwargs: Option<Vec<(String, String)>> = node
+            .keywords
+            .iter()
+            .map(|k| Some((k.arg.as_ref()?.to_string(), self.literal_text(&k.value)?)))
+            .collect();
+        if let (Some(callee), Some(args), Some(kwargs)) = (callee, args, kwargs) {
+            self.found.push((callee, Example { args, kwargs }));
         }
         self.generic_visit_expr_call(node);
     }
@@ -338,7 +385,11 @@ fn build(
     owner: Owner,
     skip_first: bool,
 ) -> Option<Target> {
-    if name.as_str().starts_with('_') {
+    let operator = match &owner {
+        Owner::Instance { .. } => operator_syntax(name.as_str()),
+        _ => None,
+    };
+    if name.as_str().starts_with('_') && operator.is_none() {
         return None;
     }
     // *args/**kwargs are left empty; the named parameters are what inputs are made for.
@@ -356,7 +407,15 @@ fn build(
     Some(Target {
         name: name.to_string(),
         owner,
-        params: params(source, args, skip_first),
+        params: match operator {
+            // The syntax passes the first argument (`obj[k]`) or none (`len(obj)`).
+            Some(syntax) => {
+                let mut ps = params(source, args, skip_first);
+                ps.truncate(usize::from(syntax.contains("{1}")));
+                ps
+            }
+            None => params(source, args, skip_first),
+        },
         is_async,
         is_generator: collector.generator,
         lines: (
@@ -492,6 +551,24 @@ mod tests {
         );
         assert_eq!(targets[1].examples.len(), 1);
         assert_eq!(targets[1].examples[0].args, vec!["3".to_string()]);
+    }
+
+    #[test]
+    fn names_a_doctest_assigns_literals_to_stand_for_them() {
+        let src = "def ceil(x, options=None):\n    \"\"\"\n    >>> SIZES = [1.5, 2.5, 4]\n    >>> ceil(3.5, options=SIZES)\n    4\n    >>> ceil(y)\n    \"\"\"\n    return x\n\n\ndef other(v):\n    \"\"\">>> other(SIZES)\"\"\"\n    return v\n";
+        let targets = find_targets(src).expect("parses");
+        assert_eq!(
+            targets[0].examples,
+            vec![Example {
+                args: vec!["3.5".into()],
+                kwargs: vec![("options".into(), "[1.5, 2.5, 4]".into())]
+            }],
+            "`y` was never assigned"
+        );
+        assert!(
+            targets[1].examples.is_empty(),
+            "a name stands for its literal only in its own docstring"
+        );
     }
 
     const MODULE: &str = r#"
