@@ -642,7 +642,11 @@ impl<'a> Instance<'a> {
             siblings: targets
                 .iter()
                 .enumerate()
-                .filter(|(_, t)| matches!(&t.owner, Owner::Instance { class: c, .. } if c == class))
+                // Special methods query (`len(obj)`, `x in obj`): they bring no state.
+                .filter(|(_, t)| {
+                    matches!(&t.owner, Owner::Instance { class: c, .. } if c == class)
+                        && operator_syntax(&t.name).is_none()
+                })
                 .map(|(i, _)| i)
                 .collect(),
         })
@@ -671,7 +675,7 @@ impl<'a> Instance<'a> {
             })
             .collect();
         let mut setup = vec![constructor(alias, self.class, self.init, &values)];
-        if n == 0 {
+        if n == 0 || self.siblings.is_empty() {
             return setup;
         }
         for _ in 0..rng.below(3) {

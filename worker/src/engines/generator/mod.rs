@@ -96,6 +96,9 @@ struct Probed {
     /// The instance's public attributes after the call: name, repr, is a float.
     #[serde(default)]
     state: Vec<(String, String, bool)>,
+    /// Of an `object` result: its public attributes, as `state`.
+    #[serde(default)]
+    fields: Vec<(String, String, bool)>,
 }
 
 /// The mutants a probed call's test would kill that no call before it kills.
@@ -363,6 +366,7 @@ fn keep_new_cases(cases: &mut Vec<Case>, calls: &[Call], run: ProbeRun, per_targ
                 literal: p.literal,
                 float: p.float,
             },
+            ("object", _, _) if !p.fields.is_empty() => Outcome::Object { fields: p.fields },
             ("raises", _, Some(exception)) => Outcome::Raises {
                 exception,
                 message: p.message,
@@ -379,15 +383,13 @@ fn keep_new_cases(cases: &mut Vec<Case>, calls: &[Call], run: ProbeRun, per_targ
             continue;
         }
         let new_lines = p.call_lines.iter().any(|l| !covered.contains(l));
-        let first_value = matches!(outcome, Outcome::Value { .. })
-            && !mine
-                .iter()
-                .any(|c| matches!(c.outcome, Outcome::Value { .. }));
+        let returns = |o: &Outcome| !matches!(o, Outcome::Raises { .. });
+        let first_value = returns(&outcome) && !mine.iter().any(|c| returns(&c.outcome));
         let new_exception = match &outcome {
             Outcome::Raises { exception, .. } => !mine.iter().any(
                 |c| matches!(&c.outcome, Outcome::Raises { exception: e, .. } if e == exception),
             ),
-            Outcome::Value { .. } => false,
+            Outcome::Value { .. } | Outcome::Object { .. } => false,
         };
         if new_lines || first_value || new_exception || new_kills {
             covered.extend(p.call_lines.iter().copied());
@@ -597,6 +599,15 @@ class Counter:
         assert!(
             !file.contains("__"),
             "no special method is called by name:\n{file}"
+        );
+        assert!(
+            file.contains("with pytest.raises(IndexError):"),
+            "the interpreter's messages change between Python versions: not asserted\n{file}"
+        );
+        assert!(
+            file.contains("    result = (obj | bank.Bag(")
+                && file.contains("    assert result.items == ["),
+            "a result that shows no value in its repr is checked by its attributes\n{file}"
         );
         assert_eq!(out.line_coverage, Some(1.0), "{file}");
     }

@@ -21,6 +21,9 @@ pub enum Outcome {
         exception: String,
         message: Option<String>,
     },
+    /// An instance whose `repr` shows no value (`<mod.Bag object at 0x...>`): its public
+    /// attributes (name, repr, is a float) are asserted instead.
+    Object { fields: Vec<(String, String, bool)> },
 }
 
 /// A call kept for the suite, with its outcome and the module lines it executes.
@@ -91,6 +94,16 @@ fn assertion(expr: &str, outcome: &Outcome) -> String {
                 serde_json::to_string(repr).unwrap_or_default()
             )
         }
+        Outcome::Object { fields } => {
+            let mut out = format!("result = {expr}");
+            for (name, repr, float) in fields {
+                out.push_str(&format!(
+                    "\n    assert result.{name} == {}",
+                    expected(repr, *float)
+                ));
+            }
+            out
+        }
         Outcome::Raises {
             exception,
             message: None,
@@ -114,7 +127,7 @@ fn body(case: &Case) -> String {
     if call.setup.is_empty() {
         return format!("    {}\n", assertion(&call.expr, &case.outcome));
     }
-    let asserts_state = !case.state.is_empty() && matches!(case.outcome, Outcome::Value { .. });
+    let asserts_state = !case.state.is_empty() && !matches!(case.outcome, Outcome::Raises { .. });
     let method_call = call.expr.starts_with(&format!("{INSTANCE}."));
     if let (1, Some(ctor), false, true) =
         (call.setup.len(), constructor, asserts_state, method_call)
@@ -238,7 +251,7 @@ pub fn render(
         let values: Vec<&Case> = mine
             .iter()
             .copied()
-            .filter(|c| matches!(c.outcome, Outcome::Value { .. }))
+            .filter(|c| !matches!(c.outcome, Outcome::Raises { .. }))
             .collect();
         if parametrizable(target, &values) {
             let name = unique(base.clone(), index, &mut tests);
