@@ -18,6 +18,9 @@ pub struct Call {
     /// Statements run before `expr`: for a method, building the instance `obj` and the
     /// calls that bring it into the state the method is tested in.
     pub setup: Vec<String>,
+    /// Expressions observing the instance after the call (`obj.draw()`, `len(obj)`):
+    /// what a method that returns nothing did shows through them.
+    pub observers: Vec<String>,
 }
 
 impl Call {
@@ -582,6 +585,10 @@ pub fn synthesize(
                 args,
                 kwargs,
                 setup,
+                observers: instance
+                    .as_ref()
+                    .map(|i| i.observers(alias, targets, index))
+                    .unwrap_or_default(),
             }
         };
         let mut own: Vec<Call> = Vec::new();
@@ -627,6 +634,48 @@ struct Instance<'a> {
     init: &'a [Param],
     init_pools: Vec<Vec<String>>,
     siblings: Vec<usize>,
+    /// Methods that read the instance's state without arguments.
+    inspectors: Vec<usize>,
+}
+
+/// Most inspectors evaluated after a call.
+const MAX_OBSERVERS: usize = 3;
+
+/// A method that reads the instance without arguments and, by its name, changes nothing:
+/// `len(obj)`, `list(obj)`, `str(obj)`, `obj.draw()`, `obj.as_list()`, `obj.get_width()`.
+fn is_inspector(target: &Target) -> bool {
+    let params_required = target
+        .params
+        .iter()
+        .any(|p| p.default.is_none() && !p.name.starts_with('*'));
+    if params_required || target.is_async || target.is_generator {
+        return false;
+    }
+    if let Some(syntax) = operator_syntax(&target.name) {
+        return !syntax.contains("{1}")
+            && matches!(
+                target.name.as_str(),
+                "__len__" | "__iter__" | "__str__" | "__repr__" | "__bool__"
+            );
+    }
+    let n = target.name.as_str();
+    ["get", "as_", "to_", "is_", "has_"]
+        .iter()
+        .any(|p| n.starts_with(p))
+        || matches!(
+            n,
+            "draw"
+                | "render"
+                | "dump"
+                | "dumps"
+                | "count"
+                | "size"
+                | "keys"
+                | "values"
+                | "items"
+                | "total"
+                | "summary"
+        )
 }
 
 impl<'a> Instance<'a> {
@@ -639,6 +688,15 @@ impl<'a> Instance<'a> {
             class,
             init,
             init_pools: init.iter().map(|p| pool(p, &[], 6)).collect(),
+            inspectors: targets
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| {
+                    matches!(&t.owner, Owner::Instance { class: c, .. } if c == class)
+                        && is_inspector(t)
+                })
+                .map(|(i, _)| i)
+                .collect(),
             siblings: targets
                 .iter()
                 .enumerate()
@@ -650,6 +708,16 @@ impl<'a> Instance<'a> {
                 .map(|(i, _)| i)
                 .collect(),
         })
+    }
+
+    /// The inspectors to evaluate after a call of target `called` (not itself).
+    fn observers(&self, alias: &str, targets: &[Target], called: usize) -> Vec<String> {
+        self.inspectors
+            .iter()
+            .filter(|&&i| i != called)
+            .take(MAX_OBSERVERS)
+            .map(|&i| call_expr(alias, &targets[i], &[], &[]))
+            .collect()
     }
 
     /// Statements building the instance for call number `n` of a method: the typical

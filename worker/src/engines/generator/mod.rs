@@ -96,6 +96,9 @@ struct Probed {
     /// The instance's public attributes after the call: name, repr, is a float.
     #[serde(default)]
     state: Vec<(String, String, bool)>,
+    /// The call's inspectors (`obj.draw()`) after it: expression, repr, literal, float.
+    #[serde(default)]
+    observed: Vec<(String, String, bool, bool)>,
     /// Of an `object` result: its public attributes, as `state`.
     #[serde(default)]
     fields: Vec<(String, String, bool)>,
@@ -298,7 +301,7 @@ impl Proposing<'_> {
             "timeout": self.generator.settings.call_timeout,
             // Half the time left: measuring what was found needs the rest.
             "budget": deadline.saturating_duration_since(Instant::now()).as_secs_f64() / 2.0,
-            "calls": calls.iter().enumerate().map(|(i, c)| serde_json::json!({"id": i, "target": c.target, "expr": c.expr, "setup": c.setup.join("\n")})).collect::<Vec<_>>(),
+            "calls": calls.iter().enumerate().map(|(i, c)| serde_json::json!({"id": i, "target": c.target, "expr": c.expr, "setup": c.setup.join("\n"), "observers": c.observers})).collect::<Vec<_>>(),
         });
         self.workspace.write(REQUEST_FILE, &request.to_string())?;
         let left = deadline
@@ -399,6 +402,7 @@ fn keep_new_cases(cases: &mut Vec<Case>, calls: &[Call], run: ProbeRun, per_targ
                 outcome,
                 lines: p.lines,
                 state: p.state,
+                observed: p.observed,
                 kills,
             });
         }
@@ -610,6 +614,19 @@ class Counter:
             "a result that shows no value in its repr is checked by its attributes\n{file}"
         );
         assert_eq!(out.line_coverage, Some(1.0), "{file}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_a_method_returning_nothing_did_is_read_through_inspectors() {
+        // add_row returns None and keeps its rows private: only draw() shows them.
+        let source = "class Table:\n    def __init__(self):\n        self._rows = []\n\n    def add_row(self, row: list):\n        if len(row) > 3:\n            raise ValueError('too wide')\n        self._rows.append(list(row))\n\n    def draw(self) -> str:\n        return '\\n'.join(','.join(str(c) for c in r) for r in self._rows)\n";
+        let out = generate(source, 60).await.expect("generates");
+        let file = &out.test_file;
+        assert_eq!(out.tests_failed, 0, "{file}");
+        assert!(
+            file.contains("    obj.add_row([1, 2, 3])\n    assert obj.draw() == '1,2,3'\n"),
+            "{file}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

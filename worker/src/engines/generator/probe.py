@@ -116,7 +116,7 @@ def run_once(setup, code, namespace, module_file, timeout, trace=True):
         signal.setitimer(signal.ITIMER_REAL, 0)
     if ALARM["fired"]:
         outcome = ("timeout", None)
-    return outcome, (sorted(lines), sorted(lines | setup_lines)), namespace.get("obj")
+    return outcome, (sorted(lines), sorted(lines | setup_lines)), namespace
 
 
 def state_of(obj):
@@ -154,14 +154,19 @@ def describe(call, module, alias, namespace, module_file, timeout):
         setup = compile(call["setup"], "<setup>", "exec") if call.get("setup") else None
     except SyntaxError:
         return entry, None
-    first, lines, obj = run_once(setup, code, namespace, module_file, timeout)
+    first, lines, scope = run_once(setup, code, namespace, module_file, timeout)
     if first[0] == "timeout":
         entry["kind"] = "timeout"
         return entry, None
-    state = state_of(obj)
-    second, _, obj_again = run_once(setup, code, namespace, module_file, timeout)
+    state = state_of(scope.get("obj"))
+    observers = call.get("observers") or []
+    seen = observe(observers, scope, timeout) if first[0] == "value" else []
+    second, _, scope_again = run_once(setup, code, namespace, module_file, timeout)
     entry["call_lines"], entry["lines"] = lines
-    entry["state"] = state if state == state_of(obj_again) else []
+    entry["state"] = state if state == state_of(scope_again.get("obj")) else []
+    if seen:
+        again = dict((o[0], o) for o in observe(observers, scope_again, timeout))
+        entry["observed"] = [o for o in seen if again.get(o[0]) == o]
     kind, value = first
     if kind in ("timeout", "exit", "setup") or second[0] != kind:
         return entry, None
@@ -234,6 +239,27 @@ def message_pattern(exc):
     return repr(pattern)
 
 
+def observe(observers, scope, timeout):
+    """Each inspector's value after the call, as [expr, repr, literal, float], those that
+    return an assertable value; untraced (their lines are not the call's)."""
+    out = []
+    for expr in observers:
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                value = eval(expr, scope)
+            text = repr(value)
+        except BaseException:
+            continue
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        if ALARM["fired"] or " at 0x" in text or len(text) > 400:
+            ALARM["fired"] = False
+            continue
+        out.append([expr, text, literal(value, text), has_float(value)])
+    return out
+
+
 def same_value(expected, entry, got):
     """Whether the assertion render.rs writes for `expected` holds for `got`: `is None`,
     `pytest.approx` for a float, `==` for another literal, else the `repr`."""
@@ -256,7 +282,7 @@ def close(got, expected):
     return abs(got - expected) <= max(1e-6 * abs(expected), 1e-12)
 
 
-def survives(entry, original, outcome, obj):
+def survives(entry, original, outcome, scope):
     """Whether the test written for `entry` would still pass on a mutant that gave `outcome`."""
     kind, got = outcome
     if kind in ("timeout", "exit"):
@@ -280,7 +306,25 @@ def survives(entry, original, outcome, obj):
             return False
     elif not same_value(expected, entry, got):
         return False
-    return fields_hold(obj, entry.get("state", []))
+    if not fields_hold(scope.get("obj"), entry.get("state", [])):
+        return False
+    observed = entry.get("observed") or []
+    if not observed:
+        return True
+    now = observe([o[0] for o in observed], scope, 0.25)
+    if len(now) != len(observed):
+        return False
+    for (_, text, _, is_float), (_, got_text, _, _) in zip(observed, now):
+        if got_text != text and not (is_float and close_text(got_text, text)):
+            return False
+    return True
+
+
+def close_text(got, expected):
+    try:
+        return close(float(got), float(expected))
+    except ValueError:
+        return False
 
 
 def fields_hold(obj, fields):
@@ -360,8 +404,8 @@ def kill_mutants(spec, probed, module, alias, namespace, module_file):
             setup, code, _, _ = original
             scope = dict(namespace)
             scope[alias] = mutant
-            outcome, _, obj = run_once(setup, code, scope, module_file, 0.25, trace=False)
-            if not survives(entry, original, outcome, obj):
+            outcome, _, after = run_once(setup, code, scope, module_file, 0.25, trace=False)
+            if not survives(entry, original, outcome, after):
                 kills.append(index)
                 killed.add(index)
         if kills:

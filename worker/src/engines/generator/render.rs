@@ -34,6 +34,9 @@ pub struct Case {
     pub lines: Vec<u32>,
     /// Public attributes of the instance after the call (name, repr, is a float).
     pub state: Vec<(String, String, bool)>,
+    /// Inspectors of the instance after the call and what they returned (repr, is a
+    /// literal, is a float), deterministic ones only.
+    pub observed: Vec<(String, String, bool, bool)>,
     /// Mutation sites (of `qefleet_mutants.py`) whose mutants this case's test kills and
     /// no case before it did, as the probe found.
     pub kills: Vec<u32>,
@@ -127,7 +130,8 @@ fn body(case: &Case) -> String {
     if call.setup.is_empty() {
         return format!("    {}\n", assertion(&call.expr, &case.outcome));
     }
-    let asserts_state = !case.state.is_empty() && !matches!(case.outcome, Outcome::Raises { .. });
+    let returned = !matches!(case.outcome, Outcome::Raises { .. });
+    let asserts_state = returned && !(case.state.is_empty() && case.observed.is_empty());
     let method_call = call.expr.starts_with(&format!("{INSTANCE}."));
     if let (1, Some(ctor), false, true) =
         (call.setup.len(), constructor, asserts_state, method_call)
@@ -150,6 +154,14 @@ fn body(case: &Case) -> String {
                 "    assert {INSTANCE}.{name} == {}\n",
                 expected(repr, *float)
             ));
+        }
+        for (expr, repr, literal, float) in &case.observed {
+            let outcome = Outcome::Value {
+                repr: repr.clone(),
+                literal: *literal,
+                float: *float,
+            };
+            out.push_str(&format!("    {}\n", assertion(expr, &outcome)));
         }
     }
     out
@@ -338,6 +350,7 @@ mod tests {
             },
             lines: vec![2],
             state: vec![],
+            observed: vec![],
             kills: vec![],
         };
         let cases = vec![
@@ -351,6 +364,7 @@ mod tests {
                 },
                 lines: vec![2],
                 state: vec![],
+                observed: vec![],
                 kills: vec![],
             },
             value(
