@@ -287,6 +287,7 @@ pub fn pool(param: &Param, literals: &[String], cap: usize) -> Vec<String> {
     if let Some(d) = &param.default {
         out.push(d.clone());
     }
+    out.extend(mappings(&param.keys, literals));
     // Without an annotation, the default's type, then the parameter's name say what is
     // typical; a few values of other types stay in the pool for what they reveal.
     let hinted = match &typed {
@@ -329,6 +330,47 @@ pub fn pool(param: &Param, literals: &[String], cap: usize) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
     out.retain(|v| seen.insert(v.clone()));
     out.truncate(cap);
+    out
+}
+
+/// Mappings with the keys a body looks up in a parameter: every key at its `get` default
+/// (`'1'` without one), then one key at a time at each of a few values (the body's own
+/// string literals first, then `'1'`, `'0'`, `None`). At most 12.
+fn mappings(keys: &[(String, Option<String>)], literals: &[String]) -> Vec<String> {
+    if keys.is_empty() {
+        return Vec::new();
+    }
+    let render = |values: &[String]| {
+        let items: Vec<String> = keys
+            .iter()
+            .zip(values)
+            .map(|((k, _), v)| format!("{k}: {v}"))
+            .collect();
+        format!("{{{}}}", items.join(", "))
+    };
+    let base: Vec<String> = keys
+        .iter()
+        .map(|(_, d)| d.clone().unwrap_or_else(|| "'1'".into()))
+        .collect();
+    let mut values: Vec<String> = literals
+        .iter()
+        .filter(|l| l.starts_with(['"', '\'']) && !keys.iter().any(|(k, _)| k == *l))
+        .take(4)
+        .cloned()
+        .collect();
+    values.extend(["'1'", "'0'", "None"].map(String::from));
+    let mut out = vec![render(&base)];
+    for i in 0..keys.len() {
+        for v in &values {
+            let mut c = base.clone();
+            c[i] = v.clone();
+            let d = render(&c);
+            if !out.contains(&d) {
+                out.push(d);
+            }
+        }
+    }
+    out.truncate(12);
     out
 }
 
@@ -605,6 +647,15 @@ pub fn synthesize(
             let (args, kwargs) = arg_list(&target.params, &values);
             own.push(call(args, kwargs, n, &mut rng));
         }
+        // A command-line entry point, run with command lines.
+        if let Some(flags) = &target.command_line {
+            for argv in command_lines(alias, flags, focus) {
+                own.push(Call {
+                    setup: vec![format!("sys.argv = {argv}")],
+                    ..call(Vec::new(), Vec::new(), 0, &mut rng)
+                });
+            }
+        }
         // The same arguments on instances in other states: the state a method sees is
         // an input as much as its arguments are.
         if let Some(instance) = &instance {
@@ -620,6 +671,40 @@ pub fn synthesize(
         calls.extend(own);
     }
     calls
+}
+
+/// Command lines (`['prog', '-r', 'XII']` as Python source) for an entry point: none,
+/// `--help`, a value alone, and each flag (at most three) before a value. Values are
+/// `'1'`, `'12'` and the strings the module returned in earlier rounds (`focus`).
+fn command_lines(prog: &str, flags: &[String], focus: &[String]) -> Vec<String> {
+    let mut values: Vec<String> = vec!["'1'".into(), "'12'".into()];
+    for v in focus {
+        let token = if v.starts_with(['\'', '"']) {
+            v.clone()
+        } else if v.parse::<f64>().is_ok() {
+            format!("'{v}'")
+        } else {
+            continue;
+        };
+        if !values.contains(&token) && values.len() < 5 {
+            values.push(token);
+        }
+    }
+    let line = |args: &[&str]| {
+        let mut all = vec![format!("'{prog}'")];
+        all.extend(args.iter().map(|a| a.to_string()));
+        format!("[{}]", all.join(", "))
+    };
+    let mut out = vec![line(&[]), line(&["'--help'"])];
+    for v in &values {
+        out.push(line(&[v]));
+    }
+    for f in flags.iter().take(3) {
+        for v in values.iter().take(3) {
+            out.push(line(&[f, v]));
+        }
+    }
+    out
 }
 
 /// How many extra instance states each method is tried in.
@@ -772,6 +857,7 @@ mod tests {
             default: Some("5".into()),
             keyword_only: false,
             positional_only: false,
+            keys: vec![],
         };
         let pool = pool(&p, &["10".into(), "\"x\"".into()], 20);
         assert_eq!(pool[0], "5");
@@ -787,6 +873,7 @@ mod tests {
             default: None,
             keyword_only: false,
             positional_only: false,
+            keys: vec![],
         };
         let opt_pool = super::pool(&opt, &[], 20);
         assert_eq!(opt_pool[0], "\"a\"");
@@ -805,6 +892,29 @@ mod tests {
                 .iter()
                 .any(|c| c.args.first().map(String::as_str) == Some("'1-3'") && c.kwargs.is_empty()),
             "the example's argument joins the parameter's pool: {exprs:?}"
+        );
+    }
+
+    #[test]
+    fn a_parameter_the_body_looks_keys_up_in_gets_mappings_with_them() {
+        let src = "def zone(matches, strict=False):\n    tz = matches.get('timezone', None)\n    if tz == 'Z':\n        return 0\n    if 'tz_sign' in matches:\n        return int(matches['tz_hour'])\n    return 1\n";
+        let targets = find_targets(src).expect("parses");
+        let keys: Vec<&str> = targets[0].params[0]
+            .keys
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(keys, ["'timezone'", "'tz_sign'", "'tz_hour'"]);
+        assert!(targets[0].params[1].keys.is_empty());
+        let literals: Vec<String> = targets[0].literals.iter().map(|(_, l)| l.clone()).collect();
+        let values = pool(&targets[0].params[0], &literals, 14);
+        assert_eq!(
+            values[0],
+            "{'timezone': None, 'tz_sign': '1', 'tz_hour': '1'}"
+        );
+        assert!(
+            values.contains(&"{'timezone': 'Z', 'tz_sign': '1', 'tz_hour': '1'}".to_string()),
+            "the body's own literal 'Z' is tried for a key: {values:?}"
         );
     }
 
@@ -856,6 +966,7 @@ mod tests {
             default: default.map(str::to_string),
             keyword_only: false,
             positional_only: false,
+            keys: vec![],
         };
         let first = |p: &Param| pool(p, &[], 20)[0].clone();
         assert_eq!(

@@ -370,6 +370,7 @@ fn keep_new_cases(cases: &mut Vec<Case>, calls: &[Call], run: ProbeRun, per_targ
                 float: p.float,
             },
             ("object", _, _) if !p.fields.is_empty() => Outcome::Object { fields: p.fields },
+            ("self", _, _) => Outcome::ReturnsSelf,
             ("raises", _, Some(exception)) => Outcome::Raises {
                 exception,
                 message: p.message,
@@ -392,7 +393,7 @@ fn keep_new_cases(cases: &mut Vec<Case>, calls: &[Call], run: ProbeRun, per_targ
             Outcome::Raises { exception, .. } => !mine.iter().any(
                 |c| matches!(&c.outcome, Outcome::Raises { exception: e, .. } if e == exception),
             ),
-            Outcome::Value { .. } | Outcome::Object { .. } => false,
+            Outcome::Value { .. } | Outcome::Object { .. } | Outcome::ReturnsSelf => false,
         };
         if new_lines || first_value || new_exception || new_kills {
             covered.extend(p.call_lines.iter().copied());
@@ -619,7 +620,7 @@ class Counter:
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn what_a_method_returning_nothing_did_is_read_through_inspectors() {
         // add_row returns None and keeps its rows private: only draw() shows them.
-        let source = "class Table:\n    def __init__(self):\n        self._rows = []\n\n    def add_row(self, row: list):\n        if len(row) > 3:\n            raise ValueError('too wide')\n        self._rows.append(list(row))\n\n    def draw(self) -> str:\n        return '\\n'.join(','.join(str(c) for c in r) for r in self._rows)\n";
+        let source = "class Table:\n    def __init__(self):\n        self._rows = []\n\n    def add_row(self, row: list):\n        if len(row) > 3:\n            raise ValueError('too wide')\n        self._rows.append(list(row))\n\n    def clear(self):\n        self._rows = []\n        return self\n\n    def draw(self) -> str:\n        return '\\n'.join(','.join(str(c) for c in r) for r in self._rows)\n";
         let out = generate(source, 60).await.expect("generates");
         let file = &out.test_file;
         assert_eq!(out.tests_failed, 0, "{file}");
@@ -627,6 +628,28 @@ class Counter:
             file.contains("    obj.add_row([1, 2, 3])\n    assert obj.draw() == '1,2,3'\n"),
             "{file}"
         );
+        assert!(
+            file.contains("    assert obj.clear() is obj\n"),
+            "a fluent method returns its instance:\n{file}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_command_line_entry_point_is_run_with_command_lines() {
+        let source = "import argparse\n\n\ndef parse_args():\n    parser = argparse.ArgumentParser(prog='tool')\n    parser.add_argument('number')\n    parser.add_argument('-d', '--double', action='store_true')\n    return parser.parse_args()\n\n\ndef main() -> int:\n    args = parse_args()\n    n = int(args.number)\n    if args.double:\n        n *= 2\n    print(n)\n    return n\n";
+        let out = generate(source, 60).await.expect("generates");
+        let file = &out.test_file;
+        assert_eq!(out.tests_failed, 0, "{file}");
+        assert!(file.contains("import sys\n"), "{file}");
+        assert!(
+            file.contains("(monkeypatch):\n    monkeypatch.setattr(sys, \"argv\", ['bank', '-d', '1'])\n    assert bank.main() == 2\n"),
+            "{file}"
+        );
+        assert!(
+            file.contains("pytest.raises(SystemExit)"),
+            "a usage error exits: {file}"
+        );
+        assert_eq!(out.line_coverage, Some(1.0), "{file}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -86,6 +86,7 @@ def run_once(setup, code, namespace, module_file, timeout, trace=True):
         return None
 
     outcome = None
+    argv = list(sys.argv)  # a setup may set the command line; the next call gets it back
     # Modules drawing random numbers give reproducible values from one seed; the
     # generated tests seed the same way (an autouse fixture).
     random.seed(0)
@@ -107,13 +108,17 @@ def run_once(setup, code, namespace, module_file, timeout, trace=True):
                 outcome = ("value", eval(code, namespace))
     except ProbeTimeout:
         outcome = ("timeout", None)
-    except (KeyboardInterrupt, SystemExit) as exc:
+    except SystemExit as exc:
+        # A command line's entry point exits (`--help`, a usage error): `pytest.raises`.
+        outcome = ("raises", exc)
+    except KeyboardInterrupt as exc:
         outcome = ("exit", exc)
     except BaseException as exc:  # the module under test may raise anything
         outcome = ("raises", exc)
     finally:
         sys.settrace(None)
         signal.setitimer(signal.ITIMER_REAL, 0)
+        sys.argv = argv
     if ALARM["fired"]:
         outcome = ("timeout", None)
     return outcome, (sorted(lines), sorted(lines | setup_lines)), namespace
@@ -183,6 +188,10 @@ def describe(call, module, alias, namespace, module_file, timeout):
         text, again = repr(value), repr(second[1])
     except BaseException:
         return entry, None
+    if value is not None and value is scope.get("obj") and second[1] is scope_again.get("obj"):
+        # A fluent method returns its instance: `assert obj.add_row([1]) is obj`.
+        entry.update(kind="self")
+        return entry, (setup, code, "self", None)
     if text != again or " at 0x" in text or len(text) > 400:
         # An instance that does not show its value: its public attributes can.
         fields = state_of(value) if not isinstance(value, type) else []
@@ -301,7 +310,10 @@ def survives(entry, original, outcome, scope):
             return False
     if kind != "value":
         return False
-    if expected_kind == "object":
+    if expected_kind == "self":
+        if got is not scope.get("obj"):
+            return False
+    elif expected_kind == "object":
         if not fields_hold(got, entry["fields"]):
             return False
     elif not same_value(expected, entry, got):
@@ -425,7 +437,7 @@ def main():
         print(f"module {request['module']} does not import: {last}", file=sys.stderr)
         sys.exit(3)
     alias = request["alias"]
-    namespace = {alias: module, "asyncio": asyncio, "io": io, "datetime": datetime}
+    namespace = {alias: module, "asyncio": asyncio, "io": io, "datetime": datetime, "sys": sys}
     # A target whose calls keep running past the timeout (an endless iterator fed a
     # callable, a loop waiting for input) gets no more of them: they would eat the budget.
     # One JSON line per call, flushed: when a call hangs where no signal reaches it (a C

@@ -21,6 +21,8 @@ pub enum Outcome {
         exception: String,
         message: Option<String>,
     },
+    /// The instance the method was called on (a fluent method: `return self`).
+    ReturnsSelf,
     /// An instance whose `repr` shows no value (`<mod.Bag object at 0x...>`): its public
     /// attributes (name, repr, is a float) are asserted instead.
     Object { fields: Vec<(String, String, bool)> },
@@ -97,6 +99,7 @@ fn assertion(expr: &str, outcome: &Outcome) -> String {
                 serde_json::to_string(repr).unwrap_or_default()
             )
         }
+        Outcome::ReturnsSelf => format!("assert {expr} is {INSTANCE}"),
         Outcome::Object { fields } => {
             let mut out = format!("result = {expr}");
             for (name, repr, float) in fields {
@@ -132,7 +135,8 @@ fn body(case: &Case) -> String {
     }
     let returned = !matches!(case.outcome, Outcome::Raises { .. });
     let asserts_state = returned && !(case.state.is_empty() && case.observed.is_empty());
-    let method_call = call.expr.starts_with(&format!("{INSTANCE}."));
+    let method_call =
+        call.expr.starts_with(&format!("{INSTANCE}.")) && case.outcome != Outcome::ReturnsSelf;
     if let (1, Some(ctor), false, true) =
         (call.setup.len(), constructor, asserts_state, method_call)
     {
@@ -141,7 +145,15 @@ fn body(case: &Case) -> String {
             .replacen(&format!("{INSTANCE}."), &format!("{ctor}."), 1);
         return format!("    {}\n", assertion(&expr, &case.outcome));
     }
-    let mut out: String = call.setup.iter().map(|s| format!("    {s}\n")).collect();
+    // A command line is set for the test alone (pytest's own `sys.argv` comes back).
+    let mut out: String = call
+        .setup
+        .iter()
+        .map(|s| match s.strip_prefix("sys.argv = ") {
+            Some(argv) => format!("    monkeypatch.setattr(sys, \"argv\", {argv})\n"),
+            None => format!("    {s}\n"),
+        })
+        .collect();
     match &case.outcome {
         Outcome::Value { repr, .. } if repr == "None" && asserts_state => {
             out.push_str(&format!("    {}\n", call.expr));
@@ -173,13 +185,25 @@ fn parametrizable(target: &Target, cases: &[&Case]) -> bool {
         && !target.is_generator
         && cases.len() >= 2
         && cases.iter().all(|c| {
-            c.call.kwargs.is_empty() && matches!(c.outcome, Outcome::Value { literal: true, .. })
+            c.call.kwargs.is_empty()
+                && c.call.setup.is_empty()
+                && matches!(c.outcome, Outcome::Value { literal: true, .. })
         })
+}
+
+/// `def name():` with the body, taking pytest's `monkeypatch` when the body uses it.
+fn test_function(name: &str, body: &str) -> String {
+    let fixture = if body.contains("monkeypatch.") {
+        "monkeypatch"
+    } else {
+        ""
+    };
+    format!("\n\ndef {name}({fixture}):\n{body}")
 }
 
 /// Standard modules whose constructors argument pools use (see `inputs.rs`); the probe
 /// has them in its namespace too.
-pub const STDLIB_IN_CALLS: [&str; 2] = ["datetime", "io"];
+pub const STDLIB_IN_CALLS: [&str; 3] = ["datetime", "io", "sys"];
 
 /// Whether `code` refers to `module.` as a name of its own (not `myio.x`, not `'io.'`).
 fn uses_module(code: &str, module: &str) -> bool {
@@ -291,7 +315,7 @@ pub fn render(
                 if !case.kills.is_empty() {
                     killing.push(name.clone());
                 }
-                text.push_str(&format!("\n\ndef {name}():\n{}", body(case)));
+                text.push_str(&test_function(&name, &body(case)));
             }
         }
         for case in mine
@@ -312,7 +336,7 @@ pub fn render(
             if !case.kills.is_empty() {
                 killing.push(name.clone());
             }
-            text.push_str(&format!("\n\ndef {name}():\n{}", body(case)));
+            text.push_str(&test_function(&name, &body(case)));
         }
     }
     Rendered {

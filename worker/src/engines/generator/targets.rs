@@ -16,6 +16,9 @@ pub struct Param {
     pub keyword_only: bool,
     /// Before `/`: never passed by keyword.
     pub positional_only: bool,
+    /// String keys the body looks up in it (`p["k"]`, `p.get("k", 0)`, `"k" in p`) as
+    /// Python source, with the default `get` gives, if any: it is a mapping with them.
+    pub keys: Vec<(String, Option<String>)>,
 }
 
 /// How a callable is reached from the module.
@@ -44,6 +47,10 @@ pub struct Target {
     /// Argument lists of calls to it in the module's doctest examples (`>>> f(2, x=3)`),
     /// when every argument is a literal.
     pub examples: Vec<Example>,
+    /// A module function taking no required argument in a module that reads its command
+    /// line (`sys.argv`, `argparse`): called with command lines (`main()` after
+    /// `sys.argv = ['prog', '-r', 'XII']`), the flags the module's strings name.
+    pub command_line: Option<Vec<String>>,
 }
 
 /// The arguments of one example call, as Python source.
@@ -233,6 +240,32 @@ pub fn find_targets(source: &str) -> Result<Vec<Target>, ParseFailure> {
             .collect();
         target.examples.dedup();
     }
+    let reads_argv = ["sys.argv", "argparse", "getopt", "optparse"]
+        .iter()
+        .any(|m| source.contains(m));
+    if reads_argv {
+        let mut flags: Vec<String> = Vec::new();
+        for (_, literal) in out.iter().flat_map(|t| &t.literals) {
+            let inner = literal.trim_matches(['\'', '"']);
+            let flag = inner.starts_with('-')
+                && inner.len() > 1
+                && inner[1..]
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if flag && !flags.contains(literal) {
+                flags.push(literal.clone());
+            }
+        }
+        for target in &mut out {
+            let required = target
+                .params
+                .iter()
+                .any(|p| p.default.is_none() && !p.name.starts_with('*'));
+            if matches!(target.owner, Owner::Module) && !required && !target.is_async {
+                target.command_line = Some(flags.clone());
+            }
+        }
+    }
     Ok(out)
 }
 
@@ -398,24 +431,29 @@ fn build(
         lines,
         found: Vec::new(),
         generator: false,
+        keys: Vec::new(),
     };
     for stmt in body {
         collector.visit_stmt(stmt.clone());
     }
     let mut found = collector.found;
     found.dedup();
+    let mut params = params(source, args, skip_first);
+    if let Some(syntax) = operator {
+        // The syntax passes the first argument (`obj[k]`) or none (`len(obj)`).
+        params.truncate(usize::from(syntax.contains("{1}")));
+    }
+    for (name, key, default) in collector.keys {
+        if let Some(p) = params.iter_mut().find(|p| p.name == name) {
+            if !p.keys.iter().any(|(k, _)| k == &key) {
+                p.keys.push((key, default));
+            }
+        }
+    }
     Some(Target {
         name: name.to_string(),
         owner,
-        params: match operator {
-            // The syntax passes the first argument (`obj[k]`) or none (`len(obj)`).
-            Some(syntax) => {
-                let mut ps = params(source, args, skip_first);
-                ps.truncate(usize::from(syntax.contains("{1}")));
-                ps
-            }
-            None => params(source, args, skip_first),
-        },
+        params,
         is_async,
         is_generator: collector.generator,
         lines: (
@@ -424,6 +462,7 @@ fn build(
         ),
         literals: found,
         examples: Vec::new(),
+        command_line: None,
     })
 }
 
@@ -450,6 +489,7 @@ fn params(source: &str, args: &ast::Arguments, skip_first: bool) -> Vec<Param> {
             .map(|e| text(source, ast::Ranged::range(e.as_ref()))),
         keyword_only,
         positional_only: false,
+        keys: Vec::new(),
     };
     let mut out: Vec<Param> = positional
         .enumerate()
@@ -466,6 +506,7 @@ fn params(source: &str, args: &ast::Arguments, skip_first: bool) -> Vec<Param> {
             default: None,
             keyword_only: false,
             positional_only: false,
+            keys: Vec::new(),
         });
     }
     out.extend(args.kwonlyargs.iter().map(|a| convert(a, true)));
@@ -476,6 +517,7 @@ fn params(source: &str, args: &ast::Arguments, skip_first: bool) -> Vec<Param> {
             default: None,
             keyword_only: true,
             positional_only: false,
+            keys: Vec::new(),
         });
     }
     out
@@ -486,9 +528,68 @@ struct Literals<'a> {
     lines: &'a Lines,
     found: Vec<(u32, String)>,
     generator: bool,
+    /// (name, string key as source, `get` default as source) of key lookups on names.
+    keys: Vec<(String, String, Option<String>)>,
+}
+
+impl Literals<'_> {
+    /// `expr` as a string constant's source text.
+    fn str_key(&self, expr: &ast::Expr) -> Option<String> {
+        match expr {
+            ast::Expr::Constant(c) if matches!(c.value, ast::Constant::Str(_)) => {
+                Some(text(self.source, c.range))
+            }
+            _ => None,
+        }
+    }
+}
+
+fn name_of(expr: &ast::Expr) -> Option<String> {
+    match expr {
+        ast::Expr::Name(n) => Some(n.id.to_string()),
+        _ => None,
+    }
 }
 
 impl Visitor for Literals<'_> {
+    fn visit_expr_subscript(&mut self, node: ast::ExprSubscript) {
+        if let (Some(name), Some(key)) = (name_of(&node.value), self.str_key(&node.slice)) {
+            self.keys.push((name, key, None));
+        }
+        self.generic_visit_expr_subscript(node);
+    }
+
+    fn visit_expr_call(&mut self, node: ast::ExprCall) {
+        if let ast::Expr::Attribute(a) = node.func.as_ref() {
+            let lookup = matches!(a.attr.as_str(), "get" | "pop" | "setdefault");
+            if let (true, Some(name), Some(key)) = (
+                lookup,
+                name_of(&a.value),
+                node.args.first().and_then(|k| self.str_key(k)),
+            ) {
+                let default = node
+                    .args
+                    .get(1)
+                    .map(|d| text(self.source, ast::Ranged::range(d)));
+                self.keys.push((name, key, default));
+            }
+        }
+        self.generic_visit_expr_call(node);
+    }
+
+    fn visit_expr_compare(&mut self, node: ast::ExprCompare) {
+        if let ([ast::CmpOp::In | ast::CmpOp::NotIn], [container], Some(key)) = (
+            node.ops.as_slice(),
+            node.comparators.as_slice(),
+            self.str_key(&node.left),
+        ) {
+            if let Some(name) = name_of(container) {
+                self.keys.push((name, key, None));
+            }
+        }
+        self.generic_visit_expr_compare(node);
+    }
+
     fn visit_expr_constant(&mut self, node: ast::ExprConstant) {
         let keep = match &node.value {
             ast::Constant::Int(_) | ast::Constant::Float(_) => true,
