@@ -2,14 +2,18 @@
 qefleet's local generator. Usage: python qefleet_probe.py REQUEST.json
 
 REQUEST: {"module": "pkg.mod", "alias": "mod", "module_file": "/abs/path/mod.py",
-          "calls": [{"id": 0, "setup": "obj = mod.C()", "expr": "obj.f(1)"}],
-          "timeout": 1.0}
-Prints a JSON list, one entry per call: kind is "value" (deterministic, assertable
-result), "raises" (deterministic exception), or "skip" (nondeterministic, too slow,
-unassertable, or the setup itself failed); "lines" are the module's lines the setup and
-the call executed, "call_lines" those of the call alone; "state" lists the instance's
-public attributes after the call, [name, repr, is_float], when they are deterministic
-literals.
+          "calls": [{"id": 0, "setup": "obj = mod.C()", "expr": "obj.f(1)",
+                     "observers": ["obj.draw()"]}],
+          "timeout": 1.0, "budget": 30.0}
+Prints one JSON line per call: kind is "value" (deterministic, assertable result),
+"object" (an instance whose repr shows only its address: "fields" are its public literal
+attributes), "self" (a method returned its own instance), "raises" (deterministic
+exception, with a "match" pattern when a `raise` of the module raised it and its message
+is stable), or "skip" (nondeterministic, too slow, unassertable, or the setup itself
+failed); "lines" are the module's lines the setup and the call executed, "call_lines"
+those of the call alone; "state" lists the instance's public attributes after the call,
+[name, repr, is_float], and "observed" the observers' values, [expr, repr, is_literal,
+is_float], when they are deterministic.
 
 With "mutants": {"file": "/abs/qefleet_mutants.py", "killed": [site, ...], "budget": s}
 the probe then runs the assertable calls again against mutants of the module (the
