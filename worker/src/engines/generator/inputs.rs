@@ -446,27 +446,29 @@ fn construct(alias: &str, class: &str, init: &[Param], values: &[String]) -> Str
     format!("{alias}.{class}({})", render_args(&a, &k))
 }
 
-/// Two instances of a class as expressions: built from the constructor's typical values,
-/// and from the next value of each parameter's pool.
-fn instances(alias: &str, class: &str, init: &[Param]) -> Vec<String> {
-    let pools: Vec<Vec<String>> = init.iter().map(|p| pool(p, &[], 6)).collect();
-    let mut out: Vec<String> = Vec::new();
-    for pick in 0..2 {
-        let values: Vec<String> = pools
-            .iter()
-            .map(|p| {
-                p.get(pick)
-                    .or(p.first())
-                    .cloned()
-                    .unwrap_or_else(|| "1".into())
-            })
-            .collect();
-        let expr = construct(alias, class, init, &values);
-        if !out.contains(&expr) {
-            out.push(expr);
+impl Instance<'_> {
+    /// Two instances of the class as expressions: built from the constructor's typical
+    /// values, and from the next value of each parameter's pool.
+    fn instances(&self, alias: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for pick in 0..2 {
+            let values: Vec<String> = self
+                .init_pools
+                .iter()
+                .map(|p| {
+                    p.get(pick)
+                        .or(p.first())
+                        .cloned()
+                        .unwrap_or_else(|| "1".into())
+                })
+                .collect();
+            let expr = construct(alias, self.class, self.init, &values);
+            if !out.contains(&expr) {
+                out.push(expr);
+            }
         }
+        out
     }
-    out
 }
 
 fn render_args(args: &[String], kwargs: &[(String, String)]) -> String {
@@ -523,9 +525,13 @@ pub fn synthesize(
     focus: &[String],
 ) -> Vec<Call> {
     let mut rng = Lcg::new(seed);
+    // What building each method's instance takes, once per target.
+    let instances: Vec<Option<Instance>> =
+        targets.iter().map(|t| Instance::of(t, targets)).collect();
     let all_pools: Vec<Vec<Vec<String>>> = targets
         .iter()
-        .map(|target| {
+        .enumerate()
+        .map(|(index, target)| {
             let mut literals: Vec<String> =
                 target.literals.iter().map(|(_, l)| l.clone()).collect();
             literals.extend(focus.iter().cloned());
@@ -536,7 +542,9 @@ pub fn synthesize(
                     let mut values = pool(p, &literals, 14);
                     // `other` of a method (`__eq__`, `union`) is most often another
                     // instance of the class.
-                    if let Owner::Instance { class, init } = &target.owner {
+                    if let (Owner::Instance { class, .. }, Some(instance)) =
+                        (&target.owner, &instances[index])
+                    {
                         let same_class = p.name == "other"
                             || p.annotation
                                 .as_deref()
@@ -544,7 +552,7 @@ pub fn synthesize(
                         if !same_class {
                             return values;
                         }
-                        for (i, expr) in instances(alias, class, init).into_iter().enumerate() {
+                        for (i, expr) in instance.instances(alias).into_iter().enumerate() {
                             values.retain(|v| v != &expr);
                             values.insert(i, expr);
                         }
@@ -615,7 +623,7 @@ pub fn synthesize(
             }
             combos = kept;
         }
-        let instance = Instance::of(target, targets);
+        let instance = &instances[index];
         let call = |args: Vec<String>, kwargs: Vec<(String, String)>, n: usize, rng: &mut Lcg| {
             let setup = instance
                 .as_ref()
@@ -736,12 +744,11 @@ fn is_inspector(target: &Target) -> bool {
     if params_required || target.is_async || target.is_generator {
         return false;
     }
-    if let Some(syntax) = operator_syntax(&target.name) {
-        return !syntax.contains("{1}")
-            && matches!(
-                target.name.as_str(),
-                "__len__" | "__iter__" | "__str__" | "__repr__" | "__bool__"
-            );
+    if operator_syntax(&target.name).is_some() {
+        return matches!(
+            target.name.as_str(),
+            "__len__" | "__iter__" | "__str__" | "__repr__" | "__bool__"
+        );
     }
     let n = target.name.as_str();
     ["get", "as_", "to_", "is_", "has_"]

@@ -300,18 +300,15 @@ impl Proposing<'_> {
             "module_file": self.workspace.module_file.display().to_string(),
             "timeout": self.generator.settings.call_timeout,
             // Half the time left: measuring what was found needs the rest.
-            "budget": deadline.saturating_duration_since(Instant::now()).as_secs_f64() / 2.0,
+            "budget": left.as_secs_f64() / 2.0,
             "calls": calls.iter().enumerate().map(|(i, c)| serde_json::json!({"id": i, "target": c.target, "expr": c.expr, "setup": c.setup.join("\n"), "observers": c.observers})).collect::<Vec<_>>(),
         });
         self.workspace.write(REQUEST_FILE, &request.to_string())?;
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_secs(5));
         let finished = run_python(
             &self.generator.sandbox,
             self.workspace,
             &[PROBE_FILE, REQUEST_FILE],
-            left,
+            left.max(Duration::from_secs(5)),
         )
         .await?;
         // One line per probed call, then one per call that kills mutants; a run cut off

@@ -196,7 +196,7 @@ def describe(call, module, alias, namespace, module_file, timeout):
         # A fluent method returns its instance: `assert obj.add_row([1]) is obj`.
         entry.update(kind="self")
         return entry, (setup, code, "self", None)
-    if text != again or " at 0x" in text or len(text) > 400:
+    if text != again or not shows_value(text):
         # An instance that does not show its value: its public attributes can.
         fields = state_of(value) if not isinstance(value, type) else []
         if fields and fields == state_of(second[1]):
@@ -252,6 +252,11 @@ def message_pattern(exc):
     return repr(pattern)
 
 
+def shows_value(text):
+    """Whether a `repr` can be asserted: no address in it, not too long to read."""
+    return " at 0x" not in text and len(text) <= 400
+
+
 def observe(observers, scope, timeout):
     """Each inspector's value after the call, as [expr, repr, literal, float], those that
     return an assertable value; untraced (their lines are not the call's)."""
@@ -266,7 +271,7 @@ def observe(observers, scope, timeout):
             continue
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
-        if ALARM["fired"] or " at 0x" in text or len(text) > 400:
+        if ALARM["fired"] or not shows_value(text):
             ALARM["fired"] = False
             continue
         out.append([expr, text, literal(value, text), has_float(value)])
