@@ -188,7 +188,32 @@ fn name_hint(name: &str) -> Option<Vec<&'static str>> {
         "callable",
         "transform",
     ]) {
-        return Some(vec!["str", "len", "bool", "lambda *a, **k: None"]);
+        // Builtins taking one argument, one taking none or one (`int()` is 0), a
+        // callable answering None (falsy, a predicate rejecting everything) and one
+        // answering a float whatever it is given.
+        return Some(vec![
+            "str",
+            "len",
+            "bool",
+            "lambda *a, **k: None",
+            "int",
+            "lambda *a, **k: 1.5",
+        ]);
+    }
+    if has(&["fmt", "format", "fstr", "template"]) || is(&["spec", "fspec"]) {
+        // Format strings (bracket and percent style) and format specs.
+        return Some(vec![
+            "'{} and {:d}'",
+            "'{name!r:>10} {0}'",
+            "'{0.real} {x[0]}'",
+            "'{{literal}} {}'",
+            "'plain'",
+            "'.2f'",
+            "'>8'",
+            "'d'",
+            "'%s is %d'",
+            "'%Y-%m-%d'",
+        ]);
     }
     if is(&["encoding", "errors"]) {
         return Some(vec!["'utf-8'", "'ascii'", "'latin-1'"]);
@@ -236,7 +261,7 @@ fn name_hint(name: &str) -> Option<Vec<&'static str>> {
     }
     if has(&[
         "text", "name", "string", "word", "prefix", "suffix", "sep", "delim", "label", "title",
-        "message", "msg", "char", "line", "pattern", "fmt", "format", "template", "url", "host",
+        "message", "msg", "char", "line", "pattern", "url", "host",
         "code", "token", "path", "file",
     ]) || is(&["s", "st", "value_str", "word", "key", "tag"])
     {
@@ -499,6 +524,11 @@ pub fn call_expr(
         Owner::Instance { .. } => format!("{INSTANCE}.{}", target.name),
     };
     if let (Owner::Instance { .. }, Some(syntax)) = (&target.owner, operator_syntax(&target.name)) {
+        if syntax.contains("{*}") {
+            return syntax
+                .replace("{0}", INSTANCE)
+                .replace("{*}", &render_args(args, kwargs));
+        }
         let arg = args.first().or(kwargs.first().map(|(_, v)| v));
         match arg {
             Some(arg) => return syntax.replace("{0}", INSTANCE).replace("{1}", arg),

@@ -84,6 +84,9 @@ struct Probed {
     /// The lines of the call itself, without its setup.
     #[serde(default)]
     call_lines: Vec<u32>,
+    /// The arcs between lines the call itself took.
+    #[serde(default)]
+    arcs: Vec<(i32, i32)>,
     repr: Option<String>,
     #[serde(default)]
     literal: bool,
@@ -263,7 +266,7 @@ impl Proposer for Proposing<'_> {
             self.tests = rendered.tests;
             Ok(Proposal {
                 test_file: Some(rendered.text),
-                keep_tests: rendered.killing,
+                keep_tests: rendered.pinned,
                 ..Proposal::default()
             })
         })
@@ -348,12 +351,14 @@ fn uses_random(source: &str) -> bool {
     })
 }
 
-/// Adds probed calls that are deterministic and assertable and execute new lines, are
-/// the first value for their target, or show a new exception for it (at most
+/// Adds probed calls that are deterministic and assertable and execute new lines or take
+/// new branches (arcs), are the first value for their target, or show a new exception for it (at most
 /// `per_target` cases a target), or kill mutants no kept case kills (up to three times as
 /// many).
 fn keep_new_cases(cases: &mut Vec<Case>, calls: &[Call], run: ProbeRun, per_target: usize) {
     let mut covered: BTreeSet<u32> = cases.iter().flat_map(|c| c.lines.iter().copied()).collect();
+    let mut taken: BTreeSet<(i32, i32)> =
+        cases.iter().flat_map(|c| c.arcs.iter().copied()).collect();
     let mut killed: BTreeSet<u32> = cases.iter().flat_map(|c| c.kills.iter().copied()).collect();
     let ProbeRun { probed, mut kills } = run;
     for p in probed {
@@ -384,6 +389,7 @@ fn keep_new_cases(cases: &mut Vec<Case>, calls: &[Call], run: ProbeRun, per_targ
             continue;
         }
         let new_lines = p.call_lines.iter().any(|l| !covered.contains(l));
+        let new_arcs = p.arcs.iter().any(|a| !taken.contains(a));
         let returns = |o: &Outcome| !matches!(o, Outcome::Raises { .. });
         let first_value = returns(&outcome) && !mine.iter().any(|c| returns(&c.outcome));
         let new_exception = match &outcome {
@@ -392,8 +398,9 @@ fn keep_new_cases(cases: &mut Vec<Case>, calls: &[Call], run: ProbeRun, per_targ
             ),
             Outcome::Value { .. } | Outcome::Object { .. } | Outcome::ReturnsSelf => false,
         };
-        if new_lines || first_value || new_exception || new_kills {
+        if new_lines || new_arcs || first_value || new_exception || new_kills {
             covered.extend(p.call_lines.iter().copied());
+            taken.extend(p.arcs.iter().copied());
             killed.extend(kills.iter().copied());
             cases.push(Case {
                 call: call.clone(),
@@ -401,7 +408,9 @@ fn keep_new_cases(cases: &mut Vec<Case>, calls: &[Call], run: ProbeRun, per_targ
                 lines: p.lines,
                 state: p.state,
                 observed: p.observed,
+                pinned: new_kills || (new_arcs && !new_lines),
                 kills,
+                arcs: p.arcs,
             });
         }
     }
@@ -569,6 +578,22 @@ class Counter:
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_taking_branches_no_other_call_took_are_kept() {
+        // [1, 2, 3] runs every line; only a list with a value <= 0 takes the `if`'s false
+        // branch. Mutant selection is off: the call is kept for its branch alone.
+        let source = "def positives(xs: list) -> list:\n    out = []\n    for x in xs:\n        if x > 0:\n            out.append(x)\n    return out\n";
+        let settings = GeneratorSettings {
+            mutant_selection: false,
+            ..GeneratorSettings::default()
+        };
+        let out = generate_with(settings, source, 60).await.expect("generates");
+        let file = &out.test_file;
+        assert_eq!(out.tests_failed, 0, "{file}");
+        assert_eq!(out.branch_coverage, Some(1.0), "{file}");
+        assert!(file.contains("[-1, 0]"), "{file}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn methods_are_reached_through_call_sequences_on_instances() {
         // `pop` and `peek` return an item only after a `push`: no single call covers them.
         let source = "class Stack:\n    def __init__(self, capacity: int = 3):\n        self.capacity = capacity\n        self.items = []\n\n    def push(self, x):\n        if len(self.items) >= self.capacity:\n            raise OverflowError(\"full\")\n        self.items.append(x)\n\n    def pop(self):\n        if not self.items:\n            raise IndexError(\"empty\")\n        return self.items.pop()\n\n    def peek(self):\n        if self.items:\n            return self.items[-1]\n        return None\n";
@@ -585,7 +610,7 @@ class Counter:
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn special_methods_are_tested_through_their_syntax() {
-        let source = "class Bag:\n    def __init__(self, items=None):\n        self.items = list(items or [])\n\n    def __len__(self):\n        return len(self.items)\n\n    def __contains__(self, x):\n        return x in self.items\n\n    def __getitem__(self, i):\n        return self.items[i]\n\n    def __eq__(self, other):\n        if not isinstance(other, Bag):\n            return NotImplemented\n        return self.items == other.items\n\n    def __or__(self, other):\n        return Bag(self.items + [x for x in other.items if x not in self.items])\n";
+        let source = "class Bag:\n    def __init__(self, items=None):\n        self.items = list(items or [])\n\n    def __len__(self):\n        return len(self.items)\n\n    def __contains__(self, x):\n        return x in self.items\n\n    def __getitem__(self, i):\n        return self.items[i]\n\n    def __eq__(self, other):\n        if not isinstance(other, Bag):\n            return NotImplemented\n        return self.items == other.items\n\n    def __or__(self, other):\n        return Bag(self.items + [x for x in other.items if x not in self.items])\n\n    def __radd__(self, other):\n        return len(self.items) + other\n\n    def __format__(self, spec):\n        return format(len(self.items), spec)\n\n    def __call__(self, n, scale=1):\n        return self.items[:n] * scale\n";
         let out = generate(source, 60).await.expect("generates");
         let file = &out.test_file;
         assert_eq!(out.tests_failed, 0, "{file}");
@@ -595,6 +620,9 @@ class Counter:
             "obj[",
             "(obj == bank.Bag(",
             "(obj | bank.Bag(",
+            " + obj)",
+            "format(obj, ",
+            "obj(",
         ] {
             assert!(file.contains(syntax), "{syntax}:\n{file}");
         }

@@ -80,14 +80,31 @@ def run_once(setup, code, namespace, module_file, timeout, trace=True):
     lines = set()
     setup_lines = set()
     current = [setup_lines]
+    # Arcs (from, to) between the lines a frame executed, as coverage.py counts branches:
+    # entry from -first line, exit to -first line. A call taking a branch no kept call
+    # took is worth a test even when every line it ran was run before.
+    arcs = set()
+    setup_arcs = set()
+    current_arcs = [setup_arcs]
     namespace = dict(namespace)
 
     def tracer(frame, event, arg):
-        if frame.f_code.co_filename == module_file:
+        if frame.f_code.co_filename != module_file:
+            return None
+        entry = -frame.f_code.co_firstlineno
+        prev = [entry]
+
+        def local(frame, event, arg):
             if event == "line":
-                current[0].add(frame.f_lineno)
-            return tracer
-        return None
+                line = frame.f_lineno
+                current[0].add(line)
+                current_arcs[0].add((prev[0], line))
+                prev[0] = line
+            elif event == "return":
+                current_arcs[0].add((prev[0], entry))
+            return local
+
+        return local
 
     outcome = None
     argv = list(sys.argv)  # a setup may set the command line; the next call gets it back
@@ -109,6 +126,7 @@ def run_once(setup, code, namespace, module_file, timeout, trace=True):
                 outcome = ("setup", exc)
             if outcome is None:
                 current[0] = lines
+                current_arcs[0] = arcs
                 outcome = ("value", eval(code, namespace))
     except ProbeTimeout:
         outcome = ("timeout", None)
@@ -125,7 +143,7 @@ def run_once(setup, code, namespace, module_file, timeout, trace=True):
         sys.argv = argv
     if ALARM["fired"]:
         outcome = ("timeout", None)
-    return outcome, (sorted(lines), sorted(lines | setup_lines)), namespace
+    return outcome, (sorted(lines), sorted(lines | setup_lines), sorted(arcs)), namespace
 
 
 def state_of(obj):
@@ -171,7 +189,7 @@ def describe(call, module, alias, namespace, module_file, timeout):
     observers = call.get("observers") or []
     seen = observe(observers, scope, timeout) if first[0] == "value" else []
     second, _, scope_again = run_once(setup, code, namespace, module_file, timeout)
-    entry["call_lines"], entry["lines"] = lines
+    entry["call_lines"], entry["lines"], entry["arcs"] = lines
     entry["state"] = state if state == state_of(scope_again.get("obj")) else []
     if seen:
         again = dict((o[0], o) for o in observe(observers, scope_again, timeout))

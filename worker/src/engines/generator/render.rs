@@ -42,6 +42,12 @@ pub struct Case {
     /// Mutation sites (of `qefleet_mutants.py`) whose mutants this case's test kills and
     /// no case before it did, as the probe found.
     pub kills: Vec<u32>,
+    /// Arcs between module lines the call itself took (coverage.py's branch arcs; entry
+    /// and exit as minus the function's first line).
+    pub arcs: Vec<(i32, i32)>,
+    /// Kept for what a cover of lines does not see (mutants it kills first, branches only
+    /// it takes): the loop's minimisation keeps its test.
+    pub pinned: bool,
 }
 
 /// The generated file, and which target each test function belongs to.
@@ -49,9 +55,10 @@ pub struct Case {
 pub struct Rendered {
     pub text: String,
     pub tests: BTreeMap<String, usize>,
-    /// Test functions with a case kept for the mutants it kills: the loop's minimisation
-    /// keeps them (its own mutation run samples the mutants and may not see those).
-    pub killing: Vec<String>,
+    /// Test functions with a pinned case (mutants it kills, branches only it takes): the
+    /// loop's minimisation keeps them (it covers lines, and its own mutation run samples
+    /// the mutants and may not see those).
+    pub pinned: Vec<String>,
 }
 
 fn snake(s: &str) -> String {
@@ -267,7 +274,7 @@ pub fn render(
         ));
     }
     let mut tests = BTreeMap::new();
-    let mut killing = Vec::new();
+    let mut pinned = Vec::new();
     let unique = |base: String, target: usize, tests: &mut BTreeMap<String, usize>| {
         let mut name = base.clone();
         let mut n = 2;
@@ -291,8 +298,8 @@ pub fn render(
             .collect();
         if parametrizable(target, &values) {
             let name = unique(base.clone(), index, &mut tests);
-            if values.iter().any(|c| !c.kills.is_empty()) {
-                killing.push(name.clone());
+            if values.iter().any(|c| c.pinned) {
+                pinned.push(name.clone());
             }
             text.push_str("\n\n@pytest.mark.parametrize(\n    \"args, expected\",\n    [\n");
             for case in &values {
@@ -312,8 +319,8 @@ pub fn render(
         } else {
             for case in &values {
                 let name = unique(base.clone(), index, &mut tests);
-                if !case.kills.is_empty() {
-                    killing.push(name.clone());
+                if case.pinned {
+                    pinned.push(name.clone());
                 }
                 text.push_str(&test_function(&name, &body(case)));
             }
@@ -333,8 +340,8 @@ pub fn render(
                 index,
                 &mut tests,
             );
-            if !case.kills.is_empty() {
-                killing.push(name.clone());
+            if case.pinned {
+                pinned.push(name.clone());
             }
             text.push_str(&test_function(&name, &body(case)));
         }
@@ -342,7 +349,7 @@ pub fn render(
     Rendered {
         text,
         tests,
-        killing,
+        pinned,
     }
 }
 
@@ -376,6 +383,8 @@ mod tests {
             state: vec![],
             observed: vec![],
             kills: vec![],
+            arcs: vec![],
+            pinned: false,
         };
         let cases = vec![
             value(&calls[0], "2", false),
@@ -390,6 +399,8 @@ mod tests {
                 state: vec![],
                 observed: vec![],
                 kills: vec![],
+                arcs: vec![],
+                pinned: false,
             },
             value(
                 calls.iter().find(|c| c.target == 1).expect("method call"),

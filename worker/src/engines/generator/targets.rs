@@ -72,8 +72,8 @@ impl Target {
     }
 }
 
-/// The syntax that calls a special method, `{0}` standing for the instance and `{1}` for
-/// the one argument: `obj[1]` tests `__getitem__`, `len(obj)` `__len__`. Special methods
+/// The syntax that calls a special method, `{0}` standing for the instance, `{1}` for
+/// the one argument and `{*}` for all of them: `obj[1]` tests `__getitem__`, `len(obj)` `__len__`. Special methods
 /// without one (`__hash__`, `__setitem__`, in-place operators) are not targets. Binary
 /// operators are parenthesised: the expression sits inside `assert ... == expected`.
 pub fn operator_syntax(name: &str) -> Option<&'static str> {
@@ -109,6 +109,24 @@ pub fn operator_syntax(name: &str) -> Option<&'static str> {
         "__xor__" => "({0} ^ {1})",
         "__lshift__" => "({0} << {1})",
         "__rshift__" => "({0} >> {1})",
+        "__matmul__" => "({0} @ {1})",
+        "__radd__" => "({1} + {0})",
+        "__rsub__" => "({1} - {0})",
+        "__rmul__" => "({1} * {0})",
+        "__rtruediv__" => "({1} / {0})",
+        "__rfloordiv__" => "({1} // {0})",
+        "__rmod__" => "({1} % {0})",
+        "__rpow__" => "({1} ** {0})",
+        "__rand__" => "({1} & {0})",
+        "__ror__" => "({1} | {0})",
+        "__rxor__" => "({1} ^ {0})",
+        "__pos__" => "(+{0})",
+        "__round__" => "round({0})",
+        "__complex__" => "complex({0})",
+        "__divmod__" => "divmod({0}, {1})",
+        "__format__" => "format({0}, {1})",
+        // All the arguments: `obj(1, key=2)`.
+        "__call__" => "{0}({*})",
         _ => return None,
     })
 }
@@ -439,7 +457,7 @@ fn build(
     let mut found = collector.found;
     found.dedup();
     let mut params = params(source, args, skip_first);
-    if let Some(syntax) = operator {
+    if let Some(syntax) = operator.filter(|s| !s.contains("{*}")) {
         // The syntax passes the first argument (`obj[k]`) or none (`len(obj)`).
         params.truncate(usize::from(syntax.contains("{1}")));
     }
