@@ -261,8 +261,8 @@ fn name_hint(name: &str) -> Option<Vec<&'static str>> {
     }
     if has(&[
         "text", "name", "string", "word", "prefix", "suffix", "sep", "delim", "label", "title",
-        "message", "msg", "char", "line", "pattern", "url", "host",
-        "code", "token", "path", "file",
+        "message", "msg", "char", "line", "pattern", "url", "host", "code", "token", "path",
+        "file",
     ]) || is(&["s", "st", "value_str", "word", "key", "tag"])
     {
         return typed_pool("str");
@@ -570,6 +570,14 @@ pub fn synthesize(
                 .iter()
                 .map(|p| {
                     let mut values = pool(p, &literals, 14);
+                    // `obj[...]` takes slices and lists of indices as well as one index.
+                    if target.name == "__getitem__" {
+                        for v in ["slice(1, None)", "slice(None)", "[0, 1]", "-1"] {
+                            if !values.iter().any(|x| x == v) {
+                                values.push(v.into());
+                            }
+                        }
+                    }
                     // `other` of a method (`__eq__`, `union`) is most often another
                     // instance of the class.
                     if let (Owner::Instance { class, .. }, Some(instance)) =
@@ -685,6 +693,20 @@ pub fn synthesize(
             let (args, kwargs) = arg_list(&target.params, &values);
             own.push(call(args, kwargs, n, &mut rng));
         }
+        // Entries of the module's tables the target reads (`pluralize('child')` for
+        // `_IRREGULAR = {'child': 'children', ...}`), spread over the table, shifted each
+        // round: a table entry is a case of its own that no other input reaches.
+        if let Some((p, values)) = table_inputs(target, pools) {
+            let k = (per_target / 2).max(1);
+            let step = (values.len() / k).max(1);
+            let offset = (seed as usize * step / 3) % step;
+            for v in values.iter().skip(offset).step_by(step).take(k) {
+                let mut c = typical.clone();
+                c[p] = (*v).clone();
+                let (args, kwargs) = arg_list(&target.params, &c);
+                own.push(call(args, kwargs, 0, &mut rng));
+            }
+        }
         // A command-line entry point, run with command lines.
         if let Some(flags) = &target.command_line {
             for argv in command_lines(alias, flags, focus) {
@@ -709,6 +731,27 @@ pub fn synthesize(
         calls.extend(own);
     }
     calls
+}
+
+/// The first named parameter of `target` and the entries of the tables it reads that
+/// fit it (strings where its pool has strings, numbers where it has numbers).
+fn table_inputs<'t>(target: &'t Target, pools: &[Vec<String>]) -> Option<(usize, Vec<&'t String>)> {
+    let p = target
+        .params
+        .iter()
+        .position(|p| !p.name.starts_with('*'))?;
+    let quoted = |v: &str| v.starts_with(['"', '\'']);
+    let number = |v: &str| v.parse::<f64>().is_ok();
+    let takes_str = pools[p].iter().any(|v| quoted(v));
+    let takes_number = pools[p].iter().any(|v| number(v));
+    let values: Vec<&String> = target
+        .tables
+        .values
+        .iter()
+        .filter(|v| (takes_str && quoted(v)) || (takes_number && number(v)))
+        .filter(|v| !pools[p].contains(v))
+        .collect();
+    (!values.is_empty()).then_some((p, values))
 }
 
 /// Command lines (`['prog', '-r', 'XII']` as Python source) for an entry point: none,

@@ -304,7 +304,7 @@ impl Proposing<'_> {
             "timeout": self.generator.settings.call_timeout,
             // Half the time left: measuring what was found needs the rest.
             "budget": left.as_secs_f64() / 2.0,
-            "calls": calls.iter().enumerate().map(|(i, c)| serde_json::json!({"id": i, "target": c.target, "expr": c.expr, "setup": c.setup.join("\n"), "observers": c.observers})).collect::<Vec<_>>(),
+            "calls": calls.iter().enumerate().map(|(i, c)| serde_json::json!({"id": i, "target": c.target, "expr": c.expr, "setup": c.setup.join("\n"), "observers": c.observers, "tables": self.targets.get(c.target).map(|t| &t.tables.lines)})).collect::<Vec<_>>(),
         });
         self.workspace.write(REQUEST_FILE, &request.to_string())?;
         let finished = run_python(
@@ -586,11 +586,27 @@ class Counter:
             mutant_selection: false,
             ..GeneratorSettings::default()
         };
-        let out = generate_with(settings, source, 60).await.expect("generates");
+        let out = generate_with(settings, source, 60)
+            .await
+            .expect("generates");
         let file = &out.test_file;
         assert_eq!(out.tests_failed, 0, "{file}");
         assert_eq!(out.branch_coverage, Some(1.0), "{file}");
         assert!(file.contains("[-1, 0]"), "{file}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entries_of_a_table_the_function_reads_are_its_inputs() {
+        // Every line runs with any word; only the table's own words tell its entries from
+        // their mutants (`'goose'` -> `''`), which ran at import, not in the call.
+        let source = "_IRREGULAR = {'child': 'children', 'person': 'people', 'mouse': 'mice',\n              'goose': 'geese', 'ox': 'oxen'}\n\n\ndef plural(word: str) -> str:\n    if word in _IRREGULAR:\n        return _IRREGULAR[word]\n    return word + 's'\n";
+        let out = generate(source, 60).await.expect("generates");
+        let file = &out.test_file;
+        assert_eq!(out.tests_failed, 0, "{file}");
+        for word in ["'child'", "'person'", "'mouse'", "'goose'", "'ox'"] {
+            assert!(file.contains(word), "{word}:\n{file}");
+        }
+        assert_eq!(out.mutation_score, Some(1.0), "{file}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

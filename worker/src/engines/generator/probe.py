@@ -3,7 +3,7 @@ qefleet's local generator. Usage: python qefleet_probe.py REQUEST.json
 
 REQUEST: {"module": "pkg.mod", "alias": "mod", "module_file": "/abs/path/mod.py",
           "calls": [{"id": 0, "setup": "obj = mod.C()", "expr": "obj.f(1)",
-                     "observers": ["obj.draw()"]}],
+                     "observers": ["obj.draw()"], "tables": [12, 13]}],
           "timeout": 1.0, "budget": 30.0}
 Prints one JSON line per call: kind is "value" (deterministic, assertable result),
 "object" (an instance whose repr shows only its address: "fields" are its public literal
@@ -31,6 +31,7 @@ import importlib
 import io
 import json
 import math
+import pickle
 import random
 import re
 import signal
@@ -421,8 +422,9 @@ class Mutants:
 
 
 def kill_mutants(spec, probed, module, alias, namespace, module_file):
-    """For each assertable call in order, the mutants on its lines its test would kill
-    that no earlier call (nor a kept test, `killed`) kills."""
+    """For each assertable call in order, the mutants on its lines (those it executed and
+    those of the module-level tables its target reads, "tables") its test would kill that
+    no earlier call (nor a kept test, `killed`) kills."""
     stop_at = time.monotonic() + spec.get("budget", 10.0)
     try:
         mutants = Mutants(spec["file"], module, module_file, alias)
@@ -430,9 +432,9 @@ def kill_mutants(spec, probed, module, alias, namespace, module_file):
         print(f"mutants unavailable: {type(exc).__name__}: {exc}", file=sys.stderr)
         return
     killed = set(spec.get("killed", []))
-    for entry, original in probed:
+    for entry, original, tables in probed:
         kills = []
-        for index in mutants.sites_on(entry["lines"]):
+        for index in mutants.sites_on(sorted(set(entry["lines"]) | set(tables))):
             if index in killed:
                 continue
             if time.monotonic() > stop_at:
@@ -464,7 +466,8 @@ def main():
         print(f"module {request['module']} does not import: {last}", file=sys.stderr)
         sys.exit(3)
     alias = request["alias"]
-    namespace = {alias: module, "asyncio": asyncio, "io": io, "datetime": datetime, "sys": sys}
+    namespace = {alias: module, "asyncio": asyncio, "io": io, "datetime": datetime,
+                 "pickle": pickle, "sys": sys}
     # A target whose calls keep running past the timeout (an endless iterator fed a
     # callable, a loop waiting for input) gets no more of them: they would eat the budget.
     # One JSON line per call, flushed: when a call hangs where no signal reaches it (a C
@@ -484,7 +487,7 @@ def main():
         sys.stdout.write(json.dumps(entry) + "\n")
         sys.stdout.flush()
         if original is not None:
-            probed.append((entry, original))
+            probed.append((entry, original, call.get("tables") or []))
     if request.get("mutants") and time.monotonic() < stop_at:
         kill_mutants(request["mutants"], probed, module, alias, namespace, module_file)
 

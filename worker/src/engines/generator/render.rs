@@ -208,9 +208,9 @@ fn test_function(name: &str, body: &str) -> String {
     format!("\n\ndef {name}({fixture}):\n{body}")
 }
 
-/// Standard modules whose constructors argument pools use (see `inputs.rs`); the probe
-/// has them in its namespace too.
-pub const STDLIB_IN_CALLS: [&str; 3] = ["datetime", "io", "sys"];
+/// Standard modules that argument pools and special-method syntax use (see `inputs.rs`,
+/// `targets.rs`); the probe has them in its namespace too.
+pub const STDLIB_IN_CALLS: [&str; 4] = ["datetime", "io", "pickle", "sys"];
 
 /// Whether `code` refers to `module.` as a name of its own (not `myio.x`, not `'io.'`).
 fn uses_module(code: &str, module: &str) -> bool {

@@ -2,6 +2,8 @@
 //! found with a Rust Python parser, and the literals each body compares against (the
 //! seeds of boundary inputs).
 
+use std::collections::{HashMap, HashSet};
+
 use rustpython_ast::{self as ast, Visitor};
 use rustpython_parser::Parse;
 
@@ -51,6 +53,112 @@ pub struct Target {
     /// line (`sys.argv`, `argparse`): called with command lines (`main()` after
     /// `sys.argv = ['prog', '-r', 'XII']`), the flags the module's strings name.
     pub command_line: Option<Vec<String>>,
+    /// The module-level constant tables its body reads (`_PLURALS = {'child': ...}`):
+    /// their entries are inputs the function knows, and their mutants are the call's to
+    /// kill although tracing shows no line of them (they ran at import).
+    pub tables: Table,
+}
+
+/// Literal entries of module-level constants, and the lines they span.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Table {
+    pub lines: Vec<u32>,
+    /// String and number literals as Python source, in the order written.
+    pub values: Vec<String>,
+}
+
+impl Table {
+    fn extend(&mut self, other: &Table) {
+        for l in &other.lines {
+            if !self.lines.contains(l) {
+                self.lines.push(*l);
+            }
+        }
+        for v in &other.values {
+            if !self.values.contains(v) {
+                self.values.push(v.clone());
+            }
+        }
+    }
+}
+
+/// The module being read: its text, line starts and constant tables.
+struct Module<'a> {
+    source: &'a str,
+    lines: &'a Lines,
+    tables: HashMap<String, Table>,
+}
+
+impl Module<'_> {
+    /// The tables among `names`, merged.
+    fn tables_read(&self, names: &HashSet<String>) -> Table {
+        let mut out = Table::default();
+        let mut read: Vec<&String> = names
+            .iter()
+            .filter(|n| self.tables.contains_key(*n))
+            .collect();
+        read.sort();
+        for name in read {
+            out.extend(&self.tables[name]);
+        }
+        out
+    }
+}
+
+/// Module-level assignments of a name to a container of at least three literals (or to
+/// an expression over such tables, `_P2S = {v: k for k, v in _S2P.items()}`), by name.
+fn module_tables(suite: &[ast::Stmt], source: &str, lines: &Lines) -> HashMap<String, Table> {
+    let mut tables: HashMap<String, Table> = HashMap::new();
+    for stmt in suite {
+        let (name, value, range) = match stmt {
+            ast::Stmt::Assign(a) => match a.targets.as_slice() {
+                [ast::Expr::Name(n)] => (n.id.to_string(), a.value.as_ref(), a.range),
+                _ => continue,
+            },
+            ast::Stmt::AnnAssign(a) => match (a.target.as_ref(), &a.value) {
+                (ast::Expr::Name(n), Some(v)) => (n.id.to_string(), v.as_ref(), a.range),
+                _ => continue,
+            },
+            _ => continue,
+        };
+        let container = matches!(
+            value,
+            ast::Expr::Dict(_)
+                | ast::Expr::List(_)
+                | ast::Expr::Tuple(_)
+                | ast::Expr::Set(_)
+                | ast::Expr::DictComp(_)
+                | ast::Expr::SetComp(_)
+                | ast::Expr::ListComp(_)
+                | ast::Expr::Call(_)
+        );
+        if !container {
+            continue;
+        }
+        let mut collector = Literals::new(source, lines);
+        collector.visit_expr(value.clone());
+        let mut table = Table {
+            lines: (lines.line(usize::from(range.start()))
+                ..=lines.line(usize::from(range.end()).saturating_sub(1)))
+                .collect(),
+            values: Vec::new(),
+        };
+        for (_, v) in collector.found {
+            if !table.values.contains(&v) {
+                table.values.push(v);
+            }
+        }
+        for used in &collector.names {
+            if let Some(t) = tables.get(used) {
+                let t = t.clone();
+                table.extend(&t);
+            }
+        }
+        if table.values.len() >= 3 {
+            tables.insert(name, table);
+        }
+    }
+    tables
 }
 
 /// The arguments of one example call, as Python source.
@@ -125,6 +233,8 @@ pub fn operator_syntax(name: &str) -> Option<&'static str> {
         "__complex__" => "complex({0})",
         "__divmod__" => "divmod({0}, {1})",
         "__format__" => "format({0}, {1})",
+        // A pickle round trip runs `__getstate__` and `__setstate__`.
+        "__getstate__" => "pickle.loads(pickle.dumps({0}))",
         // All the arguments: `obj(1, key=2)`.
         "__call__" => "{0}({*})",
         _ => return None,
@@ -161,14 +271,18 @@ fn text(source: &str, range: ast::text_size::TextRange) -> String {
 pub fn find_targets(source: &str) -> Result<Vec<Target>, ParseFailure> {
     let suite = ast::Suite::parse(source, "<module>").map_err(|e| ParseFailure(e.to_string()))?;
     let lines = Lines::new(source);
+    let module = Module {
+        source,
+        lines: &lines,
+        tables: module_tables(&suite, source, &lines),
+    };
     let mut out = Vec::new();
     for stmt in &suite {
         match stmt {
             ast::Stmt::FunctionDef(f) => {
                 push_function(
                     &mut out,
-                    source,
-                    &lines,
+                    &module,
                     &f.name,
                     &f.args,
                     &f.body,
@@ -181,8 +295,7 @@ pub fn find_targets(source: &str) -> Result<Vec<Target>, ParseFailure> {
             ast::Stmt::AsyncFunctionDef(f) => {
                 push_function(
                     &mut out,
-                    source,
-                    &lines,
+                    &module,
                     &f.name,
                     &f.args,
                     &f.body,
@@ -238,8 +351,7 @@ pub fn find_targets(source: &str) -> Result<Vec<Target>, ParseFailure> {
                     };
                     let skip_first = !decorator_names.iter().any(|d| d == "staticmethod");
                     let mut target = build(
-                        source, &lines, f_name, f_args, f_body, f_range, is_async, owner,
-                        skip_first,
+                        &module, f_name, f_args, f_body, f_range, is_async, owner, skip_first,
                     );
                     if let Some(t) = target.take() {
                         out.push(t);
@@ -400,8 +512,7 @@ impl Visitor for ExampleCalls {
 #[allow(clippy::too_many_arguments)]
 fn push_function(
     out: &mut Vec<Target>,
-    source: &str,
-    lines: &Lines,
+    module: &Module,
     name: &ast::Identifier,
     args: &ast::Arguments,
     body: &[ast::Stmt],
@@ -412,13 +523,11 @@ fn push_function(
 ) {
     // Decorated module functions may be wrapped into something else entirely.
     let plain = decorators.iter().all(|d| {
-        let t = text(source, ast::Ranged::range(d));
+        let t = text(module.source, ast::Ranged::range(d));
         t.starts_with("functools.") || t.starts_with("lru_cache") || t.starts_with("cache")
     });
     if plain {
-        if let Some(t) = build(
-            source, lines, name, args, body, range, is_async, owner, false,
-        ) {
+        if let Some(t) = build(module, name, args, body, range, is_async, owner, false) {
             out.push(t);
         }
     }
@@ -426,8 +535,7 @@ fn push_function(
 
 #[allow(clippy::too_many_arguments)]
 fn build(
-    source: &str,
-    lines: &Lines,
+    module: &Module,
     name: &ast::Identifier,
     args: &ast::Arguments,
     body: &[ast::Stmt],
@@ -436,6 +544,7 @@ fn build(
     owner: Owner,
     skip_first: bool,
 ) -> Option<Target> {
+    let (source, lines) = (module.source, module.lines);
     let operator = match &owner {
         Owner::Instance { .. } => operator_syntax(name.as_str()),
         _ => None,
@@ -444,13 +553,7 @@ fn build(
         return None;
     }
     // *args/**kwargs are left empty; the named parameters are what inputs are made for.
-    let mut collector = Literals {
-        source,
-        lines,
-        found: Vec::new(),
-        generator: false,
-        keys: Vec::new(),
-    };
+    let mut collector = Literals::new(source, lines);
     for stmt in body {
         collector.visit_stmt(stmt.clone());
     }
@@ -481,6 +584,7 @@ fn build(
         literals: found,
         examples: Vec::new(),
         command_line: None,
+        tables: module.tables_read(&collector.names),
     })
 }
 
@@ -548,9 +652,22 @@ struct Literals<'a> {
     generator: bool,
     /// (name, string key as source, `get` default as source) of key lookups on names.
     keys: Vec<(String, String, Option<String>)>,
+    /// Names read.
+    names: HashSet<String>,
 }
 
-impl Literals<'_> {
+impl<'a> Literals<'a> {
+    fn new(source: &'a str, lines: &'a Lines) -> Self {
+        Self {
+            source,
+            lines,
+            found: Vec::new(),
+            generator: false,
+            keys: Vec::new(),
+            names: HashSet::new(),
+        }
+    }
+
     /// `expr` as a string constant's source text.
     fn str_key(&self, expr: &ast::Expr) -> Option<String> {
         match expr {
@@ -570,6 +687,12 @@ fn name_of(expr: &ast::Expr) -> Option<String> {
 }
 
 impl Visitor for Literals<'_> {
+    fn visit_expr_name(&mut self, node: ast::ExprName) {
+        if matches!(node.ctx, ast::ExprContext::Load) {
+            self.names.insert(node.id.to_string());
+        }
+    }
+
     fn visit_expr_subscript(&mut self, node: ast::ExprSubscript) {
         if let (Some(name), Some(key)) = (name_of(&node.value), self.str_key(&node.slice)) {
             self.keys.push((name, key, None));
