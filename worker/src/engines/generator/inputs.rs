@@ -62,12 +62,15 @@ fn typed_pool(annotation: &str) -> Option<Vec<&'static str>> {
     Some(match base {
         "int" => vec!["1", "0", "-1", "2", "7", "100"],
         "float" => vec!["1.5", "0.0", "-2.5", "100.0", "1"],
+        // None last: what a function does with a value of the wrong type (its
+        // `except TypeError` paths) is behaviour too.
         "str" => vec![
             "\"a\"",
             "\"\"",
             "\"hello world\"",
             "\"ABC\"",
             "\" padded \"",
+            "None",
         ],
         "bool" => vec!["True", "False"],
         "list" | "List" | "Sequence" | "Iterable" | "Collection" if elem_str => {
@@ -610,6 +613,11 @@ pub fn synthesize(
                     if !pool.contains(value) {
                         pool.insert(1.min(pool.len()), value.clone());
                     }
+                    for v in variants(value) {
+                        if !pool.contains(&v) {
+                            pool.push(v);
+                        }
+                    }
                 }
             }
             pools
@@ -731,6 +739,44 @@ pub fn synthesize(
         calls.extend(own);
     }
     calls
+}
+
+/// Near misses of a documented string (`'2007-01-25T12:00:00Z'`): each of its first three
+/// runs of digits as nines (`'2007-99-25T12:00:00Z'`, an invalid month), its first half,
+/// and all but its last character. Inputs the module almost accepts reach its checks.
+fn variants(value: &str) -> Vec<String> {
+    let Some(quote) = value.chars().next().filter(|c| *c == '\'' || *c == '"') else {
+        return Vec::new();
+    };
+    let inner = &value[1..value.len() - 1];
+    if inner.chars().count() < 4 || inner.contains('\\') || !value.ends_with(quote) {
+        return Vec::new();
+    }
+    let quoted = |s: &str| format!("{quote}{s}{quote}");
+    let mut out = Vec::new();
+    let chars: Vec<char> = inner.chars().collect();
+    let mut i = 0;
+    let mut runs = 0;
+    while i < chars.len() && runs < 3 {
+        if chars[i].is_ascii_digit() {
+            let start = i;
+            while i < chars.len() && chars[i].is_ascii_digit() {
+                i += 1;
+            }
+            let mut c = chars.clone();
+            c[start..i].iter_mut().for_each(|d| *d = '9');
+            let v: String = c.into_iter().collect();
+            if v != inner {
+                out.push(quoted(&v));
+            }
+            runs += 1;
+        } else {
+            i += 1;
+        }
+    }
+    out.push(quoted(&chars[..chars.len() / 2].iter().collect::<String>()));
+    out.push(quoted(&chars[..chars.len() - 1].iter().collect::<String>()));
+    out
 }
 
 /// The first named parameter of `target` and the entries of the tables it reads that
@@ -996,6 +1042,16 @@ mod tests {
             values.contains(&"{'timezone': 'Z', 'tz_sign': '1', 'tz_hour': '1'}".to_string()),
             "the body's own literal 'Z' is tried for a key: {values:?}"
         );
+    }
+
+    #[test]
+    fn documented_strings_have_near_misses() {
+        assert_eq!(
+            variants("'2007-01-25'"),
+            ["'9999-01-25'", "'2007-99-25'", "'2007-01-99'", "'2007-'", "'2007-01-2'"]
+        );
+        assert_eq!(variants("\"abcd\""), ["\"ab\"", "\"abc\""]);
+        assert!(variants("'ab'").is_empty() && variants("12").is_empty());
     }
 
     #[test]
