@@ -1048,7 +1048,13 @@ mod tests {
     fn documented_strings_have_near_misses() {
         assert_eq!(
             variants("'2007-01-25'"),
-            ["'9999-01-25'", "'2007-99-25'", "'2007-01-99'", "'2007-'", "'2007-01-2'"]
+            [
+                "'9999-01-25'",
+                "'2007-99-25'",
+                "'2007-01-99'",
+                "'2007-'",
+                "'2007-01-2'"
+            ]
         );
         assert_eq!(variants("\"abcd\""), ["\"ab\"", "\"abc\""]);
         assert!(variants("'ab'").is_empty() && variants("12").is_empty());

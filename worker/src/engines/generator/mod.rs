@@ -114,11 +114,19 @@ struct Kills {
     sites: Vec<u32>,
 }
 
-/// What one probe run found: each call's outcome, and the mutants some calls kill.
+/// Strings the module's compiled regular expressions match, as Python source.
+#[derive(Debug, Deserialize)]
+struct Samples {
+    samples: Vec<String>,
+}
+
+/// What one probe run found: each call's outcome, the mutants some calls kill, and
+/// strings the module's patterns match (when asked for).
 #[derive(Debug, Default)]
 struct ProbeRun {
     probed: Vec<Probed>,
     kills: HashMap<usize, Vec<u32>>,
+    samples: Vec<String>,
 }
 
 impl Engine for LocalGenerator {
@@ -161,6 +169,7 @@ impl Engine for LocalGenerator {
                 probed: HashSet::new(),
                 cases: Vec::new(),
                 observed: Vec::new(),
+                samples: None,
                 tests: BTreeMap::new(),
                 seeded: uses_random(&job.source),
             };
@@ -193,6 +202,8 @@ struct Proposing<'a> {
     cases: Vec<Case>,
     /// Values the module itself returned.
     observed: Vec<String>,
+    /// Strings the module's regular expressions match (the first probe samples them).
+    samples: Option<Vec<String>>,
     /// Test function -> target of the last rendered suite.
     tests: BTreeMap<String, usize>,
     /// The module uses `random`: probe and tests seed it.
@@ -232,7 +243,8 @@ impl Proposer for Proposing<'_> {
             };
             // Values the module itself produced are inputs it understands (a number
             // formatted by one function is what its parser accepts).
-            for value in &self.observed {
+            // So are strings its own patterns match.
+            for value in self.observed.iter().chain(self.samples.iter().flatten()) {
                 if !focus.contains(value) {
                     focus.push(value.clone());
                 }
@@ -251,6 +263,9 @@ impl Proposer for Proposing<'_> {
             .collect();
             let run = self.probe_calls(&calls, deadline).await?;
             self.observed = harvest(&run.probed);
+            if self.samples.is_none() {
+                self.samples = Some(run.samples.clone());
+            }
             let before = self.cases.len();
             keep_new_cases(&mut self.cases, &calls, run, settings.cases_per_target);
             if feedback.round > 1 && self.cases.len() == before && dropped.is_empty() {
@@ -298,6 +313,7 @@ impl Proposing<'_> {
         });
         let request = serde_json::json!({
             "mutants": mutants,
+            "samples": self.samples.is_none(),
             "module": self.module_name,
             "alias": self.alias,
             "module_file": self.workspace.module_file.display().to_string(),
@@ -321,6 +337,8 @@ impl Proposing<'_> {
         for line in finished.stdout.lines() {
             if let Ok(k) = serde_json::from_str::<Kills>(line) {
                 run.kills.insert(k.kills_of, k.sites);
+            } else if let Ok(s) = serde_json::from_str::<Samples>(line) {
+                run.samples = s.samples;
             } else if let Ok(p) = serde_json::from_str::<Probed>(line) {
                 run.probed.push(p);
             }
@@ -360,7 +378,9 @@ fn keep_new_cases(cases: &mut Vec<Case>, calls: &[Call], run: ProbeRun, per_targ
     let mut taken: BTreeSet<(i32, i32)> =
         cases.iter().flat_map(|c| c.arcs.iter().copied()).collect();
     let mut killed: BTreeSet<u32> = cases.iter().flat_map(|c| c.kills.iter().copied()).collect();
-    let ProbeRun { probed, mut kills } = run;
+    let ProbeRun {
+        probed, mut kills, ..
+    } = run;
     for p in probed {
         let Some(call) = calls.get(p.id) else {
             continue;
@@ -607,6 +627,17 @@ class Counter:
             assert!(file.contains(word), "{word}:\n{file}");
         }
         assert_eq!(out.mutation_score, Some(1.0), "{file}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn strings_the_modules_patterns_match_are_inputs() {
+        // No literal of the body is a duration: the pattern's own samples reach the units.
+        let source = "import re\n\n_DURATION = re.compile(r'(?P<n>[0-9]+) *(?P<unit>weeks?|days?)$')\n\n\ndef seconds(text: str) -> int:\n    m = _DURATION.match(text)\n    if not m:\n        raise ValueError('not a duration')\n    n = int(m.group('n'))\n    if m.group('unit').startswith('week'):\n        return n * 604800\n    return n * 86400\n";
+        let out = generate(source, 60).await.expect("generates");
+        let file = &out.test_file;
+        assert_eq!(out.tests_failed, 0, "{file}");
+        assert_eq!(out.line_coverage, Some(1.0), "{file}");
+        assert_eq!(out.branch_coverage, Some(1.0), "{file}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@ qefleet's local generator. Usage: python qefleet_probe.py REQUEST.json
 REQUEST: {"module": "pkg.mod", "alias": "mod", "module_file": "/abs/path/mod.py",
           "calls": [{"id": 0, "setup": "obj = mod.C()", "expr": "obj.f(1)",
                      "observers": ["obj.draw()"], "tables": [12, 13]}],
-          "timeout": 1.0, "budget": 30.0}
+          "timeout": 1.0, "budget": 30.0, "samples": true}
 Prints one JSON line per call: kind is "value" (deterministic, assertable result),
 "object" (an instance whose repr shows only its address: "fields" are its public literal
 attributes), "self" (a method returned its own instance), "raises" (deterministic
@@ -14,6 +14,9 @@ failed); "lines" are the module's lines the setup and the call executed, "call_l
 those of the call alone; "state" lists the instance's public attributes after the call,
 [name, repr, is_float], and "observed" the observers' values, [expr, repr, is_literal,
 is_float], when they are deterministic.
+
+With "samples": true it first prints {"samples": [...]}: strings (as Python source) that
+the module's compiled regular expressions match, sampled from their parsed form.
 
 With "mutants": {"file": "/abs/qefleet_mutants.py", "killed": [site, ...], "budget": s}
 the probe then runs the assertable calls again against mutants of the module (the
@@ -454,6 +457,116 @@ def kill_mutants(spec, probed, module, alias, namespace, module_file):
             sys.stdout.flush()
 
 
+def patterns_of(module):
+    """The compiled regular expressions the module keeps at its top level (also inside
+    lists, tuples and dicts there), in a fixed order."""
+    found = []
+
+    def add(value, depth):
+        if isinstance(value, re.Pattern):
+            if value not in found and isinstance(value.pattern, str):
+                found.append(value)
+        elif depth < 2 and isinstance(value, (list, tuple)):
+            for v in value[:50]:
+                add(v, depth + 1)
+        elif depth < 2 and isinstance(value, dict):
+            for v in list(value.values())[:50]:
+                add(v, depth + 1)
+
+    for name, value in sorted(vars(module).items()):
+        if not name.startswith("__"):
+            add(value, 0)
+    return found
+
+
+def sample_regex(pattern, rng):
+    """A string `pattern` matches, built by walking its parsed form, or None."""
+    import re._parser as parser
+    import re._constants as c
+
+    groups = {}
+
+    def one_of(items):
+        chars = []
+        negate = False
+        for op, av in items:
+            if op is c.NEGATE:
+                negate = True
+            elif op is c.LITERAL:
+                chars.append(chr(av))
+            elif op is c.RANGE:
+                chars.append(chr(rng.randint(av[0], min(av[1], av[0] + 25))))
+            elif op is c.CATEGORY:
+                chars.append(category(av))
+        if negate:
+            return next((ch for ch in "a0 _-x" if ch not in chars), "~")
+        return rng.choice(chars) if chars else "a"
+
+    def category(av):
+        return {c.CATEGORY_DIGIT: rng.choice("0123456789"), c.CATEGORY_SPACE: " ",
+                c.CATEGORY_WORD: rng.choice("abcxyz19_"), c.CATEGORY_NOT_DIGIT: "a",
+                c.CATEGORY_NOT_SPACE: "a", c.CATEGORY_NOT_WORD: "-"}.get(av, "a")
+
+    def walk(seq, depth):
+        if depth > 20:
+            raise ValueError("too deep")
+        out = []
+        for op, av in seq:
+            if op is c.LITERAL:
+                out.append(chr(av))
+            elif op is c.NOT_LITERAL:
+                out.append("a" if chr(av) != "a" else "b")
+            elif op is c.ANY:
+                out.append(rng.choice("ax1 "))
+            elif op is c.IN:
+                out.append(one_of(av))
+            elif op is c.CATEGORY:
+                out.append(category(av))
+            elif op in (c.MAX_REPEAT, c.MIN_REPEAT, getattr(c, "POSSESSIVE_REPEAT", None)):
+                low, high, sub = av
+                high = low + 2 if high == c.MAXREPEAT else high
+                out.extend(walk(sub, depth + 1) for _ in range(rng.randint(low, max(low, min(high, low + 2)))))
+            elif op is c.SUBPATTERN:
+                group, _, _, sub = av
+                text = walk(sub, depth + 1)
+                if group is not None:
+                    groups[group] = text
+                out.append(text)
+            elif op is c.BRANCH:
+                out.append(walk(rng.choice(av[1]), depth + 1))
+            elif op is c.GROUPREF:
+                out.append(groups.get(av, ""))
+            elif op is c.GROUPREF_EXISTS:
+                _, yes, no = av
+                out.append(walk(yes if rng.random() < 0.5 or no is None else no, depth + 1))
+            elif op is c.ATOMIC_GROUP if hasattr(c, "ATOMIC_GROUP") else False:
+                out.append(walk(av, depth + 1))
+            # AT (anchors), ASSERT and ASSERT_NOT add nothing.
+        return "".join(out)
+
+    try:
+        text = walk(parser.parse(pattern.pattern, pattern.flags & ~re.UNICODE), 0)
+    except Exception:
+        return None
+    return text if pattern.match(text) and 0 < len(text) <= 40 else None
+
+
+def regex_samples(module, limit=24):
+    """Strings the module's own regular expressions match (`'3 wks 2 days'` for a duration
+    pattern), seeded: inputs its parsers accept, which no literal of its code spells."""
+    rng = random.Random(0)
+    out = []
+    patterns = patterns_of(module)
+    for attempt in range(4):
+        for pattern in patterns:
+            text = sample_regex(pattern, rng)
+            if text is not None and repr(text) not in out:
+                out.append(repr(text))
+            if len(out) >= limit:
+                return out
+    return out
+
+
 def main():
     request = json.load(open(sys.argv[1]))
     signal.signal(signal.SIGALRM, on_alarm)
@@ -466,6 +579,8 @@ def main():
         print(f"module {request['module']} does not import: {last}", file=sys.stderr)
         sys.exit(3)
     alias = request["alias"]
+    if request.get("samples"):
+        sys.stdout.write(json.dumps({"samples": regex_samples(module)}) + "\n")
     namespace = {alias: module, "asyncio": asyncio, "io": io, "datetime": datetime,
                  "pickle": pickle, "sys": sys}
     # A target whose calls keep running past the timeout (an endless iterator fed a
