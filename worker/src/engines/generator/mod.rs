@@ -87,6 +87,10 @@ struct Probed {
     /// The arcs between lines the call itself took.
     #[serde(default)]
     arcs: Vec<(i32, i32)>,
+    /// The call returned an iterator, which the probe ran to its end: its test asserts
+    /// `list(call)`.
+    #[serde(default)]
+    consumed: bool,
     repr: Option<String>,
     #[serde(default)]
     literal: bool,
@@ -422,8 +426,12 @@ fn keep_new_cases(cases: &mut Vec<Case>, calls: &[Call], run: ProbeRun, per_targ
             covered.extend(p.call_lines.iter().copied());
             taken.extend(p.arcs.iter().copied());
             killed.extend(kills.iter().copied());
+            let mut call = call.clone();
+            if p.consumed {
+                call.expr = format!("list({})", call.expr);
+            }
             cases.push(Case {
-                call: call.clone(),
+                call,
                 outcome,
                 lines: p.lines,
                 state: p.state,
@@ -638,6 +646,18 @@ class Counter:
         assert_eq!(out.tests_failed, 0, "{file}");
         assert_eq!(out.line_coverage, Some(1.0), "{file}");
         assert_eq!(out.branch_coverage, Some(1.0), "{file}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn returned_iterators_are_asserted_as_lists() {
+        // `filter` objects show only an address; their items, and the lambda's line, come
+        // out when the iterator is run.
+        let source = "def evens(xs: list):\n    return filter(lambda x: x % 2 == 0, xs)\n";
+        let out = generate(source, 60).await.expect("generates");
+        let file = &out.test_file;
+        assert_eq!(out.tests_failed, 0, "{file}");
+        assert!(file.contains("list(bank.evens("), "{file}");
+        assert_eq!(out.line_coverage, Some(1.0), "{file}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

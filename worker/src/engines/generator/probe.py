@@ -13,7 +13,8 @@ is stable), or "skip" (nondeterministic, too slow, unassertable, or the setup it
 failed); "lines" are the module's lines the setup and the call executed, "call_lines"
 those of the call alone; "state" lists the instance's public attributes after the call,
 [name, repr, is_float], and "observed" the observers' values, [expr, repr, is_literal,
-is_float], when they are deterministic.
+is_float], when they are deterministic. "consumed": the call returned an iterator, which
+was run to its end (at most 1000 items) and is asserted as `list(...)`.
 
 With "samples": true it first prints {"samples": [...]}: strings (as Python source) that
 the module's compiled regular expressions match, sampled from their parsed form.
@@ -28,10 +29,12 @@ mutants it tells apart, not only by the lines it reaches.
 import ast
 import importlib.util
 import asyncio  # noqa: F401  (async targets are called through asyncio.run)
+import collections.abc
 import contextlib
 import datetime
 import importlib
 import io
+import itertools
 import json
 import math
 import pickle
@@ -111,6 +114,7 @@ def run_once(setup, code, namespace, module_file, timeout, trace=True):
         return local
 
     outcome = None
+    consumed = [False]
     argv = list(sys.argv)  # a setup may set the command line; the next call gets it back
     # Modules drawing random numbers give reproducible values from one seed; the
     # generated tests seed the same way (an autouse fixture).
@@ -131,7 +135,14 @@ def run_once(setup, code, namespace, module_file, timeout, trace=True):
             if outcome is None:
                 current[0] = lines
                 current_arcs[0] = arcs
-                outcome = ("value", eval(code, namespace))
+                value = eval(code, namespace)
+                if is_iterator(value):
+                    # An iterator is asserted through `list(...)`: consumed here, traced.
+                    consumed[0] = True
+                    value = list(itertools.islice(value, MAX_ITEMS + 1))
+                    if len(value) > MAX_ITEMS:
+                        raise ProbeTimeout()  # endless, or too long to assert
+                outcome = ("value", value)
     except ProbeTimeout:
         outcome = ("timeout", None)
     except SystemExit as exc:
@@ -147,7 +158,17 @@ def run_once(setup, code, namespace, module_file, timeout, trace=True):
         sys.argv = argv
     if ALARM["fired"]:
         outcome = ("timeout", None)
+    namespace["__consumed__"] = consumed[0]
     return outcome, (sorted(lines), sorted(lines | setup_lines), sorted(arcs)), namespace
+
+
+MAX_ITEMS = 1000
+
+
+def is_iterator(value):
+    """An iterator (a generator, `map`, `zip`...) the call returned, not a file."""
+    return (isinstance(value, collections.abc.Iterator)
+            and not isinstance(value, io.IOBase)) and not isinstance(value, (str, bytes))
 
 
 def state_of(obj):
@@ -189,6 +210,8 @@ def describe(call, module, alias, namespace, module_file, timeout):
     if first[0] == "timeout":
         entry["kind"] = "timeout"
         return entry, None
+    if scope.get("__consumed__"):
+        entry["consumed"] = True
     state = state_of(scope.get("obj"))
     observers = call.get("observers") or []
     seen = observe(observers, scope, timeout) if first[0] == "value" else []

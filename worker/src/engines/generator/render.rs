@@ -186,7 +186,9 @@ fn body(case: &Case) -> String {
     out
 }
 
-fn parametrizable(target: &Target, cases: &[&Case]) -> bool {
+/// Whether the cases can be one parametrised test, `assert alias.f(*args) == expected`:
+/// each call is written exactly so (not wrapped, as `list(...)` around an iterator).
+fn parametrizable(alias: &str, target: &Target, cases: &[&Case]) -> bool {
     matches!(target.owner, Owner::Module)
         && !target.is_async
         && !target.is_generator
@@ -194,6 +196,7 @@ fn parametrizable(target: &Target, cases: &[&Case]) -> bool {
         && cases.iter().all(|c| {
             c.call.kwargs.is_empty()
                 && c.call.setup.is_empty()
+                && c.call.expr == format!("{alias}.{}({})", target.name, c.call.args.join(", "))
                 && matches!(c.outcome, Outcome::Value { literal: true, .. })
         })
 }
@@ -296,7 +299,7 @@ pub fn render(
             .copied()
             .filter(|c| !matches!(c.outcome, Outcome::Raises { .. }))
             .collect();
-        if parametrizable(target, &values) {
+        if parametrizable(alias, target, &values) {
             let name = unique(base.clone(), index, &mut tests);
             if values.iter().any(|c| c.pinned) {
                 pinned.push(name.clone());
