@@ -549,13 +549,15 @@ pub fn call_expr(
 
 /// Calls for every target: the typical call, each parameter varied alone over its pool,
 /// then random combinations, up to `per_target` calls each. `focus` values are added to
-/// every pool (literals from lines the suite does not cover yet).
+/// every pool (literals from lines the suite does not cover yet); `samples` (strings the
+/// module's patterns match) are tried as each target's first argument.
 pub fn synthesize(
     alias: &str,
     targets: &[Target],
     per_target: usize,
     seed: u64,
     focus: &[String],
+    samples: &[String],
 ) -> Vec<Call> {
     let mut rng = Lcg::new(seed);
     // What building each method's instance takes, once per target.
@@ -702,9 +704,10 @@ pub fn synthesize(
             own.push(call(args, kwargs, n, &mut rng));
         }
         // Entries of the module's tables the target reads (`pluralize('child')` for
-        // `_IRREGULAR = {'child': 'children', ...}`), spread over the table, shifted each
-        // round: a table entry is a case of its own that no other input reaches.
-        if let Some((p, values)) = table_inputs(target, pools) {
+        // `_IRREGULAR = {'child': 'children', ...}`) and strings its patterns match,
+        // spread over them, shifted each round: a table entry is a case of its own that
+        // no other input reaches.
+        if let Some((p, values)) = table_inputs(target, pools, samples) {
             let k = (per_target / 2).max(1);
             let step = (values.len() / k).max(1);
             let offset = (seed as usize * step / 3) % step;
@@ -779,9 +782,14 @@ fn variants(value: &str) -> Vec<String> {
     out
 }
 
-/// The first named parameter of `target` and the entries of the tables it reads that
-/// fit it (strings where its pool has strings, numbers where it has numbers).
-fn table_inputs<'t>(target: &'t Target, pools: &[Vec<String>]) -> Option<(usize, Vec<&'t String>)> {
+/// The first named parameter of `target` and the entries of the tables it reads, then
+/// `samples`, that fit it (strings where its pool has strings, numbers where it has
+/// numbers).
+fn table_inputs<'t>(
+    target: &'t Target,
+    pools: &[Vec<String>],
+    samples: &'t [String],
+) -> Option<(usize, Vec<&'t String>)> {
     let p = target
         .params
         .iter()
@@ -794,6 +802,7 @@ fn table_inputs<'t>(target: &'t Target, pools: &[Vec<String>]) -> Option<(usize,
         .tables
         .values
         .iter()
+        .chain(samples)
         .filter(|v| (takes_str && quoted(v)) || (takes_number && number(v)))
         .filter(|v| !pools[p].contains(v))
         .collect();
@@ -1010,7 +1019,7 @@ mod tests {
     fn doctest_examples_are_called_as_written_and_seed_the_pools() {
         let src = "def span(text, sep=','):\n    \"\"\">>> span('1-3', sep='-')\n    [1, 2, 3]\n    \"\"\"\n    return text.split(sep)\n";
         let targets = find_targets(src).expect("parses");
-        let calls = synthesize("m", &targets, 12, 1, &[]);
+        let calls = synthesize("m", &targets, 12, 1, &[], &[]);
         let exprs: Vec<&str> = calls.iter().map(|c| c.expr.as_str()).collect();
         assert!(exprs.contains(&"m.span('1-3', sep='-')"), "{exprs:?}");
         assert!(
@@ -1063,7 +1072,7 @@ mod tests {
     #[test]
     fn star_args_and_kwargs_get_raw_argument_text() {
         let targets = find_targets("def key(*args, **kwargs):\n    return args\n").expect("parses");
-        let calls = synthesize("m", &targets, 20, 1, &[]);
+        let calls = synthesize("m", &targets, 20, 1, &[], &[]);
         let exprs: Vec<&str> = calls.iter().map(|c| c.expr.as_str()).collect();
         assert!(exprs.contains(&"m.key(1)"), "{exprs:?}");
         assert!(exprs.contains(&"m.key()"), "{exprs:?}");
@@ -1077,7 +1086,7 @@ mod tests {
     fn calls_cover_each_parameter_and_respect_the_cap() {
         let src = "def clamp(v: int, low: int = 0, *, strict: bool = False):\n    return v > 3\n\nclass Box:\n    def __init__(self, size: int):\n        self.size = size\n\n    def fits(self, n: int) -> bool:\n        return n <= self.size\n\nasync def ping(host: str):\n    return host\n";
         let targets = find_targets(src).expect("parses");
-        let calls = synthesize("m", &targets, 12, 1, &[]);
+        let calls = synthesize("m", &targets, 12, 1, &[], &[]);
         let clamp: Vec<&Call> = calls.iter().filter(|c| c.target == 0).collect();
         assert_eq!(clamp.len(), 12);
         assert_eq!(clamp[0].expr, "m.clamp(1)", "defaults are left to Python");
@@ -1095,7 +1104,7 @@ mod tests {
         assert!(calls.iter().any(|c| c.expr == "asyncio.run(m.ping(\"a\"))"));
         assert_eq!(
             calls,
-            synthesize("m", &targets, 12, 1, &[]),
+            synthesize("m", &targets, 12, 1, &[], &[]),
             "deterministic for a seed"
         );
     }

@@ -247,8 +247,7 @@ impl Proposer for Proposing<'_> {
             };
             // Values the module itself produced are inputs it understands (a number
             // formatted by one function is what its parser accepts).
-            // So are strings its own patterns match.
-            for value in self.observed.iter().chain(self.samples.iter().flatten()) {
+            for value in &self.observed {
                 if !focus.contains(value) {
                     focus.push(value.clone());
                 }
@@ -261,6 +260,7 @@ impl Proposer for Proposing<'_> {
                 per_target,
                 u64::from(feedback.round),
                 &focus,
+                self.samples.as_deref().unwrap_or_default(),
             )
             .into_iter()
             .filter(|c| self.probed.insert(c.key()))

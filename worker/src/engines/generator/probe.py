@@ -480,12 +480,22 @@ def kill_mutants(spec, probed, module, alias, namespace, module_file):
             sys.stdout.flush()
 
 
+REGEX_MARKS = frozenset("$^()[]\\*+?")
+
+
 def patterns_of(module):
-    """The compiled regular expressions the module keeps at its top level (also inside
-    lists, tuples and dicts there), in a fixed order."""
+    """The regular expressions the module keeps at its top level (also inside lists,
+    tuples and dicts there): compiled ones, and strings in those containers that compile
+    and use regex syntax (rule tables such as `[(r'(?i)(quiz)$', r'\\1zes'), ...]`), in a
+    fixed order."""
     found = []
 
     def add(value, depth):
+        if depth > 0 and isinstance(value, str) and REGEX_MARKS.intersection(value):
+            try:
+                value = re.compile(value)
+            except (re.error, RecursionError, OverflowError):
+                return
         if isinstance(value, re.Pattern):
             if value not in found and isinstance(value.pattern, str):
                 found.append(value)
@@ -574,7 +584,7 @@ def sample_regex(pattern, rng):
     return text if pattern.match(text) and 0 < len(text) <= 40 else None
 
 
-def regex_samples(module, limit=24):
+def regex_samples(module, limit=48):
     """Strings the module's own regular expressions match (`'3 wks 2 days'` for a duration
     pattern), seeded: inputs its parsers accept, which no literal of its code spells."""
     rng = random.Random(0)

@@ -374,7 +374,7 @@ mod tests {
     #[test]
     fn values_are_parametrised_and_exceptions_get_their_own_tests() {
         let targets = find_targets("def add(a, b):\n    return a + b\n\nclass Box:\n    def get(self):\n        return 1.5\n").expect("parses");
-        let calls = synthesize("calc", &targets, 3, 1, &[]);
+        let calls = synthesize("calc", &targets, 3, 1, &[], &[]);
         let value = |c: &Call, repr: &str, float: bool| Case {
             call: c.clone(),
             outcome: Outcome::Value {
