@@ -79,7 +79,11 @@ fn typed_pool(annotation: &str) -> Option<Vec<&'static str>> {
         "list" | "List" | "Sequence" | "Iterable" | "Collection" => {
             vec!["[1, 2, 3]", "[]", "[3, 1, 2]", "[-1, 0]"]
         }
-        "dict" | "Dict" | "Mapping" => vec!["{\"a\": 1, \"b\": 2}", "{}"],
+        "dict" | "Dict" | "Mapping" => vec![
+            "{\"a\": 1, \"b\": 2}",
+            "{}",
+            "{\"a\": {\"b\": [1, 2], \"c\": \"x\"}}",
+        ],
         "tuple" | "Tuple" => vec!["(1, 2)", "()"],
         "set" | "Set" | "frozenset" => vec!["{1, 2}", "set()"],
         "bytes" => vec!["b\"abc\"", "b\"\""],
@@ -113,6 +117,7 @@ fn name_hint(name: &str) -> Option<Vec<&'static str>> {
             "'<a><b>1</b><c x=\"2\">text</c></a>'",
             "'<a/>'",
             "'<root><item>1</item><item>2</item></root>'",
+            "'<r xmlns:n=\"urn:a\"><n:x n:k=\"1\">t</n:x><!-- note --><y/></r>'",
         ]);
     }
     if is(&[
@@ -164,7 +169,21 @@ fn name_hint(name: &str) -> Option<Vec<&'static str>> {
         return Some(vec![
             "'Usage: prog [-v] <name>\\n\\nOptions:\\n  -v --verbose  Say more.\\n'",
             "'Usage:\\n  prog add <x> <y>\\n  prog (-h | --help)\\n'",
+            "'Usage: prog [options] <file>...\\n\\nOptions:\\n  -o FILE  Output [default: out.txt].\\n  -q --quiet  Say less.\\n'",
             "'A title\\n\\nSome text.\\n'",
+        ]);
+    }
+    if is(&["argv", "cmdline", "command_line", "arguments"]) {
+        // Command lines, as lists of words and as one string, in the shapes of the
+        // usage texts above: a flag and a value, a value, a subcommand, help.
+        return Some(vec![
+            "['-v', 'bob']",
+            "['bob']",
+            "['add', '1', '2']",
+            "['-o', 'x', 'a', 'b']",
+            "['--help']",
+            "[]",
+            "'-v bob'",
         ]);
     }
     if has(&["json"]) {
@@ -1131,6 +1150,9 @@ mod tests {
         assert!(first(&param("file_obj", None)).starts_with("io.StringIO("));
         assert!(first(&param("dt", None)).starts_with("datetime."));
         assert!(first(&param("doc", None)).starts_with("'Usage: "));
+        assert_eq!(first(&param("argv", None)), "['-v', 'bob']");
+        assert!(pool(&param("fmt", None), &[], 20).contains(&"'{} and {:d}'".to_string()));
+        assert!(pool(&param("func", None), &[], 20).contains(&"int".to_string()));
         // A default's type wins over the name, and stays first.
         let sep = pool(&param("count", Some("','")), &[], 20);
         assert_eq!(sep[0], "','");
