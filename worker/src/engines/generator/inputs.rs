@@ -770,8 +770,11 @@ fn variants(value: &str) -> Vec<String> {
     let Some(quote) = value.chars().next().filter(|c| *c == '\'' || *c == '"') else {
         return Vec::new();
     };
+    if value.len() < 2 || !value.ends_with(quote) {
+        return Vec::new();
+    }
     let inner = &value[1..value.len() - 1];
-    if inner.chars().count() < 4 || inner.contains('\\') || !value.ends_with(quote) {
+    if inner.chars().count() < 4 || inner.contains('\\') {
         return Vec::new();
     }
     let quoted = |s: &str| format!("{quote}{s}{quote}");
@@ -1085,7 +1088,12 @@ mod tests {
             ]
         );
         assert_eq!(variants("\"abcd\""), ["\"ab\"", "\"abc\""]);
-        assert!(variants("'ab'").is_empty() && variants("12").is_empty());
+        for not_a_plain_string in ["'ab'", "12", "'", "'abcd\u{e9}", "'a\\nbcd'"] {
+            assert!(
+                variants(not_a_plain_string).is_empty(),
+                "{not_a_plain_string}"
+            );
+        }
     }
 
     #[test]

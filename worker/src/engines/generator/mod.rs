@@ -118,7 +118,8 @@ struct Kills {
     sites: Vec<u32>,
 }
 
-/// Strings the module's compiled regular expressions match, as Python source.
+/// Strings the module's regular expressions match (compiled ones and regex strings in
+/// its tables), as Python source.
 #[derive(Debug, Deserialize)]
 struct Samples {
     samples: Vec<String>,
@@ -206,7 +207,8 @@ struct Proposing<'a> {
     cases: Vec<Case>,
     /// Values the module itself returned.
     observed: Vec<String>,
-    /// Strings the module's regular expressions match (the first probe samples them).
+    /// Strings the module's regular expressions match (the first probe samples them;
+    /// later rounds try them as first arguments).
     samples: Option<Vec<String>>,
     /// Test function -> target of the last rendered suite.
     tests: BTreeMap<String, usize>,
@@ -265,10 +267,10 @@ impl Proposer for Proposing<'_> {
             .into_iter()
             .filter(|c| self.probed.insert(c.key()))
             .collect();
-            let run = self.probe_calls(&calls, deadline).await?;
+            let mut run = self.probe_calls(&calls, deadline).await?;
             self.observed = harvest(&run.probed);
             if self.samples.is_none() {
-                self.samples = Some(run.samples.clone());
+                self.samples = Some(std::mem::take(&mut run.samples));
             }
             let before = self.cases.len();
             keep_new_cases(&mut self.cases, &calls, run, settings.cases_per_target);
@@ -374,9 +376,9 @@ fn uses_random(source: &str) -> bool {
 }
 
 /// Adds probed calls that are deterministic and assertable and execute new lines or take
-/// new branches (arcs), are the first value for their target, or show a new exception for it (at most
-/// `per_target` cases a target), or kill mutants no kept case kills (up to three times as
-/// many).
+/// new branches (arcs), are the first value for their target, or show a new exception
+/// for it (at most `per_target` cases a target), or kill mutants no kept case kills (up
+/// to three times as many).
 fn keep_new_cases(cases: &mut Vec<Case>, calls: &[Call], run: ProbeRun, per_target: usize) {
     let mut covered: BTreeSet<u32> = cases.iter().flat_map(|c| c.lines.iter().copied()).collect();
     let mut taken: BTreeSet<(i32, i32)> =

@@ -17,7 +17,8 @@ is_float], when they are deterministic. "consumed": the call returned an iterato
 was run to its end (at most 1000 items) and is asserted as `list(...)`.
 
 With "samples": true it first prints {"samples": [...]}: strings (as Python source) that
-the module's compiled regular expressions match, sampled from their parsed form.
+the module's regular expressions match (compiled ones at its top level, regex strings in
+its tables), sampled from their parsed form.
 
 With "mutants": {"file": "/abs/qefleet_mutants.py", "killed": [site, ...], "budget": s}
 the probe then runs the assertable calls again against mutants of the module (the
@@ -158,7 +159,7 @@ def run_once(setup, code, namespace, module_file, timeout, trace=True):
         sys.argv = argv
     if ALARM["fired"]:
         outcome = ("timeout", None)
-    namespace["__consumed__"] = consumed[0]
+    namespace["__qefleet_consumed__"] = consumed[0]
     return outcome, (sorted(lines), sorted(lines | setup_lines), sorted(arcs)), namespace
 
 
@@ -168,7 +169,7 @@ MAX_ITEMS = 1000
 def is_iterator(value):
     """An iterator (a generator, `map`, `zip`...) the call returned, not a file."""
     return (isinstance(value, collections.abc.Iterator)
-            and not isinstance(value, io.IOBase)) and not isinstance(value, (str, bytes))
+            and not isinstance(value, (io.IOBase, str, bytes)))
 
 
 def state_of(obj):
@@ -210,7 +211,7 @@ def describe(call, module, alias, namespace, module_file, timeout):
     if first[0] == "timeout":
         entry["kind"] = "timeout"
         return entry, None
-    if scope.get("__consumed__"):
+    if scope.get("__qefleet_consumed__"):
         entry["consumed"] = True
     state = state_of(scope.get("obj"))
     observers = call.get("observers") or []
@@ -572,7 +573,7 @@ def sample_regex(pattern, rng):
             elif op is c.GROUPREF_EXISTS:
                 _, yes, no = av
                 out.append(walk(yes if rng.random() < 0.5 or no is None else no, depth + 1))
-            elif op is c.ATOMIC_GROUP if hasattr(c, "ATOMIC_GROUP") else False:
+            elif op is getattr(c, "ATOMIC_GROUP", None):
                 out.append(walk(av, depth + 1))
             # AT (anchors), ASSERT and ASSERT_NOT add nothing.
         return "".join(out)

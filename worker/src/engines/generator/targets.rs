@@ -148,11 +148,11 @@ fn module_tables(suite: &[ast::Stmt], source: &str, lines: &Lines) -> HashMap<St
                 table.values.push(v);
             }
         }
-        for used in &collector.names {
-            if let Some(t) = tables.get(used) {
-                let t = t.clone();
-                table.extend(&t);
-            }
+        // Sorted: the merged entries' order decides which ones calls pick.
+        let mut used: Vec<&String> = collector.names.iter().collect();
+        used.sort();
+        for t in used.into_iter().filter_map(|name| tables.get(name)) {
+            table.extend(t);
         }
         if table.values.len() >= 3 {
             tables.insert(name, table);
@@ -181,9 +181,10 @@ impl Target {
 }
 
 /// The syntax that calls a special method, `{0}` standing for the instance, `{1}` for
-/// the one argument and `{*}` for all of them: `obj[1]` tests `__getitem__`, `len(obj)` `__len__`. Special methods
-/// without one (`__hash__`, `__setitem__`, in-place operators) are not targets. Binary
-/// operators are parenthesised: the expression sits inside `assert ... == expected`.
+/// the one argument and `{*}` for all of them: `obj[1]` tests `__getitem__`, `len(obj)`
+/// `__len__`. Special methods without one (`__hash__`, `__setitem__`, in-place operators)
+/// are not targets. Binary operators are parenthesised: the expression sits inside
+/// `assert ... == expected`.
 pub fn operator_syntax(name: &str) -> Option<&'static str> {
     Some(match name {
         "__getitem__" => "{0}[{1}]",
