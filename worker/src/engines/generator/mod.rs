@@ -326,7 +326,9 @@ impl Proposing<'_> {
             "timeout": self.generator.settings.call_timeout,
             // Half the time left: measuring what was found needs the rest.
             "budget": left.as_secs_f64() / 2.0,
-            "calls": calls.iter().enumerate().map(|(i, c)| serde_json::json!({"id": i, "target": c.target, "expr": c.expr, "setup": c.setup.join("\n"), "observers": c.observers, "tables": self.targets.get(c.target).map(|t| &t.tables.lines)})).collect::<Vec<_>>(),
+            "calls": calls.iter().enumerate().map(|(i, c)| serde_json::json!({"id": i, "target": c.target, "expr": c.expr, "setup": c.setup.join("\n"), "observers": c.observers})).collect::<Vec<_>>(),
+            // The lines of the tables each target reads, once per target (not per call).
+            "tables": self.targets.iter().enumerate().filter(|(_, t)| !t.tables.lines.is_empty()).map(|(i, t)| (i.to_string(), &t.tables.lines)).collect::<HashMap<_, _>>(),
         });
         self.workspace.write(REQUEST_FILE, &request.to_string())?;
         let finished = run_python(

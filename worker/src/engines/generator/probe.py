@@ -3,8 +3,8 @@ qefleet's local generator. Usage: python qefleet_probe.py REQUEST.json
 
 REQUEST: {"module": "pkg.mod", "alias": "mod", "module_file": "/abs/path/mod.py",
           "calls": [{"id": 0, "setup": "obj = mod.C()", "expr": "obj.f(1)",
-                     "observers": ["obj.draw()"], "tables": [12, 13]}],
-          "timeout": 1.0, "budget": 30.0, "samples": true}
+                     "observers": ["obj.draw()"]}],
+          "tables": {"0": [12, 13]}, "timeout": 1.0, "budget": 30.0, "samples": true}
 Prints one JSON line per call: kind is "value" (deterministic, assertable result),
 "object" (an instance whose repr shows only its address: "fields" are its public literal
 attributes), "self" (a method returned its own instance), "raises" (deterministic
@@ -83,6 +83,8 @@ def has_float(value):
 
 
 def run_once(setup, code, namespace, module_file, timeout, trace=True):
+    # Returns the outcome, the trace (the call's lines, all lines, the call's arcs), the
+    # namespace after the run, and whether the call returned an iterator it consumed.
     # Lines of the call under test, apart from those its setup ran: a case is kept for
     # what its own call reaches.
     lines = set()
@@ -159,8 +161,8 @@ def run_once(setup, code, namespace, module_file, timeout, trace=True):
         sys.argv = argv
     if ALARM["fired"]:
         outcome = ("timeout", None)
-    namespace["__qefleet_consumed__"] = consumed[0]
-    return outcome, (sorted(lines), sorted(lines | setup_lines), sorted(arcs)), namespace
+    trace = (sorted(lines), sorted(lines | setup_lines), sorted(arcs))
+    return outcome, trace, namespace, consumed[0]
 
 
 MAX_ITEMS = 1000
@@ -207,16 +209,16 @@ def describe(call, module, alias, namespace, module_file, timeout):
         setup = compile(call["setup"], "<setup>", "exec") if call.get("setup") else None
     except SyntaxError:
         return entry, None
-    first, lines, scope = run_once(setup, code, namespace, module_file, timeout)
+    first, lines, scope, consumed = run_once(setup, code, namespace, module_file, timeout)
     if first[0] == "timeout":
         entry["kind"] = "timeout"
         return entry, None
-    if scope.get("__qefleet_consumed__"):
+    if consumed:
         entry["consumed"] = True
     state = state_of(scope.get("obj"))
     observers = call.get("observers") or []
     seen = observe(observers, scope, timeout) if first[0] == "value" else []
-    second, _, scope_again = run_once(setup, code, namespace, module_file, timeout)
+    second, _, scope_again, _ = run_once(setup, code, namespace, module_file, timeout)
     entry["call_lines"], entry["lines"], entry["arcs"] = lines
     entry["state"] = state if state == state_of(scope_again.get("obj")) else []
     if seen:
@@ -450,7 +452,7 @@ class Mutants:
 
 def kill_mutants(spec, probed, module, alias, namespace, module_file):
     """For each assertable call in order, the mutants on its lines (those it executed and
-    those of the module-level tables its target reads, "tables") its test would kill that
+    those of the module-level tables its target reads, "tables" by target) its test would kill that
     no earlier call (nor a kept test, `killed`) kills."""
     stop_at = time.monotonic() + spec.get("budget", 10.0)
     try:
@@ -472,7 +474,7 @@ def kill_mutants(spec, probed, module, alias, namespace, module_file):
             setup, code, _, _ = original
             scope = dict(namespace)
             scope[alias] = mutant
-            outcome, _, after = run_once(setup, code, scope, module_file, 0.25, trace=False)
+            outcome, _, after, _ = run_once(setup, code, scope, module_file, 0.25, trace=False)
             if not survives(entry, original, outcome, after):
                 kills.append(index)
                 killed.add(index)
@@ -625,6 +627,7 @@ def main():
     timeouts = {}
     stop_at = time.monotonic() + request.get("budget", float("inf"))
     probed = []
+    tables = request.get("tables") or {}
     for call in request["calls"]:
         target = call.get("target")
         if timeouts.get(target, 0) >= 2 or time.monotonic() > stop_at:
@@ -636,7 +639,7 @@ def main():
         sys.stdout.write(json.dumps(entry) + "\n")
         sys.stdout.flush()
         if original is not None:
-            probed.append((entry, original, call.get("tables") or []))
+            probed.append((entry, original, tables.get(str(call.get("target")), [])))
     if request.get("mutants") and time.monotonic() < stop_at:
         kill_mutants(request["mutants"], probed, module, alias, namespace, module_file)
 
