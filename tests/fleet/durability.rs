@@ -108,6 +108,43 @@ async fn sigterm_drains_in_flight_jobs_before_the_worker_exits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_worker_hands_back_jobs_delivered_after_its_shutdown() {
+    let mut fleet = Fleet::start().await;
+    fleet.scheduler(SchedulerArgs::default()).await;
+    let stopping = ScriptedEngine::succeeding(Duration::from_millis(10));
+    let mut args = fleet.worker_args(PoolArg::Local);
+    args.concurrency = 4;
+    let trigger = fleet.worker(args, Arc::new(stopping.clone())).await;
+    let warm_up = fleet.submit_ok(&job(CALC)).await;
+    fleet.result(&warm_up, Duration::from_secs(20)).await;
+    // The worker is in a fetch (each runs up to a second) when it is told to stop; jobs
+    // queued right after reach that fetch.
+    trigger.trigger();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(fleet.submit_ok(&job(CALC)).await);
+    }
+    eventually(Duration::from_secs(30), "the worker stopped", || async {
+        fleet.live_workers().await.is_empty()
+    })
+    .await;
+    assert_eq!(
+        stopping.runs(),
+        1,
+        "only the warm-up ran on the stopping worker"
+    );
+    let next = ScriptedEngine::succeeding(Duration::from_millis(10));
+    let args = fleet.worker_args(PoolArg::Local);
+    fleet.worker(args, Arc::new(next.clone())).await;
+    for id in &ids {
+        let (result, _) = fleet.result(id, Duration::from_secs(30)).await;
+        assert_eq!(result.status, JobStatus::Succeeded, "{:?}", result.error);
+    }
+    assert_eq!(next.runs(), 3, "the next worker ran every job handed back");
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_server_restart_mid_run_loses_no_job_and_duplicates_no_result() {
     let mut fleet = Fleet::start().await;
     fleet.scheduler(SchedulerArgs::default()).await;

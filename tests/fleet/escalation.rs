@@ -6,11 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use qefleet_cloud::stub::{anthropic_ok, Stub};
 use qefleet_scheduler::SchedulerArgs;
 use qefleet_schemas::{EventKind, JobEvent, JobStatus, Pool};
-use qefleet_shared::subjects::{event_subject, EVENTS_STREAM, WORKERS_BUCKET};
+use qefleet_shared::subjects::{event_subject, EVENTS_STREAM};
 use qefleet_worker::engines::DoctestEngine;
 use qefleet_worker::PoolArg;
 
@@ -62,20 +61,15 @@ async fn weak_local_results_go_to_the_cloud_once_private_ones_never_and_failures
         .worker(local, Arc::new(DoctestEngine::probe(None).await))
         .await;
     // Jobs wait until the cloud worker is live, or they would stay local.
-    let workers = fleet
-        .js
-        .get_key_value(WORKERS_BUCKET)
-        .await
-        .expect("workers bucket");
     eventually(
         Duration::from_secs(30),
         "the cloud worker is live",
         || async {
-            let Ok(keys) = workers.keys().await else {
-                return false;
-            };
-            let keys: Vec<String> = keys.filter_map(|k| async { k.ok() }).collect().await;
-            keys.iter().any(|k| k.starts_with("cloud."))
+            fleet
+                .live_workers()
+                .await
+                .iter()
+                .any(|k| k.starts_with("cloud."))
         },
     )
     .await;

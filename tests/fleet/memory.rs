@@ -166,21 +166,8 @@ async fn the_router_learns_per_module_which_pool_does_better() {
     };
     // Both workers registered, and seen by the scheduler (its liveness view refreshes
     // every second), before the first job: its escalation needs a live cloud worker.
-    let workers = fleet
-        .js
-        .get_key_value(qefleet_shared::subjects::WORKERS_BUCKET)
-        .await
-        .expect("workers bucket");
-    eventually(Duration::from_secs(10), "two live workers", || {
-        let workers = workers.clone();
-        async move {
-            let mut keys = workers.keys().await.expect("keys");
-            let mut n = 0;
-            while let Some(Ok(_)) = futures_util::StreamExt::next(&mut keys).await {
-                n += 1;
-            }
-            n >= 2
-        }
+    eventually(Duration::from_secs(10), "two live workers", || async {
+        fleet.live_workers().await.len() >= 2
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;

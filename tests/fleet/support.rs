@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, message::StreamMessage};
 use async_nats::Client;
+use futures_util::StreamExt;
 use qefleet_scheduler::SchedulerArgs;
 use qefleet_schemas::{ContentType, JobResult, JobSpec, SubmitReply};
 use qefleet_shared::client::{submit, wait_for_result};
@@ -16,7 +17,7 @@ use qefleet_shared::embedded::{EmbeddedOptions, EmbeddedServer};
 use qefleet_shared::nats::{connect, NatsArgs};
 use qefleet_shared::provision;
 use qefleet_shared::shutdown::{self, ShutdownTrigger};
-use qefleet_shared::subjects::DLQ_STREAM;
+use qefleet_shared::subjects::{DLQ_STREAM, WORKERS_BUCKET};
 use qefleet_worker::consolidator::{Consolidator, RecordOnly};
 use qefleet_worker::engine::{Engine, EngineError, EngineFuture, EngineOutput, EngineRequest};
 use qefleet_worker::{PoolArg, WorkerArgs};
@@ -90,6 +91,18 @@ impl Fleet {
                 .await
                 .expect("scheduler runs");
         });
+    }
+
+    /// Keys of the live workers (`<pool>.<worker_id>`). A worker's key goes when it has
+    /// stopped pulling and drained, so an absent key means it takes no more jobs.
+    pub async fn live_workers(&self) -> Vec<String> {
+        let Ok(bucket) = self.js.get_key_value(WORKERS_BUCKET).await else {
+            return Vec::new();
+        };
+        let Ok(keys) = bucket.keys().await else {
+            return Vec::new();
+        };
+        keys.filter_map(|k| async { k.ok() }).collect().await
     }
 
     /// Worker settings for tests: fast redelivery and retries, own outbox.

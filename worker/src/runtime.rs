@@ -74,8 +74,9 @@ struct Ctx {
     memory: Option<Memory>,
 }
 
-/// Runs a worker until `shutdown` fires, then stops pulling, waits up to the drain timeout
-/// for in-flight jobs, flushes the outbox and leaves the live-workers bucket.
+/// Runs a worker until `shutdown` fires, then stops pulling (a job delivered after that is
+/// handed back unstarted), waits up to the drain timeout for in-flight jobs, flushes the
+/// outbox and leaves the live-workers bucket.
 pub async fn run(
     client: Client,
     args: WorkerArgs,
@@ -250,6 +251,14 @@ pub async fn run(
         };
         while let Some(message) = batch.next().await {
             let Ok(message) = message else { break };
+            if shutdown.is_triggered() {
+                // Delivered after the shutdown began (the fetch runs to its expiry): hand it
+                // straight back for another worker instead of starting it here.
+                if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
+                    tracing::debug!(error = %e, "nak during shutdown failed; redelivered after ack_wait");
+                }
+                continue;
+            }
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break;
             };
