@@ -23,6 +23,9 @@ pub struct PoolEstimates {
     /// Similar past jobs behind the estimates when they come from the router's memory
     /// (0: the predictor alone).
     pub recalled: u32,
+    /// The pool the router's memory has no outcome of for jobs like this one while it has
+    /// the other's: its estimate is only the predictor's guess, so the router tries it.
+    pub untried: Option<Pool>,
 }
 
 /// A versioned snapshot of the quality predictor, as the fleet stores it (the `qe_sona`
@@ -78,6 +81,7 @@ impl SonaSnapshot {
             cloud: of(Pool::Cloud),
             version: self.version,
             recalled: 0,
+            untried: None,
         };
         (estimates.local.is_some() || estimates.cloud.is_some()).then_some(estimates)
     }

@@ -97,7 +97,7 @@ pub struct HybridRouter {
     /// The quality the cloud must be predicted to add over local for the balanced strategy
     /// to pay for it.
     pub min_gain: f64,
-    /// Share of balanced jobs sent to the other pool than the one chosen (when that pool
+    /// Share of balanced and quality jobs sent to the other pool than the one chosen (when that pool
     /// may take them), so the quality predictor keeps learning both; picked by a hash of
     /// the job id, so a resubmission goes the same way. 0 when learned routing is off.
     pub explore: f64,
@@ -255,12 +255,31 @@ impl Router for HybridRouter {
                 }
             };
             // Once the predictor has learned a pool, a few jobs keep teaching it the other.
-            let explore = strategy == Strategy::Balanced
+            // The strategies that decide by estimates need outcomes of both pools to learn
+            // from: without exploring, a quality router that starts on the cloud would never
+            // see local do as well.
+            let by_estimates = matches!(strategy, Strategy::Balanced | Strategy::Quality);
+            let other = if wants_cloud {
+                Pool::Local
+            } else {
+                Pool::Cloud
+            };
+            // The memory knows jobs like this one on the chosen pool only: the other's
+            // figure is a guess until it has run a few of them there (MIN_RECALLED).
+            let untried = by_estimates
+                && self.explore > 0.0
+                && predicted.is_some_and(|p| p.untried == Some(other));
+            let explore = by_estimates
                 && predicted.is_some()
                 && explored(job.job_id.as_deref().unwrap_or_default(), self.explore);
-            let wants_cloud = if explore {
+            let wants_cloud = if untried {
                 reasons.push(format!(
-                    "exploring: {:.0}% of balanced jobs try the other pool so the quality predictor keeps learning both",
+                    "trying {other}: the router's memory holds jobs like this one only on the other pool"
+                ));
+                !wants_cloud
+            } else if explore {
+                reasons.push(format!(
+                    "exploring: {:.0}% of balanced and quality jobs try the other pool so the estimates keep learning both",
                     self.explore * 100.0
                 ));
                 !wants_cloud
@@ -783,6 +802,7 @@ mod tests {
             cloud,
             version: 3,
             recalled: 0,
+            untried: None,
         })
     }
 
@@ -840,7 +860,7 @@ mod tests {
     }
 
     #[test]
-    fn exploration_is_a_stable_share_of_balanced_jobs_once_the_predictor_learns() {
+    fn exploration_is_a_stable_share_of_balanced_and_quality_jobs_once_estimates_exist() {
         let ids: Vec<String> = (0..4000).map(|i| format!("job-{i}")).collect();
         let share = ids.iter().filter(|id| explored(id, 0.05)).count() as f64 / 4000.0;
         assert!((0.035..0.065).contains(&share), "{share}");
@@ -861,7 +881,50 @@ mod tests {
             "{:?}",
             d.reasons
         );
+        // The quality strategy explores too: it would otherwise never learn local.
+        j.strategy = Some(Strategy::Quality);
+        let d = route(&j, estimates(None, Some(0.8)));
+        assert_eq!(d.pool, Pool::Local, "{:?}", d.reasons);
+        assert!(d.reasons.iter().any(|r| r.contains("exploring")));
+        // Cost never does.
+        j.strategy = Some(Strategy::Cost);
+        assert_eq!(route(&j, estimates(None, Some(0.8))).pool, Pool::Local);
+        let cost = route(&j, estimates(Some(0.2), Some(0.8)));
+        assert!(!cost.reasons.iter().any(|r| r.contains("exploring")));
+        // A pool the memory has no outcome of for jobs like this one is tried, whatever
+        // the job id, until it has; not with exploring off.
+        let mut k = job();
+        k.job_id = Some(
+            ids.iter()
+                .find(|id| !explored(id, 0.05))
+                .expect("one")
+                .clone(),
+        );
+        let mut known_local = estimates(Some(0.9), Some(0.5));
+        if let Some(e) = known_local.as_mut() {
+            e.recalled = 3;
+            e.untried = Some(Pool::Cloud);
+        }
+        let d = route(&k, known_local);
+        assert_eq!(d.pool, Pool::Cloud, "{:?}", d.reasons);
+        assert!(d.reasons.iter().any(|r| r.contains("trying cloud")));
+        let mut router = HybridRouter::default();
+        router.explore = 0.0;
+        let complexity = analyze(&k.source).expect("source").report;
+        let quiet = router
+            .route(RouteInput {
+                job: &k,
+                complexity: &complexity,
+                live: &live(1, 1),
+                lag: &PoolLag::default(),
+                mode: RouteMode::Auto,
+                budget_exhausted: None,
+                predicted: known_local.as_ref(),
+            })
+            .expect("routed");
+        assert_eq!(quiet.pool, Pool::Local, "{:?}", quiet.reasons);
         // Privacy still wins.
+        j.strategy = None;
         j.local_only = true;
         assert_eq!(route(&j, estimates(Some(0.9), None)).pool, Pool::Local);
     }

@@ -8,7 +8,7 @@ use async_nats::HeaderMap;
 use qefleet_schemas::codec;
 use qefleet_schemas::{
     now_unix_ms, ContentType, DecodeError, ErrorCode, ErrorReply, EventKind, JobPhase, JobSpec,
-    JobState, QueuedJob, SubmitReply, SCHEMA_VERSION,
+    JobState, Pool, QueuedJob, SubmitReply, SCHEMA_VERSION,
 };
 use qefleet_shared::messages::{self, emit_event};
 use qefleet_shared::metrics::Metrics;
@@ -70,11 +70,17 @@ fn combine(
         return sona.filter(|_| predictor_alone);
     };
     let version = sona.map_or(0, |s| s.version);
+    let untried = match (r.local, r.cloud) {
+        (Some(_), None) => Some(Pool::Cloud),
+        (None, Some(_)) => Some(Pool::Local),
+        _ => None,
+    };
     Some(PoolEstimates {
         local: r.local.or(sona.and_then(|s| s.local)),
         cloud: r.cloud.or(sona.and_then(|s| s.cloud)),
         version,
         recalled: r.jobs,
+        untried,
     })
 }
 
@@ -380,6 +386,7 @@ mod tests {
             cloud: Some(0.8),
             version: 4,
             recalled: 0,
+            untried: None,
         })
     }
 
@@ -400,6 +407,8 @@ mod tests {
             (both.local, both.cloud, both.version, both.recalled),
             (Some(0.2), Some(0.8), 4, 3)
         );
+        // The cloud's figure is the predictor's guess: the router is told to try it.
+        assert_eq!(both.untried, Some(Pool::Cloud));
         // Nothing similar remembered: the predictor alone only when trusted alone.
         let none = recalled(None, None);
         assert_eq!(combine(sona(), Some(&none), false), None);
@@ -408,8 +417,8 @@ mod tests {
         // Memory without a predictor yet.
         let only = combine(None, Some(&recalled(Some(0.3), Some(0.9))), false).expect("memory");
         assert_eq!(
-            (only.local, only.cloud, only.version),
-            (Some(0.3), Some(0.9), 0)
+            (only.local, only.cloud, only.version, only.untried),
+            (Some(0.3), Some(0.9), 0, None)
         );
     }
 }
