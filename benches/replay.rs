@@ -18,8 +18,12 @@
 //! router's min gain), and the predictor's error on each job's quality at the time it was
 //! routed, against two no-learning predictors (the running mean, the untrained model).
 //!
+//! Each strategy that routes by estimates is replayed (`REPLAY_STRATEGIES`, default
+//! `balanced,quality`): balanced pays for the cloud only where it adds the router's min
+//! gain, quality wants the better pool whatever it costs.
+//!
 //! Run: `benches/eval/setup.sh && cargo bench --bench replay` (env REPLAY_JOBS=1000,
-//! REPLAY_CLOUD_QUALITY, REPLAY_NOISE, REPLAY_SEED).
+//! REPLAY_CLOUD_QUALITY, REPLAY_NOISE, REPLAY_SEED, REPLAY_STRATEGIES).
 
 mod support;
 use support::env_or;
@@ -33,7 +37,7 @@ use futures_util::StreamExt;
 use qefleet_learn::SonaSnapshot;
 use qefleet_scheduler::router::DEFAULT_MIN_GAIN;
 use qefleet_scheduler::SchedulerArgs;
-use qefleet_schemas::{ContentType, JobResult, JobSpec, Pool, SubmitReply};
+use qefleet_schemas::{ContentType, JobResult, JobSpec, Pool, Strategy, SubmitReply};
 use qefleet_shared::client::submit;
 use qefleet_shared::embedded::{EmbeddedOptions, EmbeddedServer};
 use qefleet_shared::nats::{connect, NatsArgs};
@@ -184,6 +188,15 @@ async fn wait_until<F: std::future::Future<Output = bool>>(
     }
 }
 
+/// What the cloud must add over local to be the better choice: the router's min gain for
+/// the balanced strategy (it pays for the cloud), any gain for the quality strategy.
+fn min_gain(strategy: Strategy) -> f64 {
+    match strategy {
+        Strategy::Quality => f64::MIN_POSITIVE,
+        _ => DEFAULT_MIN_GAIN,
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Routing {
     Rule,
@@ -191,7 +204,13 @@ enum Routing {
     PredictorAndMemory,
 }
 
-async fn replay(modules: &[Module], order: &[usize], routing: Routing, cloud_q: f64) -> Run {
+async fn replay(
+    modules: &[Module],
+    order: &[usize],
+    routing: Routing,
+    strategy: Strategy,
+    cloud_q: f64,
+) -> Run {
     let embedder = (routing == Routing::PredictorAndMemory).then(|| {
         let dir = qefleet_inference::embed::find_default_model()
             .expect("the MiniLM model (run ./scripts/setup.sh)");
@@ -280,6 +299,7 @@ async fn replay(modules: &[Module], order: &[usize], routing: Routing, cloud_q: 
             let id = format!("r{:05}", wave * WAVE + k);
             let mut job = JobSpec::python(&module.name, &module.source);
             job.job_id = Some(id.clone());
+            job.strategy = Some(strategy);
             let reply = submit(&client, &job, ContentType::MsgPack, Duration::from_secs(10))
                 .await
                 .expect("submitted");
@@ -301,7 +321,7 @@ async fn replay(modules: &[Module], order: &[usize], routing: Routing, cloud_q: 
             let initial_estimate = initial
                 .predictor
                 .predict(&qefleet_learn::features(&report, route.pool));
-            let best_cloud = cloud_q - module.local >= DEFAULT_MIN_GAIN;
+            let best_cloud = cloud_q - module.local >= min_gain(strategy);
             run.agrees.push((route.pool == Pool::Cloud) == best_cloud);
             run.cloud.push(route.pool == Pool::Cloud);
             routed.insert(id, (estimate, initial_estimate));
@@ -385,25 +405,41 @@ fn main() {
         modules.len(),
         env_or("REPLAY_NOISE", 0.05)
     );
+    let strategies: String = env_or("REPLAY_STRATEGIES", "balanced,quality".to_string());
+    for name in strategies.split(',') {
+        let strategy = match name.trim() {
+            "balanced" => Strategy::Balanced,
+            "quality" => Strategy::Quality,
+            other => panic!("REPLAY_STRATEGIES: {other}? (balanced, quality)"),
+        };
+        strategy_report(&rt, &modules, &order, strategy, cloud_q);
+    }
+}
+
+/// The three routings under one strategy, and what they reach against each other.
+fn strategy_report(
+    rt: &tokio::runtime::Runtime,
+    modules: &[Module],
+    order: &[usize],
+    strategy: Strategy,
+    cloud_q: f64,
+) {
+    println!();
+    println!("## strategy {strategy:?}");
     let runs = [
-        (
-            "complexity rule (no learning)",
-            rt.block_on(replay(&modules, &order, Routing::Rule, cloud_q)),
-        ),
-        (
-            "SONA predictor",
-            rt.block_on(replay(&modules, &order, Routing::Predictor, cloud_q)),
-        ),
+        ("complexity rule (no learning)", Routing::Rule),
+        ("SONA predictor", Routing::Predictor),
         (
             "SONA predictor + router memory",
-            rt.block_on(replay(
-                &modules,
-                &order,
-                Routing::PredictorAndMemory,
-                cloud_q,
-            )),
+            Routing::PredictorAndMemory,
         ),
-    ];
+    ]
+    .map(|(name, routing)| {
+        (
+            name,
+            rt.block_on(replay(modules, order, routing, strategy, cloud_q)),
+        )
+    });
     println!();
     // The balanced strategy's objective: quality, less the min gain for each cloud job
     // (the cloud is worth it when it adds at least that much).
@@ -441,7 +477,7 @@ fn main() {
         .map(|&m| modules[m].local.max(cloud_q))
         .sum::<f64>()
         / order.len() as f64;
-    println!("| best choice by the true means | | | | | 100% | 100% | {best:.3} | | | |");
+    println!("| best choice by the true means (value: balanced's) | | | | | 100% | 100% | {best:.3} | | | |");
     println!("| highest quality possible (each job on its better pool, cost ignored) | {ceiling:.3} | | | | | | | | | |");
     println!();
     for (name, r) in &runs[1..] {
