@@ -2,7 +2,8 @@
 //! (PyPI, the reference implementation) and hora 0.1.1 (what the bank used before ADR
 //! 0013) on the same vectors with the same M, ef_construction and ef, in one run:
 //! - synthetic clustered unit vectors, N × 384 (default 100k): build time, single-query
-//!   search p50/p95 (one thread), recall@10 against exact brute force;
+//!   search p50/p95 (one thread; rounds of every query alternate with hnswlib's, so both
+//!   see the same machine), recall@10 against exact brute force;
 //! - an index keeping int8 vectors: the same measures and its bytes against f32;
 //! - MiniLM embeddings of real code (functions of Python's standard library);
 //! - the bank itself: search latency while its index is still building in the
@@ -10,7 +11,7 @@
 //!
 //! Run: `benches/memory/setup.sh && cargo bench --bench memory` (env BENCH_N=100000,
 //! BENCH_QUERIES=1000, BENCH_M=16, BENCH_EFC=100, BENCH_EF=64, BENCH_CODE=4000,
-//! BENCH_PARTS=synthetic,int8,code,bank, BENCH_HORA=0 to leave hora out).
+//! BENCH_PARTS=synthetic,int8,code,bank, BENCH_ROUNDS=5, BENCH_HORA=0 to leave hora out).
 
 mod support;
 use support::{env_or, percentile};
@@ -160,23 +161,8 @@ fn timed_searches(
     }
 }
 
-fn ours(
-    data: &[Vec<f32>],
-    queries: &[Vec<f32>],
-    truth: &[Vec<u32>],
-    settings: &BankSettings,
-) -> Measured {
-    ours_stored(data, queries, truth, settings, false).0
-}
-
-/// The bank's HNSW, vectors kept as f32 or int8; also the bytes it holds.
-fn ours_stored(
-    data: &[Vec<f32>],
-    queries: &[Vec<f32>],
-    truth: &[Vec<u32>],
-    settings: &BankSettings,
-    int8: bool,
-) -> (Measured, usize) {
+/// The bank's HNSW over `data`, vectors kept as f32 or int8, and its build time.
+fn build_ours(data: &[Vec<f32>], settings: &BankSettings, int8: bool) -> (Hnsw, f64) {
     let started = Instant::now();
     let params = HnswParams {
         m: settings.m,
@@ -192,7 +178,18 @@ fn ours_stored(
     for v in data {
         index.insert(v);
     }
-    let build_s = started.elapsed().as_secs_f64();
+    (index, started.elapsed().as_secs_f64())
+}
+
+/// The bank's HNSW, vectors kept as f32 or int8; also the bytes it holds.
+fn ours_stored(
+    data: &[Vec<f32>],
+    queries: &[Vec<f32>],
+    truth: &[Vec<u32>],
+    settings: &BankSettings,
+    int8: bool,
+) -> (Measured, usize) {
+    let (index, build_s) = build_ours(data, settings, int8);
     let measured = timed_searches(build_s, queries, truth, |q| {
         index.search(q, K).into_iter().map(|(i, _)| i).collect()
     });
@@ -242,57 +239,130 @@ fn ours_stored(
     (measured, index.bytes())
 }
 
-fn hnswlib(
-    data: &[Vec<f32>],
+/// hnswlib in a Python process that has built its index and runs a round of all queries
+/// whenever asked, so the bench can alternate its rounds with its own.
+struct Hnswlib {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    build_s: f64,
+    _dir: tempfile::TempDir,
+}
+
+impl Hnswlib {
+    fn start(
+        data: &[Vec<f32>],
+        queries: &[Vec<f32>],
+        truth: &[Vec<u32>],
+        settings: &BankSettings,
+    ) -> Option<Self> {
+        let python = Path::new(".venv-bench/bin/python");
+        if !python.exists() {
+            println!("  hnswlib: .venv-bench missing (run benches/memory/setup.sh); skipped");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_f32(&dir.path().join("data.f32"), data);
+        write_f32(&dir.path().join("queries.f32"), queries);
+        let mut f = std::fs::File::create(dir.path().join("truth.u32")).expect("truth");
+        for t in truth {
+            for i in t {
+                f.write_all(&i.to_le_bytes()).expect("write");
+            }
+        }
+        drop(f);
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut child = Command::new(python)
+            .arg("benches/memory_hnswlib.py")
+            .arg(dir.path())
+            .args(
+                [
+                    data.len(),
+                    DIM,
+                    queries.len(),
+                    settings.m,
+                    settings.ef_build,
+                    settings.ef_search,
+                    threads,
+                ]
+                .map(|n| n.to_string()),
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python runs");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let Some(built) = read_json(&mut stdout) else {
+            println!("  hnswlib failed to build its index");
+            let _ = child.wait();
+            return None;
+        };
+        Some(Self {
+            child,
+            stdin,
+            stdout,
+            build_s: built["build_s"].as_f64().unwrap_or(f64::NAN),
+            _dir: dir,
+        })
+    }
+
+    /// One round of every query: latencies in ms and hits.
+    fn round(&mut self) -> Option<(Vec<f64>, usize)> {
+        writeln!(self.stdin, "search").ok()?;
+        self.stdin.flush().ok()?;
+        let v = read_json(&mut self.stdout)?;
+        let lat = v["lat_ms"]
+            .as_array()?
+            .iter()
+            .filter_map(|x| x.as_f64())
+            .collect();
+        Some((lat, v["hits"].as_u64()? as usize))
+    }
+}
+
+impl Drop for Hnswlib {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_json(from: &mut impl std::io::BufRead) -> Option<serde_json::Value> {
+    let mut line = String::new();
+    from.read_line(&mut line).ok()?;
+    serde_json::from_str(&line).ok()
+}
+
+/// Latencies (ms) and hits of one round of every query through `search`.
+fn round(
     queries: &[Vec<f32>],
     truth: &[Vec<u32>],
-    settings: &BankSettings,
-) -> Option<Measured> {
-    let python = Path::new(".venv-bench/bin/python");
-    if !python.exists() {
-        println!("  hnswlib: .venv-bench missing (run benches/memory/setup.sh); skipped");
-        return None;
+    mut search: impl FnMut(&[f32]) -> Vec<u32>,
+) -> (Vec<f64>, usize) {
+    let mut lat = Vec::with_capacity(queries.len());
+    let mut hits = 0;
+    for (q, t) in queries.iter().zip(truth) {
+        let start = Instant::now();
+        let found = search(q);
+        lat.push(start.elapsed().as_secs_f64() * 1000.0);
+        let t: HashSet<u32> = t.iter().copied().collect();
+        hits += found.iter().filter(|i| t.contains(i)).count();
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    write_f32(&dir.path().join("data.f32"), data);
-    write_f32(&dir.path().join("queries.f32"), queries);
-    let mut f = std::fs::File::create(dir.path().join("truth.u32")).expect("truth");
-    for t in truth {
-        for i in t {
-            f.write_all(&i.to_le_bytes()).expect("write");
-        }
+    (lat, hits)
+}
+
+/// Percentiles over every round's latencies, recall over every round's hits.
+fn pooled(build_s: f64, rounds: &[(Vec<f64>, usize)]) -> Measured {
+    let mut lat: Vec<f64> = rounds.iter().flat_map(|r| r.0.iter().copied()).collect();
+    lat.sort_by(f64::total_cmp);
+    let hits: usize = rounds.iter().map(|r| r.1).sum();
+    Measured {
+        build_s,
+        p50_ms: percentile(&lat, 50.0),
+        p95_ms: percentile(&lat, 95.0),
+        recall: hits as f64 / (K * lat.len().max(1)) as f64,
     }
-    drop(f);
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let out = Command::new(python)
-        .arg("benches/memory_hnswlib.py")
-        .arg(dir.path())
-        .args(
-            [
-                data.len(),
-                DIM,
-                queries.len(),
-                settings.m,
-                settings.ef_build,
-                settings.ef_search,
-                threads,
-            ]
-            .map(|n| n.to_string()),
-        )
-        .output()
-        .expect("python runs");
-    if !out.status.success() {
-        println!("  hnswlib failed: {}", String::from_utf8_lossy(&out.stderr));
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-    Some(Measured {
-        build_s: f("build_s"),
-        p50_ms: f("p50_ms"),
-        p95_ms: f("p95_ms"),
-        recall: f("recall"),
-    })
 }
 
 fn report(what: &str, ours: &Measured, reference: Option<&Measured>) {
@@ -323,8 +393,33 @@ fn compare(what: &str, data: &[Vec<f32>], queries: &[Vec<f32>], settings: &BankS
         queries.len(),
         started.elapsed().as_secs_f64()
     );
-    let reference = hnswlib(data, queries, &truth, settings);
-    let own = ours(data, queries, &truth, settings);
+    let mut reference = Hnswlib::start(data, queries, &truth, settings);
+    let (index, build_s) = build_ours(data, settings, false);
+    // Rounds alternate (and swap which goes first), so a drift of this shared machine's
+    // speed reaches both sides alike; percentiles are over every round's queries.
+    let rounds: usize = env_or("BENCH_ROUNDS", 5);
+    let (mut theirs, mut mine) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        let ours_round = || {
+            round(queries, &truth, |q| {
+                index.search(q, K).into_iter().map(|(i, _)| i).collect()
+            })
+        };
+        if r % 2 == 1 {
+            mine.push(ours_round());
+        }
+        if let Some(round) = reference.as_mut().and_then(Hnswlib::round) {
+            theirs.push(round);
+        }
+        if r % 2 == 0 {
+            mine.push(ours_round());
+        }
+    }
+    let own = pooled(build_s, &mine);
+    let reference = reference
+        .filter(|_| !theirs.is_empty())
+        .map(|h| pooled(h.build_s, &theirs));
+    println!("  {rounds} rounds of every query, alternating with hnswlib's");
     report("qefleet hnsw (the bank's)", &own, reference.as_ref());
     if std::env::var("BENCH_HORA").map_or(true, |v| v != "0") {
         let old = hora(data, queries, &truth, settings);

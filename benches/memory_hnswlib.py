@@ -1,6 +1,9 @@
 """hnswlib on the vectors `cargo bench --bench memory` wrote, with the same M, ef_construction
-and ef: build time, single-query search latency (one query per call, one thread, as the
-fleet searches) and recall@10 against the bench's exact neighbours. Prints one JSON line.
+and ef. Builds the index and prints one JSON line (build time), then serves rounds: for
+each line `search` read from stdin it runs every query once (one query per call, one
+thread, as the fleet searches) and prints one JSON line with the latencies in ms and the
+hits against the bench's exact neighbours. The bench alternates these rounds with its
+own, so both see the same machine.
 
 usage: memory_hnswlib.py DIR N DIM QUERIES M EF_CONSTRUCTION EF THREADS
 """
@@ -25,22 +28,19 @@ def main():
     build_s = time.perf_counter() - start
     index.set_ef(ef)
     index.set_num_threads(1)
-    lat = []
-    hits = 0
-    for i in range(q):
-        t = time.perf_counter()
-        labels, _ = index.knn_query(queries[i : i + 1], k=10)
-        lat.append((time.perf_counter() - t) * 1000.0)
-        hits += len(set(labels[0].tolist()) & set(truth[i].tolist()))
-    lat.sort()
-    pct = lambda p: lat[min(len(lat) - 1, round(p / 100 * (len(lat) - 1)))]
-    print(json.dumps({
-        "build_s": build_s,
-        "p50_ms": pct(50),
-        "p95_ms": pct(95),
-        "recall": hits / (10 * q),
-        "version": getattr(hnswlib, "__version__", "0.8.0"),
-    }))
+    print(json.dumps({"build_s": build_s, "version": getattr(hnswlib, "__version__", "0.8.0")}), flush=True)
+    rows = [queries[i : i + 1] for i in range(q)]
+    for line in sys.stdin:
+        if line.strip() != "search":
+            continue
+        lat = []
+        hits = 0
+        for i in range(q):
+            t = time.perf_counter()
+            labels, _ = index.knn_query(rows[i], k=10)
+            lat.append((time.perf_counter() - t) * 1000.0)
+            hits += len(set(labels[0].tolist()) & set(truth[i].tolist()))
+        print(json.dumps({"lat_ms": lat, "hits": hits}), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 //! HNSW (Malkov and Yashunin, 2018) for the ReasoningBank, replacing hora (ADR 0013):
 //! vectors in one flat array, neighbour lists in flat fixed-capacity arrays, level
 //! multiplier 1/ln M, the paper's neighbour-selection heuristic, a visited list reset by
-//! generation counter, and a squared-L2 distance that runs on AVX2/FMA when the CPU has it.
+//! generation counter, and a squared-L2 distance that runs on AVX-512 or AVX2/FMA when
+//! the CPU has them.
 //! One writer inserts; any number of readers search (`&self`).
 
 use std::cell::RefCell;
@@ -11,7 +12,7 @@ use std::collections::BinaryHeap;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// Squared Euclidean distance, on AVX2/FMA where the CPU has it.
+/// Squared Euclidean distance, on AVX-512 or AVX2/FMA where the CPU has them.
 pub fn l2(a: &[f32], b: &[f32]) -> f32 {
     l2_for_this_cpu()(a, b)
 }
@@ -20,11 +21,61 @@ pub fn l2(a: &[f32], b: &[f32]) -> f32 {
 fn l2_for_this_cpu() -> fn(&[f32], &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::is_x86_feature_detected!("avx512f") {
+            return l2_avx512_checked;
+        }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             return l2_avx2_checked;
         }
     }
     l2_portable
+}
+
+#[cfg(target_arch = "x86_64")]
+fn l2_avx512_checked(a: &[f32], b: &[f32]) -> f32 {
+    // SAFETY: only handed out by `l2_for_this_cpu` after it found AVX-512F on this CPU,
+    // the one requirement of calling a function compiled for it.
+    #[allow(unsafe_code)]
+    unsafe {
+        l2_avx512(a, b)
+    }
+}
+
+/// 32 floats a step in two independent 16-lane sums (one sum would wait on the previous
+/// step's latency every step), as hnswlib's AVX-512 distance runs when built for the CPU.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn l2_avx512(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::{
+        _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_reduce_add_ps, _mm512_setzero_ps,
+        _mm512_sub_ps,
+    };
+    let n = a.len().min(b.len());
+    let steps = n / 32;
+    let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    for step in 0..steps {
+        let i = step * 32;
+        // SAFETY: i + 32 <= n, the length of the shorter slice, so all 32 floats read from
+        // each slice are inside it; unaligned loads have no alignment requirement.
+        #[allow(unsafe_code)]
+        let (x0, y0, x1, y1) = unsafe {
+            (
+                _mm512_loadu_ps(a.as_ptr().add(i)),
+                _mm512_loadu_ps(b.as_ptr().add(i)),
+                _mm512_loadu_ps(a.as_ptr().add(i + 16)),
+                _mm512_loadu_ps(b.as_ptr().add(i + 16)),
+            )
+        };
+        let (d0, d1) = (_mm512_sub_ps(x0, y0), _mm512_sub_ps(x1, y1));
+        acc0 = _mm512_fmadd_ps(d0, d0, acc0);
+        acc1 = _mm512_fmadd_ps(d1, d1, acc1);
+    }
+    let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    for i in steps * 32..n {
+        let d = a[i] - b[i];
+        sum += d * d;
+    }
+    sum
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -109,6 +160,23 @@ fn l2_i8_portable(q: &[f32], x: &[i8], scale: f32) -> f32 {
     sum
 }
 
+/// Asks the CPU to start loading the cache line at `ptr`.
+#[inline(always)]
+fn prefetch_at(ptr: *const i8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch is a hint that never faults and reads nothing into the
+        // program, whatever the address; SSE, which it needs, is part of x86_64.
+        #[allow(unsafe_code)]
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(ptr);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = ptr;
+}
+
 /// How the index keeps its vectors.
 #[derive(Debug, Clone)]
 enum Store {
@@ -141,8 +209,10 @@ impl PartialOrd for Near {
 }
 
 thread_local! {
-    /// Per-thread visited marks: node -> generation of the search that saw it.
-    static VISITED: RefCell<(Vec<u32>, u32)> = const { RefCell::new((Vec::new(), 0)) };
+    /// Per-thread visited marks (node -> generation of the search that saw it), the
+    /// generation, and a buffer for the unvisited neighbours of the node being expanded.
+    static VISITED: RefCell<(Vec<u32>, u32, Vec<u32>)> =
+        const { RefCell::new((Vec::new(), 0, Vec::new())) };
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,7 +234,7 @@ impl Default for HnswParams {
     }
 }
 
-/// Most links a node has on one layer (layer 0 holds 2M): the gather buffer's size.
+/// Most links a node has on one layer (layer 0 holds 2M).
 const MAX_LINKS: usize = 256;
 
 #[derive(Debug, Clone)]
@@ -255,23 +325,20 @@ impl Hnsw {
     /// Asks the CPU to start loading node `id`'s vector into the cache.
     #[inline]
     fn prefetch(&self, id: u32) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let start = id as usize * self.dim;
-            let ptr: *const i8 = match &self.store {
-                Store::F32(v) => v.as_ptr().wrapping_add(start).cast(),
-                Store::I8 { data, .. } => data.as_ptr().wrapping_add(start),
-            };
-            // SAFETY: a prefetch is a hint that never faults and reads nothing into the
-            // program, whatever the address; SSE, which it needs, is part of x86_64.
-            #[allow(unsafe_code)]
-            unsafe {
-                _mm_prefetch::<_MM_HINT_T0>(ptr);
-            }
+        let start = id as usize * self.dim;
+        match &self.store {
+            Store::F32(v) => prefetch_at(v.as_ptr().wrapping_add(start).cast()),
+            Store::I8 { data, .. } => prefetch_at(data.as_ptr().wrapping_add(start)),
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = id;
+    }
+
+    /// Asks the CPU to start loading node `id`'s links on `level` into the cache.
+    #[inline]
+    fn prefetch_links(&self, id: u32, level: usize) {
+        if level == 0 {
+            let start = id as usize * (self.m0 + 1);
+            prefetch_at(self.layer0.as_ptr().wrapping_add(start).cast());
+        }
     }
 
     /// Node `id`'s vector as f32 (decoded from int8 when stored so).
@@ -322,7 +389,7 @@ impl Hnsw {
     fn search_layer(&self, q: &[f32], entry: &[Near], ef: usize, level: usize) -> Vec<Near> {
         VISITED.with(|cell| {
             let mut cell = cell.borrow_mut();
-            let (marks, generation) = &mut *cell;
+            let (marks, generation, fresh) = &mut *cell;
             if marks.len() < self.len() {
                 marks.resize(self.len(), 0);
             }
@@ -332,6 +399,7 @@ impl Hnsw {
                 *generation = 1;
             }
             let generation = *generation;
+            let fresh = &mut *fresh;
             let mut candidates: BinaryHeap<std::cmp::Reverse<Near>> =
                 BinaryHeap::with_capacity(ef * 2);
             let mut found: BinaryHeap<Near> = BinaryHeap::with_capacity(ef + 1);
@@ -347,17 +415,15 @@ impl Hnsw {
                 }
                 // Unvisited neighbours first, their vectors fetched into the cache ahead of
                 // the distances (as hnswlib does), then the distances.
-                let mut fresh = [0u32; MAX_LINKS];
-                let mut count = 0;
+                fresh.clear();
                 for &n in self.neighbours(current.id, level) {
-                    if marks[n as usize] != generation && count < MAX_LINKS {
+                    if marks[n as usize] != generation {
                         marks[n as usize] = generation;
                         self.prefetch(n);
-                        fresh[count] = n;
-                        count += 1;
+                        fresh.push(n);
                     }
                 }
-                for &n in &fresh[..count] {
+                for &n in fresh.iter() {
                     let d = self.d(q, n);
                     let worst = found.peek().map_or(f32::INFINITY, |f| f.d);
                     if found.len() < ef || d < worst {
@@ -367,6 +433,11 @@ impl Hnsw {
                             found.pop();
                         }
                     }
+                }
+                // The next node to expand: its links start loading while the heap work
+                // of this one finishes (hnswlib does the same).
+                if let Some(std::cmp::Reverse(next)) = candidates.peek() {
+                    self.prefetch_links(next.id, level);
                 }
             }
             found.into_sorted_vec()
@@ -553,6 +624,27 @@ mod tests {
         let exact: f32 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
         assert!((l2(&a, &b) - exact).abs() < 1e-3 * exact);
         assert!((l2_portable(&a, &b) - exact).abs() < 1e-3 * exact);
+        // Every length around the vector paths' steps (16, 32) and the model's 384.
+        for n in [0, 1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 384, 385] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let exact: f32 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
+            let tolerance = 1e-4 * exact.max(1.0);
+            assert!((l2(&a, &b) - exact).abs() <= tolerance, "{n}");
+            assert!((l2_portable(&a, &b) - exact).abs() <= tolerance, "{n}");
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::is_x86_feature_detected!("avx512f") {
+                    assert!(
+                        (l2_avx512_checked(&a, &b) - exact).abs() <= tolerance,
+                        "{n}"
+                    );
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    assert!((l2_avx2_checked(&a, &b) - exact).abs() <= tolerance, "{n}");
+                }
+            }
+        }
     }
 
     #[test]
