@@ -48,8 +48,7 @@ const ASYNC_PERSIST_SINCE: (u64, u64, u64) = (2, 12, 0);
 /// asynchronously, so `sync_interval: always` costs an fsync only for what must survive a
 /// crash (jobs, results, dead letters, submissions, job records).
 pub fn stream_configs_for(server_version: &str) -> Vec<StreamConfig> {
-    let async_events =
-        crate::nats::parse_server_version(server_version).is_some_and(|v| v >= ASYNC_PERSIST_SINCE);
+    let async_events = supports_async_persist(server_version);
     let mut configs = stream_configs();
     if async_events {
         for config in configs.iter_mut().filter(|c| c.name == EVENTS_STREAM) {
@@ -57,6 +56,52 @@ pub fn stream_configs_for(server_version: &str) -> Vec<StreamConfig> {
         }
     }
     configs
+}
+
+fn supports_async_persist(server_version: &str) -> bool {
+    crate::nats::parse_server_version(server_version).is_some_and(|v| v >= ASYNC_PERSIST_SINCE)
+}
+
+/// The stream behind a key-value bucket with one value per key, as `create_key_value`
+/// makes it, but persisted asynchronously (ADR 0016: the job-state records are an index
+/// of what the fsynced streams hold, and one fsync fewer per submission).
+pub fn async_bucket_config(bucket: &str, max_age: Duration) -> StreamConfig {
+    StreamConfig {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage: StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        num_replicas: 1,
+        discard: DiscardPolicy::New,
+        persist_mode: Some(PersistenceMode::Async),
+        ..Default::default()
+    }
+}
+
+/// A bucket made by [`async_bucket_config`]; an existing one (of any persistence) is used
+/// as it is.
+async fn ensure_async_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    max_age: Duration,
+) -> Result<kv::Store, ProvisionError> {
+    if let Ok(store) = js.get_key_value(bucket).await {
+        return Ok(store);
+    }
+    if let Err(e) = js.create_stream(async_bucket_config(bucket, max_age)).await {
+        // Another process may have created it in between.
+        return js
+            .get_key_value(bucket)
+            .await
+            .map_err(|_| js_err(bucket, e));
+    }
+    js.get_key_value(bucket)
+        .await
+        .map_err(|e| js_err(bucket, e))
 }
 
 /// The stream configurations the fleet needs (any supported server).
@@ -162,7 +207,11 @@ pub async fn ensure_all(js: &jetstream::Context) -> Result<(), ProvisionError> {
     for wanted in stream_configs_for(&version) {
         ensure_stream(js, wanted).await?;
     }
-    ensure_bucket(js, JOB_STATE_BUCKET, 30 * DAY, 1).await?;
+    if supports_async_persist(&version) {
+        ensure_async_bucket(js, JOB_STATE_BUCKET, 30 * DAY).await?;
+    } else {
+        ensure_bucket(js, JOB_STATE_BUCKET, 30 * DAY, 1).await?;
+    }
     ensure_bucket(js, WORKERS_BUCKET, WORKER_TTL, 1).await?;
     ensure_bucket(js, CONSOLIDATIONS_BUCKET, Duration::ZERO, 1).await?;
     ensure_bucket(js, CONTROL_BUCKET, Duration::ZERO, 1).await?;

@@ -182,3 +182,45 @@ async fn the_worker_serves_outcome_rounds_and_quality_metrics() {
     }
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_records_are_persisted_asynchronously_and_serve_as_a_key_value_bucket() {
+    use async_nats::jetstream::stream::PersistenceMode;
+
+    let mut fleet = Fleet::start().await;
+    fleet.scheduler(SchedulerArgs::default()).await;
+    let persist = |name: &str| {
+        let js = fleet.js.clone();
+        let name = name.to_string();
+        async move {
+            let mut stream = js.get_stream(&name).await.expect("stream");
+            stream.info().await.expect("info").config.persist_mode
+        }
+    };
+    // An index of what the fsynced streams hold (ADR 0016); jobs stay fsynced.
+    assert_eq!(
+        persist(&format!("KV_{JOB_STATE_BUCKET}")).await,
+        Some(PersistenceMode::Async)
+    );
+    assert_ne!(persist(JOBS_STREAM).await, Some(PersistenceMode::Async));
+    // A bucket like any other: one value per key, the latest wins.
+    let bucket = fleet
+        .js
+        .get_key_value(JOB_STATE_BUCKET)
+        .await
+        .expect("bucket");
+    bucket.put("job-1", "queued".into()).await.expect("put");
+    bucket.put("job-1", "done".into()).await.expect("put");
+    assert_eq!(
+        bucket.get("job-1").await.expect("get").as_deref(),
+        Some(&b"done"[..])
+    );
+    // Provisioning again changes nothing.
+    ensure_all(&fleet.js).await.expect("idempotent");
+    let submitted = fleet.submit_ok(&job(CALC)).await;
+    assert!(
+        bucket.get(&submitted).await.expect("get").is_some(),
+        "the scheduler records the job"
+    );
+    fleet.stop().await;
+}
