@@ -141,24 +141,9 @@ fn timed_searches(
     build_s: f64,
     queries: &[Vec<f32>],
     truth: &[Vec<u32>],
-    mut search: impl FnMut(&[f32]) -> Vec<u32>,
+    search: impl FnMut(&[f32]) -> Vec<u32>,
 ) -> Measured {
-    let mut lat = Vec::with_capacity(queries.len());
-    let mut hits = 0;
-    for (q, t) in queries.iter().zip(truth) {
-        let start = Instant::now();
-        let found = search(q);
-        lat.push(start.elapsed().as_secs_f64() * 1000.0);
-        let t: HashSet<u32> = t.iter().copied().collect();
-        hits += found.iter().filter(|i| t.contains(i)).count();
-    }
-    lat.sort_by(f64::total_cmp);
-    Measured {
-        build_s,
-        p50_ms: percentile(&lat, 50.0),
-        p95_ms: percentile(&lat, 95.0),
-        recall: hits as f64 / (K * queries.len()) as f64,
-    }
+    pooled(build_s, &[round(queries, truth, search)])
 }
 
 /// The bank's HNSW over `data`, vectors kept as f32 or int8, and its build time.

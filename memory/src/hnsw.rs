@@ -332,7 +332,8 @@ impl Hnsw {
         }
     }
 
-    /// Asks the CPU to start loading node `id`'s links on `level` into the cache.
+    /// Asks the CPU to start loading node `id`'s links on `level` into the cache (layer 0
+    /// only: the upper layers are a few thousand nodes and stay cached).
     #[inline]
     fn prefetch_links(&self, id: u32, level: usize) {
         if level == 0 {
@@ -399,7 +400,6 @@ impl Hnsw {
                 *generation = 1;
             }
             let generation = *generation;
-            let fresh = &mut *fresh;
             let mut candidates: BinaryHeap<std::cmp::Reverse<Near>> =
                 BinaryHeap::with_capacity(ef * 2);
             let mut found: BinaryHeap<Near> = BinaryHeap::with_capacity(ef + 1);

@@ -97,9 +97,10 @@ pub struct HybridRouter {
     /// The quality the cloud must be predicted to add over local for the balanced strategy
     /// to pay for it.
     pub min_gain: f64,
-    /// Share of balanced and quality jobs sent to the other pool than the one chosen (when that pool
-    /// may take them), so the quality predictor keeps learning both; picked by a hash of
-    /// the job id, so a resubmission goes the same way. 0 when learned routing is off.
+    /// Share of balanced and quality jobs sent to the other pool than the one chosen (when
+    /// that pool may take them), so the estimates keep learning both; picked by a hash of
+    /// the job id, so a resubmission goes the same way. 0 when learned routing is off, and
+    /// then no untried pool is tried either.
     pub explore: f64,
 }
 
