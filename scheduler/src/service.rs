@@ -72,8 +72,10 @@ pub struct SchedulerArgs {
     /// learned routing); one per replica. Default `.qefleet/memory/scheduler`.
     #[arg(long, env = "QEFLEET_ROUTE_MEMORY_DIR")]
     pub route_memory_dir: Option<std::path::PathBuf>,
-    /// Share of balanced jobs routed to the other pool than chosen, so the predictor
-    /// keeps learning both (only with learned routing; 0 turns it off).
+    /// Share of balanced and quality jobs routed to the other pool than chosen, so the
+    /// estimates keep learning both; with it, a job whose similar past jobs the router's
+    /// memory knows on one pool only is tried on the other (only with learned routing; 0
+    /// turns both off).
     #[arg(long, env = "QEFLEET_ROUTE_EXPLORE", default_value_t = DEFAULT_EXPLORE)]
     pub route_explore: f64,
     /// Daily cloud budget per tenant, US dollars (UTC day). When a tenant's spend reaches
