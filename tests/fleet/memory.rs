@@ -75,7 +75,13 @@ async fn a_worker_remembers_jobs_and_gives_similar_ones_their_suites() {
     .await;
 
     // The bank outlives the worker: a new one on the same directory starts with it.
+    // Its key leaves the live-workers bucket at the end of its shutdown; the bank's sled
+    // directory (one holder at a time) is let go of a little later (200 ms was too soon).
     worker.trigger();
+    eventually(Duration::from_secs(30), "the worker stopped", || async {
+        fleet.live_workers().await.is_empty()
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let port = free_port();
     let mut args = fleet.worker_args(PoolArg::Local);
@@ -200,8 +206,21 @@ async fn the_router_learns_per_module_which_pool_does_better() {
             fleet.result(&id, Duration::from_secs(30)).await;
         }
     }
-    // Results reach the memory through a subscription: give it a moment.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Results reach the memory through a subscription: wait until it has stored all 8.
+    eventually(
+        Duration::from_secs(20),
+        "the router's memory stored 8 outcomes",
+        || async {
+            let body = try_http_get(port, "/metrics").await.unwrap_or_default();
+            let stored: f64 = body
+                .lines()
+                .filter(|l| l.starts_with("qefleet_memory_inserts_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            stored >= 8.0
+        },
+    )
+    .await;
     let (_, parser) = route(
         fleet
             .submit(
