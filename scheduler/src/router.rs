@@ -782,9 +782,22 @@ mod tests {
         class: Complexity,
         predicted: Option<PoolEstimates>,
     ) -> RouteDecision {
+        route_by(&HybridRouter::default(), j, Some(class), predicted)
+    }
+
+    /// `router`'s decision for `j`, its complexity class as analysed unless `class` is
+    /// given.
+    fn route_by(
+        router: &HybridRouter,
+        j: &JobSpec,
+        class: Option<Complexity>,
+        predicted: Option<PoolEstimates>,
+    ) -> RouteDecision {
         let mut complexity = analyze(&j.source).expect("source").report;
-        complexity.class = class;
-        HybridRouter::default()
+        if let Some(class) = class {
+            complexity.class = class;
+        }
+        router
             .route(RouteInput {
                 job: j,
                 complexity: &complexity,
@@ -911,18 +924,7 @@ mod tests {
         assert!(d.reasons.iter().any(|r| r.contains("trying cloud")));
         let mut router = HybridRouter::default();
         router.explore = 0.0;
-        let complexity = analyze(&k.source).expect("source").report;
-        let quiet = router
-            .route(RouteInput {
-                job: &k,
-                complexity: &complexity,
-                live: &live(1, 1),
-                lag: &PoolLag::default(),
-                mode: RouteMode::Auto,
-                budget_exhausted: None,
-                predicted: known_local.as_ref(),
-            })
-            .expect("routed");
+        let quiet = route_by(&router, &k, None, known_local);
         assert_eq!(quiet.pool, Pool::Local, "{:?}", quiet.reasons);
         // Privacy still wins.
         j.strategy = None;

@@ -62,14 +62,15 @@ fn supports_async_persist(server_version: &str) -> bool {
     crate::nats::parse_server_version(server_version).is_some_and(|v| v >= ASYNC_PERSIST_SINCE)
 }
 
-/// The stream behind a key-value bucket with one value per key, as `create_key_value`
-/// makes it, but persisted asynchronously (ADR 0016: the job-state records are an index
-/// of what the fsynced streams hold, and one fsync fewer per submission).
-pub fn async_bucket_config(bucket: &str, max_age: Duration) -> StreamConfig {
+/// The stream behind a key-value bucket keeping `history` values per key, as
+/// `create_key_value` makes it, but persisted asynchronously (ADR 0016: the job-state
+/// records are an index of what the fsynced streams hold, and one fsync fewer per
+/// submission).
+pub fn async_bucket_config(bucket: &str, max_age: Duration, history: i64) -> StreamConfig {
     StreamConfig {
         name: format!("KV_{bucket}"),
         subjects: vec![format!("$KV.{bucket}.>")],
-        max_messages_per_subject: 1,
+        max_messages_per_subject: history,
         max_age,
         storage: StorageType::File,
         allow_rollup: true,
@@ -80,28 +81,6 @@ pub fn async_bucket_config(bucket: &str, max_age: Duration) -> StreamConfig {
         persist_mode: Some(PersistenceMode::Async),
         ..Default::default()
     }
-}
-
-/// A bucket made by [`async_bucket_config`]; an existing one (of any persistence) is used
-/// as it is.
-async fn ensure_async_bucket(
-    js: &jetstream::Context,
-    bucket: &str,
-    max_age: Duration,
-) -> Result<kv::Store, ProvisionError> {
-    if let Ok(store) = js.get_key_value(bucket).await {
-        return Ok(store);
-    }
-    if let Err(e) = js.create_stream(async_bucket_config(bucket, max_age)).await {
-        // Another process may have created it in between.
-        return js
-            .get_key_value(bucket)
-            .await
-            .map_err(|_| js_err(bucket, e));
-    }
-    js.get_key_value(bucket)
-        .await
-        .map_err(|e| js_err(bucket, e))
 }
 
 /// The stream configurations the fleet needs (any supported server).
@@ -207,17 +186,15 @@ pub async fn ensure_all(js: &jetstream::Context) -> Result<(), ProvisionError> {
     for wanted in stream_configs_for(&version) {
         ensure_stream(js, wanted).await?;
     }
-    if supports_async_persist(&version) {
-        ensure_async_bucket(js, JOB_STATE_BUCKET, 30 * DAY).await?;
-    } else {
-        ensure_bucket(js, JOB_STATE_BUCKET, 30 * DAY, 1).await?;
-    }
-    ensure_bucket(js, WORKERS_BUCKET, WORKER_TTL, 1).await?;
-    ensure_bucket(js, CONSOLIDATIONS_BUCKET, Duration::ZERO, 1).await?;
-    ensure_bucket(js, CONTROL_BUCKET, Duration::ZERO, 1).await?;
-    ensure_bucket(js, SPEND_BUCKET, 3 * DAY, 1).await?;
+    // Job records are an index of what the fsynced streams hold (ADR 0016).
+    let records_async = supports_async_persist(&version);
+    ensure_bucket(js, JOB_STATE_BUCKET, 30 * DAY, 1, records_async).await?;
+    ensure_bucket(js, WORKERS_BUCKET, WORKER_TTL, 1, false).await?;
+    ensure_bucket(js, CONSOLIDATIONS_BUCKET, Duration::ZERO, 1, false).await?;
+    ensure_bucket(js, CONTROL_BUCKET, Duration::ZERO, 1, false).await?;
+    ensure_bucket(js, SPEND_BUCKET, 3 * DAY, 1, false).await?;
     // Ten snapshots of each learned model: the current one and nine to roll back to.
-    ensure_bucket(js, SONA_BUCKET, Duration::ZERO, 10).await?;
+    ensure_bucket(js, SONA_BUCKET, Duration::ZERO, 10, false).await?;
     Ok(())
 }
 
@@ -266,31 +243,42 @@ fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
     )
 }
 
+/// A bucket as `create_key_value` makes it, or, with `persist_async`, as
+/// [`async_bucket_config`] does; an existing one (of any persistence) is used as it is.
 async fn ensure_bucket(
     js: &jetstream::Context,
     bucket: &str,
     max_age: Duration,
     history: i64,
+    persist_async: bool,
 ) -> Result<kv::Store, ProvisionError> {
     if let Ok(store) = js.get_key_value(bucket).await {
         return Ok(store);
     }
-    let created = js
-        .create_key_value(kv::Config {
+    let created = if persist_async {
+        js.create_stream(async_bucket_config(bucket, max_age, history))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    } else {
+        js.create_key_value(kv::Config {
             bucket: bucket.to_string(),
             history,
             max_age,
             storage: StorageType::File,
             ..Default::default()
         })
-        .await;
-    match created {
-        Ok(store) => Ok(store),
-        Err(e) => js
-            .get_key_value(bucket)
-            .await
-            .map_err(|_| js_err(bucket, e)),
-    }
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    };
+    // Created, or created by another process in between: open it either way.
+    js.get_key_value(bucket)
+        .await
+        .map_err(|open| match created {
+            Err(create) => js_err(bucket, create),
+            Ok(()) => js_err(bucket, open),
+        })
 }
 
 /// Opens a bucket created by [`ensure_all`].

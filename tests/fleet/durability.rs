@@ -124,10 +124,7 @@ async fn a_stopping_worker_hands_back_jobs_delivered_after_its_shutdown() {
     for _ in 0..3 {
         ids.push(fleet.submit_ok(&job(CALC)).await);
     }
-    eventually(Duration::from_secs(30), "the worker stopped", || async {
-        fleet.live_workers().await.is_empty()
-    })
-    .await;
+    fleet.until_no_live_worker().await;
     assert_eq!(
         stopping.runs(),
         1,

@@ -78,10 +78,7 @@ async fn a_worker_remembers_jobs_and_gives_similar_ones_their_suites() {
     // Its key leaves the live-workers bucket at the end of its shutdown; the bank's sled
     // directory (one holder at a time) is let go of a little later (200 ms was too soon).
     worker.trigger();
-    eventually(Duration::from_secs(30), "the worker stopped", || async {
-        fleet.live_workers().await.is_empty()
-    })
-    .await;
+    fleet.until_no_live_worker().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let port = free_port();
     let mut args = fleet.worker_args(PoolArg::Local);

@@ -355,10 +355,7 @@ async fn prometheus_sees_queue_lag_rise_while_workers_stop_and_fall_when_they_re
     // Workers stop: the queue backs up and Prometheus sees it. The worker's key goes only
     // after its last fetch has ended, so no job submitted below can reach it.
     first_worker.trigger();
-    eventually(Duration::from_secs(30), "first worker stopped", || async {
-        fleet.live_workers().await.is_empty()
-    })
-    .await;
+    fleet.until_no_live_worker().await;
     eventually(Duration::from_secs(10), "first worker gone", || async {
         prometheus
             .value(&format!(

@@ -105,6 +105,14 @@ impl Fleet {
         keys.filter_map(|k| async { k.ok() }).collect().await
     }
 
+    /// Waits until no worker is live: every stopped worker has ended its last fetch.
+    pub async fn until_no_live_worker(&self) {
+        eventually(Duration::from_secs(30), "no live worker", || async {
+            self.live_workers().await.is_empty()
+        })
+        .await;
+    }
+
     /// Worker settings for tests: fast redelivery and retries, own outbox.
     pub fn worker_args(&mut self, pool: PoolArg) -> WorkerArgs {
         self.workers += 1;

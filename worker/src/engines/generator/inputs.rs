@@ -2,7 +2,7 @@
 //! literals the body compares against (and their neighbours), combined one factor at a
 //! time and then at random (seeded), into call expressions.
 
-use super::targets::{operator_syntax, Owner, Param, Target};
+use super::targets::{operator_inputs, operator_syntax, Owner, Param, Target};
 
 /// One call to probe.
 #[derive(Debug, Clone, PartialEq)]
@@ -594,12 +594,9 @@ pub fn synthesize(
                 .iter()
                 .map(|p| {
                     let mut values = pool(p, &literals, 14);
-                    // `obj[...]` takes slices and lists of indices as well as one index.
-                    if target.name == "__getitem__" {
-                        for v in ["slice(1, None)", "slice(None)", "[0, 1]", "-1"] {
-                            if !values.iter().any(|x| x == v) {
-                                values.push(v.into());
-                            }
+                    for v in operator_inputs(&target.name) {
+                        if !values.iter().any(|x| x == v) {
+                            values.push((*v).into());
                         }
                     }
                     // `other` of a method (`__eq__`, `union`) is most often another

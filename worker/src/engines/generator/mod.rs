@@ -526,6 +526,13 @@ class Counter:
         generate_with(GeneratorSettings::default(), source, seconds).await
     }
 
+    /// The generator's output on `source` at 60 s, every kept test passing.
+    async fn passing(source: &str) -> crate::engine::EngineOutput {
+        let out = generate(source, 60).await.expect("generates");
+        assert_eq!(out.tests_failed, 0, "{}", out.test_file);
+        out
+    }
+
     async fn generate_with(
         settings: GeneratorSettings,
         source: &str,
@@ -632,9 +639,8 @@ class Counter:
         // Every line runs with any word; only the table's own words tell its entries from
         // their mutants (`'goose'` -> `''`), which ran at import, not in the call.
         let source = "_IRREGULAR = {'child': 'children', 'person': 'people', 'mouse': 'mice',\n              'goose': 'geese', 'ox': 'oxen'}\n\n\ndef plural(word: str) -> str:\n    if word in _IRREGULAR:\n        return _IRREGULAR[word]\n    return word + 's'\n";
-        let out = generate(source, 60).await.expect("generates");
+        let out = passing(source).await;
         let file = &out.test_file;
-        assert_eq!(out.tests_failed, 0, "{file}");
         for word in ["'child'", "'person'", "'mouse'", "'goose'", "'ox'"] {
             assert!(file.contains(word), "{word}:\n{file}");
         }
@@ -645,9 +651,8 @@ class Counter:
     async fn strings_the_modules_patterns_match_are_inputs() {
         // No literal of the body is a duration: the pattern's own samples reach the units.
         let source = "import re\n\n_DURATION = re.compile(r'(?P<n>[0-9]+) *(?P<unit>weeks?|days?)$')\n\n\ndef seconds(text: str) -> int:\n    m = _DURATION.match(text)\n    if not m:\n        raise ValueError('not a duration')\n    n = int(m.group('n'))\n    if m.group('unit').startswith('week'):\n        return n * 604800\n    return n * 86400\n";
-        let out = generate(source, 60).await.expect("generates");
+        let out = passing(source).await;
         let file = &out.test_file;
-        assert_eq!(out.tests_failed, 0, "{file}");
         assert_eq!(out.line_coverage, Some(1.0), "{file}");
         assert_eq!(out.branch_coverage, Some(1.0), "{file}");
     }
@@ -657,9 +662,8 @@ class Counter:
         // `filter` objects show only an address; their items, and the lambda's line, come
         // out when the iterator is run.
         let source = "def evens(xs: list):\n    return filter(lambda x: x % 2 == 0, xs)\n";
-        let out = generate(source, 60).await.expect("generates");
+        let out = passing(source).await;
         let file = &out.test_file;
-        assert_eq!(out.tests_failed, 0, "{file}");
         assert!(file.contains("list(bank.evens("), "{file}");
         assert_eq!(out.line_coverage, Some(1.0), "{file}");
     }
@@ -668,9 +672,8 @@ class Counter:
     async fn methods_are_reached_through_call_sequences_on_instances() {
         // `pop` and `peek` return an item only after a `push`: no single call covers them.
         let source = "class Stack:\n    def __init__(self, capacity: int = 3):\n        self.capacity = capacity\n        self.items = []\n\n    def push(self, x):\n        if len(self.items) >= self.capacity:\n            raise OverflowError(\"full\")\n        self.items.append(x)\n\n    def pop(self):\n        if not self.items:\n            raise IndexError(\"empty\")\n        return self.items.pop()\n\n    def peek(self):\n        if self.items:\n            return self.items[-1]\n        return None\n";
-        let out = generate(source, 60).await.expect("generates");
+        let out = passing(source).await;
         let file = &out.test_file;
-        assert_eq!(out.tests_failed, 0, "{file}");
         assert_eq!(out.line_coverage, Some(1.0), "{file}");
         assert!(
             file.contains("    obj.push(") && file.contains("    assert obj.pop() == "),
@@ -682,9 +685,8 @@ class Counter:
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn special_methods_are_tested_through_their_syntax() {
         let source = "class Bag:\n    def __init__(self, items=None):\n        self.items = list(items or [])\n\n    def __len__(self):\n        return len(self.items)\n\n    def __contains__(self, x):\n        return x in self.items\n\n    def __getitem__(self, i):\n        return self.items[i]\n\n    def __eq__(self, other):\n        if not isinstance(other, Bag):\n            return NotImplemented\n        return self.items == other.items\n\n    def __or__(self, other):\n        return Bag(self.items + [x for x in other.items if x not in self.items])\n\n    def __radd__(self, other):\n        return len(self.items) + other\n\n    def __format__(self, spec):\n        return format(len(self.items), spec)\n\n    def __call__(self, n, scale=1):\n        return self.items[:n] * scale\n";
-        let out = generate(source, 60).await.expect("generates");
+        let out = passing(source).await;
         let file = &out.test_file;
-        assert_eq!(out.tests_failed, 0, "{file}");
         for syntax in [
             "len(obj)",
             " in obj)",
@@ -717,9 +719,8 @@ class Counter:
     async fn what_a_method_returning_nothing_did_is_read_through_inspectors() {
         // add_row returns None and keeps its rows private: only draw() shows them.
         let source = "class Table:\n    def __init__(self):\n        self._rows = []\n\n    def add_row(self, row: list):\n        if len(row) > 3:\n            raise ValueError('too wide')\n        self._rows.append(list(row))\n\n    def clear(self):\n        self._rows = []\n        return self\n\n    def draw(self) -> str:\n        return '\\n'.join(','.join(str(c) for c in r) for r in self._rows)\n";
-        let out = generate(source, 60).await.expect("generates");
+        let out = passing(source).await;
         let file = &out.test_file;
-        assert_eq!(out.tests_failed, 0, "{file}");
         assert!(
             file.contains("    obj.add_row([1, 2, 3])\n    assert obj.draw() == '1,2,3'\n"),
             "{file}"
@@ -733,9 +734,8 @@ class Counter:
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_command_line_entry_point_is_run_with_command_lines() {
         let source = "import argparse\n\n\ndef parse_args():\n    parser = argparse.ArgumentParser(prog='tool')\n    parser.add_argument('number')\n    parser.add_argument('-d', '--double', action='store_true')\n    return parser.parse_args()\n\n\ndef main() -> int:\n    args = parse_args()\n    n = int(args.number)\n    if args.double:\n        n *= 2\n    print(n)\n    return n\n";
-        let out = generate(source, 60).await.expect("generates");
+        let out = passing(source).await;
         let file = &out.test_file;
-        assert_eq!(out.tests_failed, 0, "{file}");
         assert!(file.contains("import sys\n"), "{file}");
         assert!(
             file.contains("(monkeypatch):\n    monkeypatch.setattr(sys, \"argv\", ['bank', '-d', '1'])\n    assert bank.main() == 2\n"),
@@ -751,9 +751,8 @@ class Counter:
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn file_objects_and_dates_are_built_from_the_standard_library() {
         let source = "def count_lines(file_obj):\n    n = 0\n    for line in file_obj:\n        n += 1\n    return n\n\n\ndef weekday(dt):\n    if dt.weekday() >= 5:\n        return 'weekend'\n    return 'weekday'\n";
-        let out = generate(source, 60).await.expect("generates");
+        let out = passing(source).await;
         let file = &out.test_file;
-        assert_eq!(out.tests_failed, 0, "{file}");
         assert!(
             file.contains("import datetime\nimport io\n\nimport pytest\n"),
             "{file}"

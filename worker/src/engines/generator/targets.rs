@@ -180,6 +180,15 @@ impl Target {
     }
 }
 
+/// Values a special method's syntax takes that its parameter's name does not suggest:
+/// `obj[...]` takes slices and lists of indices as well as one index.
+pub fn operator_inputs(name: &str) -> &'static [&'static str] {
+    match name {
+        "__getitem__" => &["slice(1, None)", "slice(None)", "[0, 1]", "-1"],
+        _ => &[],
+    }
+}
+
 /// The syntax that calls a special method, `{0}` standing for the instance, `{1}` for
 /// the one argument and `{*}` for all of them: `obj[1]` tests `__getitem__`, `len(obj)`
 /// `__len__`. Special methods without one (`__hash__`, `__setitem__`, in-place operators)
