@@ -181,10 +181,11 @@ impl Bank {
     /// Opens (or creates) the bank at `path` and starts building its index in the
     /// background.
     pub fn open(path: &Path, settings: BankSettings) -> Result<Self, BankError> {
-        let db = sled::open(path).map_err(|e| BankError::Open {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let db =
+            crate::store::open_db(path, crate::store::LOCK_WAIT).map_err(|e| BankError::Open {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
         let tree = db.open_tree("trajectories").map_err(storage)?;
         let vectors = db.open_tree("vectors").map_err(storage)?;
         let mut keys = Vec::new();

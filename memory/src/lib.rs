@@ -5,6 +5,7 @@
 pub mod bank;
 pub mod hnsw;
 pub mod kmeans;
+pub mod store;
 pub mod vector;
 
 pub use bank::{Bank, BankError, BankSettings, Inserted, Neighbour, Pattern, Trajectory};

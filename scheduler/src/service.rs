@@ -174,7 +174,11 @@ pub async fn run(
                 .route_memory_dir
                 .clone()
                 .unwrap_or_else(|| std::path::PathBuf::from(".qefleet/memory/scheduler"));
-            RouteMemory::open(&dir, embedder.clone(), metrics.clone())
+            // Off the runtime: opening reads the whole bank and may wait for its lock.
+            let (embedder, metrics) = (embedder.clone(), metrics.clone());
+            tokio::task::spawn_blocking(move || RouteMemory::open(&dir, embedder, metrics))
+                .await
+                .expect("opening the router memory panicked")
         }
         _ => None,
     };

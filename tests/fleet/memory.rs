@@ -75,11 +75,10 @@ async fn a_worker_remembers_jobs_and_gives_similar_ones_their_suites() {
     .await;
 
     // The bank outlives the worker: a new one on the same directory starts with it.
-    // Its key leaves the live-workers bucket at the end of its shutdown; the bank's sled
-    // directory (one holder at a time) is let go of a little later (200 ms was too soon).
+    // Its key leaves the live-workers bucket at the end of its shutdown; sled lets go of
+    // the directory's lock a little later, which opening waits for (`store::open_db`).
     worker.trigger();
     fleet.until_no_live_worker().await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let port = free_port();
     let mut args = fleet.worker_args(PoolArg::Local);
     args.embedder = Some(embedder);

@@ -37,10 +37,12 @@ pub struct Outbox {
 
 impl Outbox {
     pub fn open(path: &Path) -> Result<Self, OutboxError> {
-        let db = sled::open(path).map_err(|e| OutboxError::Open {
-            path: path.display().to_string(),
-            detail: e.to_string(),
-        })?;
+        let db = qefleet_memory::store::open_db(path, qefleet_memory::store::LOCK_WAIT).map_err(
+            |e| OutboxError::Open {
+                path: path.display().to_string(),
+                detail: e.to_string(),
+            },
+        )?;
         Ok(Self { db })
     }
 

@@ -96,7 +96,11 @@ pub async fn run(
         .outbox_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(".qefleet/outbox").join(pool.as_str()));
-    let outbox = Outbox::open(&outbox_dir)?;
+    // Opening may wait for a lock a closing handle still holds (`store::open_db`): off the
+    // runtime, whose tasks may be the ones letting go of it.
+    let outbox = tokio::task::spawn_blocking(move || Outbox::open(&outbox_dir))
+        .await
+        .expect("opening the outbox panicked")?;
     // An explicit reference must work; one implied by --cloud-config is optional (a
     // configuration without prices has nothing to measure savings against).
     let reference = match (&args.savings_reference, &args.cloud_config) {
@@ -129,7 +133,12 @@ pub async fn run(
                 .memory_dir
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(".qefleet/memory").join(pool.as_str()));
-            Memory::open(&dir, embedder.clone(), metrics.clone(), pool.as_str())
+            let (embedder, metrics) = (embedder.clone(), metrics.clone());
+            tokio::task::spawn_blocking(move || {
+                Memory::open(&dir, embedder, metrics, pool.as_str())
+            })
+            .await
+            .expect("opening the ReasoningBank panicked")
         }
         _ => None,
     };
