@@ -59,6 +59,9 @@ struct Figures {
     e2e_p50: f64,
     e2e_p99: f64,
     e2e_rate: f64,
+    /// How results were stored while draining the queue and at the steady rate.
+    consume_commits: Commits,
+    e2e_commits: Commits,
 }
 
 async fn raw_rates(js: &jetstream::Context, payload: &[u8], n: usize) -> (f64, f64) {
@@ -186,6 +189,7 @@ async fn start_fleet(
     url: &str,
     outbox: std::path::PathBuf,
     concurrency: u32,
+    metrics: Option<std::net::SocketAddr>,
 ) -> (ShutdownTrigger, JoinSet<()>) {
     let (trigger, shutdown) = shutdown::channel();
     let mut tasks = JoinSet::new();
@@ -211,6 +215,7 @@ async fn start_fleet(
     let mut args = WorkerArgs::for_pool(PoolArg::Local);
     args.concurrency = concurrency;
     args.outbox_dir = Some(outbox);
+    args.metrics_addr = metrics;
     tasks.spawn(async move {
         qefleet_worker::run(
             client,
@@ -253,7 +258,7 @@ async fn measure(default_sync: bool) -> Figures {
     // no worker yet, so the jobs stay queued for the consume phase.
     eprintln!("phase: qefleet submit");
     let dir = tempfile::tempdir().expect("tempdir");
-    let (trigger, mut tasks) = start_fleet(&url, dir.path().join("warm-up"), 64).await;
+    let (trigger, mut tasks) = start_fleet(&url, dir.path().join("warm-up"), 64, None).await;
     // The worker must not drain while submissions are measured: pause it by stopping the
     // whole fleet after submission and restarting it for the consume phase.
     let warm = submit(
@@ -308,11 +313,14 @@ async fn measure(default_sync: bool) -> Figures {
     // consume -> ack: a worker with the no-op engine drains the queued jobs.
     let before = results_count(&js).await;
     let start = Instant::now();
-    let (trigger, mut tasks) = start_fleet(&url, dir.path().join("consume"), 64).await;
+    let metrics_addr = free_addr();
+    let (trigger, mut tasks) =
+        start_fleet(&url, dir.path().join("consume"), 64, Some(metrics_addr)).await;
     while results_count(&js).await < before + jobs as u64 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let consume_rate = jobs as f64 / start.elapsed().as_secs_f64();
+    let consume_commits = Commits::scrape(metrics_addr).await;
 
     eprintln!("phase: qefleet end to end");
     // End to end at a steady rate: submit -> result observed on qe.results.>.
@@ -362,6 +370,7 @@ async fn measure(default_sync: bool) -> Figures {
     if latencies.len() < n {
         eprintln!("warning: only {} of {n} results observed", latencies.len());
     }
+    let e2e_commits = Commits::scrape(metrics_addr).await.since(&consume_commits);
     trigger.trigger();
     while tasks.join_next().await.is_some() {}
     Figures {
@@ -374,6 +383,74 @@ async fn measure(default_sync: bool) -> Figures {
         e2e_p50: percentile(&latencies, 50.0),
         e2e_p99: percentile(&latencies, 99.0),
         e2e_rate: achieved,
+        consume_commits,
+        e2e_commits,
+    }
+}
+
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+/// How the worker stored its results (`qefleet_result_commit_size`): commits and results
+/// by kind.
+#[derive(Debug, Default, Clone, Copy)]
+struct Commits {
+    batches: f64,
+    batched: f64,
+    singles: f64,
+}
+
+impl Commits {
+    async fn scrape(addr: std::net::SocketAddr) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut text = String::new();
+        if let Ok(mut conn) = tokio::net::TcpStream::connect(addr).await {
+            let _ = conn
+                .write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+                .await;
+            let _ = conn.read_to_string(&mut text).await;
+        }
+        let value = |series: &str, kind: &str| {
+            text.lines()
+                .find(|l| l.starts_with(series) && l.contains(&format!("kind=\"{kind}\"")))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        Self {
+            batches: value("qefleet_result_commit_size_count", "batch"),
+            batched: value("qefleet_result_commit_size_sum", "batch"),
+            singles: value("qefleet_result_commit_size_count", "single"),
+        }
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        Self {
+            batches: self.batches - before.batches,
+            batched: self.batched - before.batched,
+            singles: self.singles - before.singles,
+        }
+    }
+
+    fn describe(&self) -> String {
+        let all = self.batched + self.singles;
+        if all == 0.0 {
+            return "no results counted".into();
+        }
+        format!(
+            "{:.0}% in {:.0} atomic batches (mean {:.1}), {:.0} single",
+            100.0 * self.batched / all,
+            self.batches,
+            if self.batches > 0.0 {
+                self.batched / self.batches
+            } else {
+                0.0
+            },
+            self.singles
+        )
     }
 }
 
@@ -440,6 +517,14 @@ fn main() {
         println!(
             "{:<44} {:>12.0}",
             "steady submission rate achieved (jobs/s)", f.e2e_rate
+        );
+        println!(
+            "results stored while draining: {}",
+            f.consume_commits.describe()
+        );
+        println!(
+            "results stored at the steady rate: {}",
+            f.e2e_commits.describe()
         );
     }
 }

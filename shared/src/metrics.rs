@@ -70,6 +70,9 @@ pub struct Metrics {
     pub consolidations_triggered: IntCounter,
     /// Results computed but not yet confirmed published, by pool.
     pub outbox_pending: IntGaugeVec,
+    /// Results stored per commit, by pool and kind (single publishes, atomic batches):
+    /// its count is the commits, its sum the results.
+    pub result_commit_size: HistogramVec,
     pub jobs_in_flight: IntGauge,
     /// Jobs in the work queue (waiting + in flight) by pool and complexity, sampled by
     /// the scheduler.
@@ -267,6 +270,12 @@ impl Metrics {
             "Results computed but not yet confirmed published, by pool",
             &[POOL],
         );
+        let result_commit_size = histogram(
+            "qefleet_result_commit_size",
+            "Results stored per commit by this worker, by kind: single (one publish each) or batch (one atomic batch, one fsync)",
+            vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+            &[POOL, KIND],
+        );
         let jobs_in_flight = gauge("qefleet_in_flight_jobs", "Jobs this worker is running now");
         let consolidations_triggered = IntCounter::new(
             "qefleet_consolidations_triggered_total",
@@ -400,6 +409,7 @@ impl Metrics {
             fleet_budget_remaining_usd,
             consolidations_triggered,
             outbox_pending,
+            result_commit_size,
             jobs_in_flight,
             queue_lag,
             queue_ack_pending,

@@ -45,7 +45,7 @@ const ASYNC_PERSIST_SINCE: (u64, u64, u64) = (2, 12, 0);
 /// The stream configurations the fleet needs on a server of `server_version`.
 ///
 /// Events are observability: on servers that support it they are persisted
-/// asynchronously, so `sync_interval: always` costs an fsync only for what must survive a
+/// asynchronously, and results may be stored in atomic batches, so `sync_interval: always` costs an fsync only for what must survive a
 /// crash (jobs, results, dead letters, submissions, job records).
 pub fn stream_configs_for(server_version: &str) -> Vec<StreamConfig> {
     let async_events = supports_async_persist(server_version);
@@ -53,6 +53,11 @@ pub fn stream_configs_for(server_version: &str) -> Vec<StreamConfig> {
     if async_events {
         for config in configs.iter_mut().filter(|c| c.name == EVENTS_STREAM) {
             config.persist_mode = Some(PersistenceMode::Async);
+        }
+        // Workers commit the results that finish together as one atomic batch, one fsync
+        // for all of them (ADR 0017); atomic batches came with the same release.
+        for config in configs.iter_mut().filter(|c| c.name == RESULTS_STREAM) {
+            config.allow_atomic_publish = true;
         }
     }
     configs
@@ -208,6 +213,16 @@ async fn ensure_stream(
                 let info = stream.info().await.map_err(|e| js_err(&wanted.name, e))?;
                 let differences = stream_differences(&wanted, &info.config);
                 if differences.is_empty() {
+                    // Atomic batches only add a way to publish (ADR 0017): switched on
+                    // in place for a results stream made before qefleet used them.
+                    if wanted.allow_atomic_publish && !info.config.allow_atomic_publish {
+                        let mut config = info.config.clone();
+                        config.allow_atomic_publish = true;
+                        js.update_stream(config)
+                            .await
+                            .map_err(|e| js_err(&wanted.name, e))?;
+                        tracing::info!(stream = %wanted.name, "allowed atomic batches");
+                    }
                     return Ok(());
                 }
                 return Err(ProvisionError::StreamConflict {
@@ -398,6 +413,19 @@ mod tests {
         assert_eq!(persist("2.10.23"), None);
         let jobs = stream_configs_for("2.15.1").remove(0);
         assert_eq!(jobs.persist_mode, None, "jobs are always fsynced");
+    }
+
+    #[test]
+    fn results_allow_atomic_batches_only_where_supported() {
+        let atomic = |version: &str| {
+            stream_configs_for(version)
+                .into_iter()
+                .filter(|c| c.allow_atomic_publish)
+                .map(|c| c.name)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(atomic("2.15.1"), vec![RESULTS_STREAM.to_string()]);
+        assert!(atomic("2.10.23").is_empty());
     }
 
     #[test]

@@ -11,5 +11,6 @@ mod inference;
 mod memory;
 mod observability;
 mod operators;
+mod results;
 mod submission;
 mod support;

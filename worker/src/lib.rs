@@ -9,7 +9,7 @@ pub mod engines;
 pub mod memory;
 pub mod outbox;
 mod registry;
-mod results;
+pub mod results;
 pub mod runtime;
 pub mod sandbox;
 pub mod savings;

@@ -7,6 +7,9 @@ use qefleet_shared::messages::headers_for;
 use qefleet_shared::subjects::{result_subject, HEADER_MSG_ID, RESULTS_STREAM};
 use qefleet_shared::trace::HEADER_TRACEPARENT;
 
+use qefleet_schemas::Pool;
+use qefleet_shared::metrics::Metrics;
+
 use crate::outbox::PendingResult;
 
 /// Outcome of a publish attempt.
@@ -72,5 +75,472 @@ pub async fn stored(
             Ok(None)
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Results waiting for one publisher task, which commits them in groups (ADR 0017).
+///
+/// Under `sync_interval: always` every stored message costs the server an fsync, and a
+/// worker's completions were bounded by its results' fsyncs. An atomic batch is stored
+/// with one fsync for all its messages, but its commit costs the server a few
+/// milliseconds, most of it CPU, whatever the batch holds. So: a result is published on
+/// its own (with `Nats-Msg-Id`, as before) while one of [`IN_FLIGHT`] commit slots is
+/// free; results that arrive while all are busy wait and go out together, as one atomic
+/// batch or one by one, whichever way has been storing results faster (see `Chooser`).
+/// Batches need `allow_atomic` on the results stream (servers >= 2.12); without it every
+/// result is published on its own.
+#[derive(Clone, Debug)]
+pub struct ResultPublisher {
+    js: jetstream::Context,
+    queue: Option<tokio::sync::mpsc::UnboundedSender<Waiting>>,
+    counts: Counts,
+}
+
+/// When results that wait together go as one atomic batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Batching {
+    /// Never: every result is published on its own (a results stream without
+    /// `allow_atomic`).
+    Never,
+    /// When at least [`MIN_BATCH`] wait and batches have been storing results faster
+    /// than single publishes.
+    Measured,
+    /// Whenever at least [`MIN_BATCH`] wait (tests of the batch path).
+    Always,
+}
+
+/// Where commits are counted: `qefleet_result_commit_size{pool, kind}`.
+#[derive(Clone, Debug)]
+struct Counts {
+    metrics: Metrics,
+    pool: &'static str,
+}
+
+impl Counts {
+    fn stored(&self, kind: &str, results: usize) {
+        self.metrics
+            .result_commit_size
+            .with_label_values(&[self.pool, kind])
+            .observe(results as f64);
+    }
+}
+
+/// Commits under way at once; results arriving while all are busy are grouped.
+pub const IN_FLIGHT: usize = 2;
+/// Fewer waiting results than this are always published one by one.
+pub const MIN_BATCH: usize = 8;
+/// The most results in one batch (the server's limit is 1000 messages).
+pub const MAX_BATCH: usize = 256;
+
+const SINGLE: &str = "single";
+const BATCH: &str = "batch";
+
+struct Waiting {
+    job_id: String,
+    result: PendingResult,
+    reply: tokio::sync::oneshot::Sender<Result<Published, async_nats::Error>>,
+}
+
+impl ResultPublisher {
+    /// A publisher for the results stream as the server has it: batching only where the
+    /// stream allows atomic batches.
+    pub async fn new(
+        js: &jetstream::Context,
+        metrics: Metrics,
+        pool: Pool,
+    ) -> Result<Self, async_nats::Error> {
+        let mut stream = js.get_stream(RESULTS_STREAM).await?;
+        let atomic = stream.info().await?.config.allow_atomic_publish;
+        if !atomic {
+            tracing::info!(
+                stream = RESULTS_STREAM,
+                "results are published one by one: the stream does not allow atomic batches (a server older than 2.12)"
+            );
+        }
+        let batching = if atomic {
+            Batching::Measured
+        } else {
+            Batching::Never
+        };
+        Ok(Self::with_batching(js, batching, metrics, pool))
+    }
+
+    /// A publisher batching as `batching` says (on a stream that allows atomic batches
+    /// unless it is `Never`).
+    pub fn with_batching(
+        js: &jetstream::Context,
+        batching: Batching,
+        metrics: Metrics,
+        pool: Pool,
+    ) -> Self {
+        let counts = Counts {
+            metrics,
+            pool: pool.as_str(),
+        };
+        let queue = (batching != Batching::Never).then(|| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let chooser = Chooser::new(batching == Batching::Always);
+            tokio::spawn(commit_groups(js.clone(), rx, chooser, counts.clone()));
+            tx
+        });
+        Self {
+            js: js.clone(),
+            queue,
+            counts,
+        }
+    }
+
+    /// Publishes on its own, counted.
+    async fn publish_single(
+        &self,
+        job_id: &str,
+        result: &PendingResult,
+    ) -> Result<Published, async_nats::Error> {
+        let published = publish(&self.js, job_id, result).await;
+        if matches!(published, Ok(Published::New)) {
+            self.counts.stored(SINGLE, 1);
+        }
+        published
+    }
+
+    /// Publishes a result and waits until JetStream has stored it (or refused it as the
+    /// job's second result).
+    pub async fn publish(
+        &self,
+        job_id: &str,
+        result: &PendingResult,
+    ) -> Result<Published, async_nats::Error> {
+        let Some(queue) = &self.queue else {
+            return self.publish_single(job_id, result).await;
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let waiting = Waiting {
+            job_id: job_id.to_string(),
+            result: result.clone(),
+            reply,
+        };
+        if queue.send(waiting).is_err() {
+            return self.publish_single(job_id, result).await;
+        }
+        match answer.await {
+            Ok(published) => published,
+            // The publisher task is gone (runtime shutting down): publish directly.
+            Err(_) => self.publish_single(job_id, result).await,
+        }
+    }
+}
+
+/// How the task commits groups that find both slots busy (the publisher is saturated):
+/// it runs epochs of [`EPOCH_GROUPS`] such groups one way, measures the results per
+/// second each way achieved, keeps to the faster and tries the other again every
+/// [`EXPLORE_EVERY`] epochs (the server's sync setting, disk or load may change).
+///
+/// Rates, not per-commit costs, because what a batch costs is mostly the server's CPU
+/// (1.5-2.5 ms a commit here): on a server that fsyncs every write that CPU is idle
+/// anyway and batches store results several times as fast; on one that does not, every
+/// commit takes CPU the server, scheduler and workers need, and the whole fleet slows
+/// down, which no per-commit timing shows.
+#[derive(Debug)]
+struct Chooser {
+    /// Batch whenever enough wait (tests of the batch path).
+    always: bool,
+    batches: bool,
+    epoch: Option<Epoch>,
+    /// Results per second of the last epochs committed one by one and in batches.
+    singles_rate: Option<f64>,
+    batches_rate: Option<f64>,
+    epochs: u64,
+}
+
+#[derive(Debug)]
+struct Epoch {
+    started: std::time::Instant,
+    /// When its last group formed.
+    last: std::time::Instant,
+    /// Saturated groups.
+    groups: usize,
+    results: usize,
+}
+
+/// Saturated groups in an epoch.
+pub const EPOCH_GROUPS: usize = 8;
+/// Every this many epochs the slower way is tried again.
+pub const EXPLORE_EVERY: u64 = 5;
+/// A gap this long between groups ends an epoch unmeasured (the publisher was idle).
+const EPOCH_IDLE: std::time::Duration = std::time::Duration::from_millis(25);
+/// An epoch not filled in this long is dropped (load came in bursts).
+const EPOCH_LONGEST: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Chooser {
+    fn new(always: bool) -> Self {
+        Self {
+            always,
+            batches: false,
+            epoch: None,
+            singles_rate: None,
+            batches_rate: None,
+            epochs: 0,
+        }
+    }
+
+    /// Whether a group of `waiting` results, formed at `now`, goes as one batch.
+    fn batch(&mut self, waiting: usize, now: std::time::Instant) -> bool {
+        let saturated = waiting >= MIN_BATCH;
+        if self.always {
+            return saturated;
+        }
+        // A pause, or an epoch that never filled, must not be measured.
+        if self
+            .epoch
+            .as_ref()
+            .is_some_and(|e| now - e.last > EPOCH_IDLE || now - e.started > EPOCH_LONGEST)
+        {
+            self.epoch = None;
+        }
+        if saturated
+            && self
+                .epoch
+                .as_ref()
+                .is_some_and(|e| e.groups >= EPOCH_GROUPS)
+        {
+            if let Some(epoch) = self.epoch.take() {
+                let seconds = (now - epoch.started).as_secs_f64().max(1e-6);
+                let rate = epoch.results as f64 / seconds;
+                let kept = if self.batches {
+                    &mut self.batches_rate
+                } else {
+                    &mut self.singles_rate
+                };
+                *kept = Some(kept.map_or(rate, |old| 0.5 * old + 0.5 * rate));
+                self.epochs += 1;
+                self.batches = self.next_way();
+            }
+        }
+        // An epoch opens with a saturated group and counts every result after it.
+        if saturated && self.epoch.is_none() {
+            self.epoch = Some(Epoch {
+                started: now,
+                last: now,
+                groups: 0,
+                results: 0,
+            });
+        }
+        if let Some(epoch) = &mut self.epoch {
+            epoch.results += waiting;
+            epoch.last = now;
+            epoch.groups += usize::from(saturated);
+        }
+        saturated && self.batches
+    }
+
+    /// Batches for the next epoch? Each way is measured once, then the faster is kept,
+    /// with the other tried every [`EXPLORE_EVERY`] epochs.
+    fn next_way(&self) -> bool {
+        match (self.singles_rate, self.batches_rate) {
+            (None, _) => false,
+            (_, None) => true,
+            (Some(singles), Some(batches)) => {
+                let faster = batches > singles;
+                if self.epochs.is_multiple_of(EXPLORE_EVERY) {
+                    !faster
+                } else {
+                    faster
+                }
+            }
+        }
+    }
+}
+
+/// The publisher task: takes the first waiting result, waits for a commit slot, takes
+/// every result that arrived meanwhile, and commits them.
+async fn commit_groups(
+    js: jetstream::Context,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Waiting>,
+    mut chooser: Chooser,
+    counts: Counts,
+) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let mut group = vec![first];
+        while group.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        let batch = chooser.batch(group.len(), std::time::Instant::now());
+        let (js, counts) = (js.clone(), counts.clone());
+        tokio::spawn(async move {
+            commit(&js, group, batch, &counts).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn commit(js: &jetstream::Context, group: Vec<Waiting>, batch: bool, counts: &Counts) {
+    if batch {
+        match publish_batch(&js.client(), &group).await {
+            Ok(BatchOutcome::Stored) => {
+                counts.stored(BATCH, group.len());
+                for waiting in group {
+                    let _ = waiting.reply.send(Ok(Published::New));
+                }
+                return;
+            }
+            // Refused whole (a result already stored, a limit): nothing of it was
+            // stored, so each result goes on its own and learns its own fate.
+            Ok(BatchOutcome::Refused(reason)) => {
+                tracing::debug!(results = group.len(), %reason, "batch refused; publishing its results one by one");
+            }
+            // No answer: the batch may or may not be stored. Each caller gets the error
+            // and keeps its result in the outbox, whose publisher tells a stored result
+            // of its own from another's.
+            Err(e) => {
+                let reason = e.to_string();
+                for waiting in group {
+                    let _ = waiting.reply.send(Err(reason.clone().into()));
+                }
+                return;
+            }
+        }
+    }
+    let singles = group.into_iter().map(|waiting| async move {
+        let published = publish(js, &waiting.job_id, &waiting.result).await;
+        if matches!(published, Ok(Published::New)) {
+            counts.stored(SINGLE, 1);
+        }
+        let _ = waiting.reply.send(published);
+    });
+    futures_util::future::join_all(singles).await;
+}
+
+enum BatchOutcome {
+    Stored,
+    Refused(String),
+}
+
+/// Publishes `group` as one atomic batch (ADR-50): every message carries the batch id and
+/// its sequence, the last one the commit marker and a reply subject; the server answers
+/// the commit once, after storing all of them or none.
+async fn publish_batch(
+    client: &async_nats::Client,
+    group: &[Waiting],
+) -> Result<BatchOutcome, async_nats::Error> {
+    let batch_id = nuid::next().to_string();
+    let last = group.len() - 1;
+    for (n, waiting) in group.iter().enumerate() {
+        let mut headers = headers_for(waiting.result.content_type);
+        if let Some(traceparent) = &waiting.result.traceparent {
+            headers.insert(HEADER_TRACEPARENT, traceparent.as_str());
+        }
+        headers.insert("Nats-Batch-Id", batch_id.as_str());
+        headers.insert("Nats-Batch-Sequence", (n + 1).to_string().as_str());
+        let subject = result_subject(&waiting.job_id);
+        let payload = waiting.result.payload.clone().into();
+        if n < last {
+            client
+                .publish_with_headers(subject, headers, payload)
+                .await?;
+        } else {
+            headers.insert("Nats-Batch-Commit", "1");
+            let answer = client
+                .request_with_headers(subject, headers, payload)
+                .await?;
+            return Ok(batch_outcome(&answer.payload));
+        }
+    }
+    unreachable!("a batch has a last message")
+}
+
+/// Reads the server's answer to a batch commit: a PubAck, or an error naming why the
+/// batch was refused.
+fn batch_outcome(answer: &[u8]) -> BatchOutcome {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        error: Option<serde_json::Value>,
+        batch: Option<String>,
+    }
+    match serde_json::from_slice::<Answer>(answer) {
+        Ok(Answer {
+            error: None,
+            batch: Some(_),
+        }) => BatchOutcome::Stored,
+        Ok(Answer { error: Some(e), .. }) => BatchOutcome::Refused(e.to_string()),
+        _ => BatchOutcome::Refused(format!(
+            "unexpected answer to a batch commit: {}",
+            String::from_utf8_lossy(answer)
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// Runs one epoch of saturated groups of 32 results, each taking `singles` when
+    /// published one by one and `batch` as a batch; returns the epoch's way.
+    fn epoch(
+        chooser: &mut Chooser,
+        clock: &mut Instant,
+        singles: Duration,
+        batch: Duration,
+    ) -> bool {
+        let mut ways = Vec::new();
+        for _ in 0..EPOCH_GROUPS {
+            let way = chooser.batch(32, *clock);
+            *clock += if way { batch } else { singles };
+            ways.push(way);
+        }
+        assert!(ways.iter().all(|w| *w == ways[0]), "one way per epoch");
+        ways[0]
+    }
+
+    #[test]
+    fn the_faster_way_is_kept_and_the_other_tried_again_now_and_then() {
+        for (singles, batches, faster) in [
+            // fsync on every write: a group one by one takes 10 ms, a batch 3 ms
+            (Duration::from_millis(10), Duration::from_millis(3), true),
+            // no fsync: one by one 0.5 ms, a batch 3 ms
+            (Duration::from_micros(500), Duration::from_millis(3), false),
+        ] {
+            let mut chooser = Chooser::new(false);
+            let mut clock = Instant::now();
+            let mut ways = Vec::new();
+            for _ in 0..12 {
+                ways.push(epoch(&mut chooser, &mut clock, singles, batches));
+            }
+            // Measured once each way (singles first), then the faster one, with the
+            // slower tried every fifth epoch.
+            assert_eq!(&ways[..2], &[false, true]);
+            let explored: Vec<usize> = (2..12).filter(|&i| ways[i] != faster).collect();
+            assert_eq!(explored, vec![5, 10], "{ways:?}");
+        }
+    }
+
+    #[test]
+    fn a_pause_ends_an_epoch_unmeasured_and_small_groups_go_one_by_one() {
+        let mut chooser = Chooser::new(false);
+        let mut clock = Instant::now();
+        let ms = Duration::from_millis(1);
+        epoch(&mut chooser, &mut clock, ms, ms);
+        assert!(!chooser.batch(MIN_BATCH - 1, clock), "too few to batch");
+        // A quiet minute: the epoch under way must not be measured across it.
+        clock += Duration::from_secs(60);
+        epoch(&mut chooser, &mut clock, ms, ms);
+        assert!(
+            chooser.singles_rate.is_none(),
+            "the interrupted epoch was dropped"
+        );
+        chooser.batch(32, clock);
+        // 8 groups of 32 in 8 ms; with the quiet minute counted it would be 4/s.
+        let rate = chooser.singles_rate.expect("measured");
+        assert!((rate - 32_000.0).abs() < 1.0, "{rate}");
+        // Whatever the measurements, a batch needs MIN_BATCH results.
+        let mut always = Chooser::new(true);
+        assert!(!always.batch(MIN_BATCH - 1, clock) && always.batch(MIN_BATCH, clock));
     }
 }

@@ -33,7 +33,7 @@ use crate::deadletter::{self, Origin};
 use crate::engine::{Engine, EngineError, EngineOutput, EngineRequest};
 use crate::outbox::{Outbox, OutboxError, PendingResult};
 use crate::registry;
-use crate::results::{self, Published};
+use crate::results::{self, Published, ResultPublisher};
 use crate::savings::Reference;
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,8 @@ pub enum WorkerError {
     Metrics(std::io::Error),
     #[error("savings reference: {0}")]
     Reference(String),
+    #[error("cannot read the results stream: {0}")]
+    Results(async_nats::Error),
 }
 
 /// What every job handler shares.
@@ -58,6 +60,8 @@ struct Ctx {
     engine: Arc<dyn Engine>,
     consolidator: Arc<dyn Consolidator>,
     outbox: Outbox,
+    /// Publishes results, several in one atomic batch when they finish together.
+    results: ResultPublisher,
     metrics: Metrics,
     retry: RetryPolicy,
     max_deliver: i64,
@@ -159,6 +163,9 @@ pub async fn run(
         engine,
         consolidator,
         outbox,
+        results: ResultPublisher::new(&js, metrics.clone(), pool)
+            .await
+            .map_err(WorkerError::Results)?,
         metrics,
         retry: RetryPolicy {
             initial: args.retry_initial,
@@ -844,7 +851,7 @@ async fn finish(ctx: &Ctx, result: &JobResult, ct: ContentType) -> Disposition {
         payload: codec::encode(result, ct),
         traceparent: trace::current().map(|t| t.child().header_value()),
     };
-    let published = match results::publish(&ctx.js, job_id, &pending).await {
+    let published = match ctx.results.publish(job_id, &pending).await {
         Ok(published) => published,
         Err(e) => {
             let kept = ctx.outbox.put(job_id, &pending).await;
