@@ -3,7 +3,8 @@
 //! submit->result latency at a steady rate, each against the same nats-server, once with
 //! the embedded server's `sync_interval: always` and once with the server's default.
 //!
-//! Run: `cargo bench --bench throughput` (env BENCH_JOBS, BENCH_RATE, BENCH_SECONDS).
+//! Run: `cargo bench --bench throughput` (env BENCH_JOBS, BENCH_RATE, BENCH_SECONDS,
+//! BENCH_RESULT_BATCHES: the workers' `--result-batches`, default auto).
 
 mod support;
 use support::{env_or, percentile};
@@ -216,6 +217,10 @@ async fn start_fleet(
     args.concurrency = concurrency;
     args.outbox_dir = Some(outbox);
     args.metrics_addr = metrics;
+    if let Ok(batches) = std::env::var("BENCH_RESULT_BATCHES") {
+        args.result_batches = clap::ValueEnum::from_str(&batches, true)
+            .expect("BENCH_RESULT_BATCHES: auto, never or always");
+    }
     tasks.spawn(async move {
         qefleet_worker::run(
             client,

@@ -7,6 +7,8 @@ use std::time::Duration;
 use qefleet_inference::{Embedder, InferenceArgs};
 use qefleet_shared::config::parse_duration;
 
+use crate::results::Batching;
+
 /// Pools a worker can serve, as command-line values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PoolArg {
@@ -94,6 +96,11 @@ pub struct WorkerArgs {
     /// Directory of this worker's durable result outbox (one per worker).
     #[arg(long, env = "QEFLEET_OUTBOX_DIR")]
     pub outbox_dir: Option<PathBuf>,
+    /// How results that finish together are stored (ADR 0017): `auto` commits them as
+    /// one atomic batch when the worker is saturated and batches have been storing
+    /// results faster than single publishes; `never` publishes each on its own.
+    #[arg(long, env = "QEFLEET_RESULT_BATCHES", value_enum, default_value_t = Batching::Auto)]
+    pub result_batches: Batching,
     /// Identity in the live-workers bucket; random when absent.
     #[arg(long, env = "QEFLEET_WORKER_ID")]
     pub worker_id: Option<String>,
@@ -146,6 +153,7 @@ impl WorkerArgs {
             job_timeout: Duration::from_secs(120),
             drain_timeout: Duration::from_secs(60),
             outbox_dir: None,
+            result_batches: Batching::Auto,
             worker_id: None,
             python: None,
             metrics_addr: None,

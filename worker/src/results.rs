@@ -96,16 +96,15 @@ pub struct ResultPublisher {
     counts: Counts,
 }
 
-/// When results that wait together go as one atomic batch.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// When results that wait together go as one atomic batch (`--result-batches`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Batching {
-    /// Never: every result is published on its own (a results stream without
-    /// `allow_atomic`).
+    /// When at least 8 wait and batches have been storing results faster than single
+    /// publishes (needs a server >= 2.12).
+    Auto,
+    /// Never: every result is published on its own.
     Never,
-    /// When at least [`MIN_BATCH`] wait and batches have been storing results faster
-    /// than single publishes.
-    Measured,
-    /// Whenever at least [`MIN_BATCH`] wait (tests of the batch path).
+    /// Whenever at least 8 wait, however fast (needs a server >= 2.12).
     Always,
 }
 
@@ -142,26 +141,23 @@ struct Waiting {
 }
 
 impl ResultPublisher {
-    /// A publisher for the results stream as the server has it: batching only where the
-    /// stream allows atomic batches.
+    /// A publisher for the results stream as the server has it: batching as `wanted`
+    /// says where the stream allows atomic batches, never where it does not.
     pub async fn new(
         js: &jetstream::Context,
+        wanted: Batching,
         metrics: Metrics,
         pool: Pool,
     ) -> Result<Self, async_nats::Error> {
         let mut stream = js.get_stream(RESULTS_STREAM).await?;
         let atomic = stream.info().await?.config.allow_atomic_publish;
-        if !atomic {
+        if !atomic && wanted != Batching::Never {
             tracing::info!(
                 stream = RESULTS_STREAM,
                 "results are published one by one: the stream does not allow atomic batches (a server older than 2.12)"
             );
         }
-        let batching = if atomic {
-            Batching::Measured
-        } else {
-            Batching::Never
-        };
+        let batching = if atomic { wanted } else { Batching::Never };
         Ok(Self::with_batching(js, batching, metrics, pool))
     }
 
@@ -232,8 +228,8 @@ impl ResultPublisher {
 
 /// How the task commits groups that find both slots busy (the publisher is saturated):
 /// it runs epochs of [`EPOCH_GROUPS`] such groups one way, measures the results per
-/// second each way achieved, keeps to the faster and tries the other again every
-/// [`EXPLORE_EVERY`] epochs (the server's sync setting, disk or load may change).
+/// second each way achieved, keeps to the faster and tries the other again now and then
+/// (the server's sync setting, disk or load may change).
 ///
 /// Rates, not per-commit costs, because what a batch costs is mostly the server's CPU
 /// (1.5-2.5 ms a commit here): on a server that fsyncs every write that CPU is idle
@@ -249,7 +245,10 @@ struct Chooser {
     /// Results per second of the last epochs committed one by one and in batches.
     singles_rate: Option<f64>,
     batches_rate: Option<f64>,
-    epochs: u64,
+    /// Whether the epoch under way tries the slower way again.
+    exploring: bool,
+    since_explored: u64,
+    explore_after: u64,
 }
 
 #[derive(Debug)]
@@ -264,8 +263,10 @@ struct Epoch {
 
 /// Saturated groups in an epoch.
 pub const EPOCH_GROUPS: usize = 8;
-/// Every this many epochs the slower way is tried again.
+/// After this many epochs the slower way is tried again (at first).
 pub const EXPLORE_EVERY: u64 = 5;
+/// The longest wait between tries of the slower way, in epochs.
+pub const EXPLORE_AT_MOST: u64 = 80;
 /// A gap this long between groups ends an epoch unmeasured (the publisher was idle).
 const EPOCH_IDLE: std::time::Duration = std::time::Duration::from_millis(25);
 /// An epoch not filled in this long is dropped (load came in bursts).
@@ -279,7 +280,9 @@ impl Chooser {
             epoch: None,
             singles_rate: None,
             batches_rate: None,
-            epochs: 0,
+            exploring: false,
+            since_explored: 0,
+            explore_after: EXPLORE_EVERY,
         }
     }
 
@@ -312,7 +315,6 @@ impl Chooser {
                     &mut self.singles_rate
                 };
                 *kept = Some(kept.map_or(rate, |old| 0.5 * old + 0.5 * rate));
-                self.epochs += 1;
                 self.batches = self.next_way();
             }
         }
@@ -334,20 +336,30 @@ impl Chooser {
     }
 
     /// Batches for the next epoch? Each way is measured once, then the faster is kept,
-    /// with the other tried every [`EXPLORE_EVERY`] epochs.
-    fn next_way(&self) -> bool {
-        match (self.singles_rate, self.batches_rate) {
-            (None, _) => false,
-            (_, None) => true,
-            (Some(singles), Some(batches)) => {
-                let faster = batches > singles;
-                if self.epochs.is_multiple_of(EXPLORE_EVERY) {
-                    !faster
-                } else {
-                    faster
-                }
-            }
+    /// and the other tried again after [`EXPLORE_EVERY`] epochs; each try that confirms
+    /// the faster way doubles the wait (up to [`EXPLORE_AT_MOST`]), a try that finds the
+    /// other faster resets it.
+    fn next_way(&mut self) -> bool {
+        let (Some(singles), Some(batches)) = (self.singles_rate, self.batches_rate) else {
+            return self.singles_rate.is_some();
+        };
+        let faster = batches > singles;
+        if self.exploring {
+            self.exploring = false;
+            self.since_explored = 0;
+            self.explore_after = if self.batches == faster {
+                EXPLORE_EVERY
+            } else {
+                (self.explore_after * 2).min(EXPLORE_AT_MOST)
+            };
+            return faster;
         }
+        self.since_explored += 1;
+        if self.since_explored >= self.explore_after {
+            self.exploring = true;
+            return !faster;
+        }
+        faster
     }
 }
 
@@ -510,14 +522,14 @@ mod tests {
             let mut chooser = Chooser::new(false);
             let mut clock = Instant::now();
             let mut ways = Vec::new();
-            for _ in 0..12 {
+            for _ in 0..20 {
                 ways.push(epoch(&mut chooser, &mut clock, singles, batches));
             }
             // Measured once each way (singles first), then the faster one, with the
-            // slower tried every fifth epoch.
+            // slower tried again after 5 epochs, then, confirmed slower, after 10.
             assert_eq!(&ways[..2], &[false, true]);
-            let explored: Vec<usize> = (2..12).filter(|&i| ways[i] != faster).collect();
-            assert_eq!(explored, vec![5, 10], "{ways:?}");
+            let explored: Vec<usize> = (2..20).filter(|&i| ways[i] != faster).collect();
+            assert_eq!(explored, vec![6, 17], "{ways:?}");
         }
     }
 

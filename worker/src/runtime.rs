@@ -163,7 +163,7 @@ pub async fn run(
         engine,
         consolidator,
         outbox,
-        results: ResultPublisher::new(&js, metrics.clone(), pool)
+        results: ResultPublisher::new(&js, args.result_batches, metrics.clone(), pool)
             .await
             .map_err(WorkerError::Results)?,
         metrics,
