@@ -92,8 +92,17 @@ pub async fn stored(
 #[derive(Clone, Debug)]
 pub struct ResultPublisher {
     js: jetstream::Context,
-    queue: Option<tokio::sync::mpsc::UnboundedSender<Waiting>>,
+    queue: Option<Queue>,
     counts: Counts,
+}
+
+/// The way to the publisher task, and the commit slots it shares with callers.
+#[derive(Clone, Debug)]
+struct Queue {
+    sender: tokio::sync::mpsc::UnboundedSender<Waiting>,
+    /// Results sent to the task and not yet taken into a group.
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// When results that wait together go as one atomic batch (`--result-batches`).
@@ -174,10 +183,22 @@ impl ResultPublisher {
             pool: pool.as_str(),
         };
         let queue = (batching != Batching::Never).then(|| {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let (sender, rx) = tokio::sync::mpsc::unbounded_channel();
+            let queue = Queue {
+                sender,
+                queued: Default::default(),
+                slots: std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
+            };
             let chooser = Chooser::new(batching == Batching::Always);
-            tokio::spawn(commit_groups(js.clone(), rx, chooser, counts.clone()));
-            tx
+            // The task holds no sender: it ends when the last publisher is dropped.
+            tokio::spawn(commit_groups(
+                js.clone(),
+                rx,
+                (queue.queued.clone(), queue.slots.clone()),
+                chooser,
+                counts.clone(),
+            ));
+            queue
         });
         Self {
             js: js.clone(),
@@ -209,13 +230,25 @@ impl ResultPublisher {
         let Some(queue) = &self.queue else {
             return self.publish_single(job_id, result).await;
         };
+        // A free slot and nothing queued: publish here, without the hop to the task.
+        if queue.queued.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            if let Ok(_slot) = queue.slots.try_acquire() {
+                return self.publish_single(job_id, result).await;
+            }
+        }
         let (reply, answer) = tokio::sync::oneshot::channel();
         let waiting = Waiting {
             job_id: job_id.to_string(),
             result: result.clone(),
             reply,
         };
-        if queue.send(waiting).is_err() {
+        queue
+            .queued
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if queue.sender.send(waiting).is_err() {
+            queue
+                .queued
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
             return self.publish_single(job_id, result).await;
         }
         match answer.await {
@@ -367,22 +400,26 @@ impl Chooser {
 /// every result that arrived meanwhile, and commits them.
 async fn commit_groups(
     js: jetstream::Context,
-    mut queue: tokio::sync::mpsc::UnboundedReceiver<Waiting>,
+    mut receiver: tokio::sync::mpsc::UnboundedReceiver<Waiting>,
+    (queued, slots): (
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        std::sync::Arc<tokio::sync::Semaphore>,
+    ),
     mut chooser: Chooser,
     counts: Counts,
 ) {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
-    while let Some(first) = queue.recv().await {
+    while let Some(first) = receiver.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
         };
         let mut group = vec![first];
         while group.len() < MAX_BATCH {
-            match queue.try_recv() {
+            match receiver.try_recv() {
                 Ok(next) => group.push(next),
                 Err(_) => break,
             }
         }
+        queued.fetch_sub(group.len(), std::sync::atomic::Ordering::AcqRel);
         let batch = chooser.batch(group.len(), std::time::Instant::now());
         let (js, counts) = (js.clone(), counts.clone());
         tokio::spawn(async move {
