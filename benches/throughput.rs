@@ -399,7 +399,7 @@ fn free_addr() -> std::net::SocketAddr {
         .expect("a free port")
 }
 
-/// How the worker stored its results (`qefleet_result_commit_size`): commits and results
+/// How the worker stored its results (`qefleet_result_commit_results`): commits and results
 /// by kind.
 #[derive(Debug, Default, Clone, Copy)]
 struct Commits {
@@ -426,9 +426,9 @@ impl Commits {
                 .unwrap_or(0.0)
         };
         Self {
-            batches: value("qefleet_result_commit_size_count", "batch"),
-            batched: value("qefleet_result_commit_size_sum", "batch"),
-            singles: value("qefleet_result_commit_size_count", "single"),
+            batches: value("qefleet_result_commit_results_count", "batch"),
+            batched: value("qefleet_result_commit_results_sum", "batch"),
+            singles: value("qefleet_result_commit_results_count", "single"),
         }
     }
 

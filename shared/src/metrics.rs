@@ -271,7 +271,7 @@ impl Metrics {
             &[POOL],
         );
         let result_commit_size = histogram(
-            "qefleet_result_commit_size",
+            "qefleet_result_commit_results",
             "Results stored per commit by this worker, by kind: single (one publish each) or batch (one atomic batch, one fsync)",
             vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
             &[POOL, KIND],

@@ -38,7 +38,7 @@ async fn publish_together(publisher: &ResultPublisher, n: usize) -> Vec<(usize, 
     out
 }
 
-/// `count` and `sum` of `qefleet_result_commit_size` for one kind.
+/// `count` and `sum` of `qefleet_result_commit_results` for one kind.
 fn commits(metrics: &Metrics, kind: &str) -> (u64, u64) {
     let text = metrics.render();
     let value = |series: &str| {
@@ -48,8 +48,8 @@ fn commits(metrics: &Metrics, kind: &str) -> (u64, u64) {
             .map_or(0, |v| v.parse::<f64>().expect("number") as u64)
     };
     (
-        value("qefleet_result_commit_size_count"),
-        value("qefleet_result_commit_size_sum"),
+        value("qefleet_result_commit_results_count"),
+        value("qefleet_result_commit_results_sum"),
     )
 }
 

@@ -117,7 +117,7 @@ pub enum Batching {
     Always,
 }
 
-/// Where commits are counted: `qefleet_result_commit_size{pool, kind}`.
+/// Where commits are counted: `qefleet_result_commit_results{pool, kind}`.
 #[derive(Clone, Debug)]
 struct Counts {
     metrics: Metrics,
