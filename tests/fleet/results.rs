@@ -87,6 +87,19 @@ async fn results_finishing_together_are_stored_in_atomic_batches_each_exactly_on
             result(i).traceparent
         );
     }
+    // A single publish carries the job id as its message id; a batched one its batch's
+    // headers instead (documented in docs/API.md).
+    for m in fleet.messages(RESULTS_STREAM).await {
+        let job = m.subject.trim_start_matches("qe.results.");
+        let id = m.headers.get("Nats-Msg-Id").map(|v| v.to_string());
+        let batched = m.headers.get("Nats-Batch-Id").is_some()
+            && m.headers.get("Nats-Batch-Sequence").is_some();
+        assert!(
+            id.as_deref() == Some(job) || (id.is_none() && batched),
+            "{job}: {:?}",
+            m.headers
+        );
+    }
     // A second result for a stored job is refused, batched or not.
     let again = publish_together(&publisher, 20).await;
     assert!(again.iter().all(|(_, p)| *p == Published::AlreadyThere));
