@@ -29,11 +29,8 @@ pub async fn publish(
     job_id: &str,
     result: &PendingResult,
 ) -> Result<Published, async_nats::Error> {
-    let mut headers = headers_for(result.content_type);
+    let mut headers = headers_of(result);
     headers.insert(HEADER_MSG_ID, job_id);
-    if let Some(traceparent) = &result.traceparent {
-        headers.insert(HEADER_TRACEPARENT, traceparent.as_str());
-    }
     let ack = js
         .publish_with_headers(
             result_subject(job_id),
@@ -48,6 +45,15 @@ pub async fn publish(
         Err(e) if is_subject_full(&e) => Ok(Published::AlreadyThere),
         Err(e) => Err(e.into()),
     }
+}
+
+/// A result's own headers: its encoding and its trace context.
+fn headers_of(result: &PendingResult) -> async_nats::HeaderMap {
+    let mut headers = headers_for(result.content_type);
+    if let Some(traceparent) = &result.traceparent {
+        headers.insert(HEADER_TRACEPARENT, traceparent.as_str());
+    }
+    headers
 }
 
 fn is_subject_full(e: &jetstream::context::PublishError) -> bool {
@@ -96,12 +102,19 @@ pub struct ResultPublisher {
     counts: Counts,
 }
 
-/// The way to the publisher task, and the commit slots it shares with callers.
+/// The way to the publisher task, and what it shares with callers.
 #[derive(Clone, Debug)]
 struct Queue {
     sender: tokio::sync::mpsc::UnboundedSender<Waiting>,
+    shared: std::sync::Arc<Shared>,
+}
+
+/// Held by the callers and the task (which holds no sender: it ends when the last
+/// publisher is dropped).
+#[derive(Debug)]
+struct Shared {
     /// Results sent to the task and not yet taken into a group.
-    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    queued: std::sync::atomic::AtomicUsize,
     slots: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
@@ -184,21 +197,19 @@ impl ResultPublisher {
         };
         let queue = (batching != Batching::Never).then(|| {
             let (sender, rx) = tokio::sync::mpsc::unbounded_channel();
-            let queue = Queue {
-                sender,
+            let shared = std::sync::Arc::new(Shared {
                 queued: Default::default(),
                 slots: std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
-            };
+            });
             let chooser = Chooser::new(batching == Batching::Always);
-            // The task holds no sender: it ends when the last publisher is dropped.
             tokio::spawn(commit_groups(
                 js.clone(),
                 rx,
-                (queue.queued.clone(), queue.slots.clone()),
+                shared.clone(),
                 chooser,
                 counts.clone(),
             ));
-            queue
+            Queue { sender, shared }
         });
         Self {
             js: js.clone(),
@@ -231,8 +242,13 @@ impl ResultPublisher {
             return self.publish_single(job_id, result).await;
         };
         // A free slot and nothing queued: publish here, without the hop to the task.
-        if queue.queued.load(std::sync::atomic::Ordering::Acquire) == 0 {
-            if let Ok(_slot) = queue.slots.try_acquire() {
+        if queue
+            .shared
+            .queued
+            .load(std::sync::atomic::Ordering::Acquire)
+            == 0
+        {
+            if let Ok(_slot) = queue.shared.slots.try_acquire() {
                 return self.publish_single(job_id, result).await;
             }
         }
@@ -243,10 +259,12 @@ impl ResultPublisher {
             reply,
         };
         queue
+            .shared
             .queued
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if queue.sender.send(waiting).is_err() {
             queue
+                .shared
                 .queued
                 .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
             return self.publish_single(job_id, result).await;
@@ -401,15 +419,12 @@ impl Chooser {
 async fn commit_groups(
     js: jetstream::Context,
     mut receiver: tokio::sync::mpsc::UnboundedReceiver<Waiting>,
-    (queued, slots): (
-        std::sync::Arc<std::sync::atomic::AtomicUsize>,
-        std::sync::Arc<tokio::sync::Semaphore>,
-    ),
+    shared: std::sync::Arc<Shared>,
     mut chooser: Chooser,
     counts: Counts,
 ) {
     while let Some(first) = receiver.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
+        let Ok(slot) = shared.slots.clone().acquire_owned().await else {
             break;
         };
         let mut group = vec![first];
@@ -419,7 +434,9 @@ async fn commit_groups(
                 Err(_) => break,
             }
         }
-        queued.fetch_sub(group.len(), std::sync::atomic::Ordering::AcqRel);
+        shared
+            .queued
+            .fetch_sub(group.len(), std::sync::atomic::Ordering::AcqRel);
         let batch = chooser.batch(group.len(), std::time::Instant::now());
         let (js, counts) = (js.clone(), counts.clone());
         tokio::spawn(async move {
@@ -479,29 +496,28 @@ async fn publish_batch(
     group: &[Waiting],
 ) -> Result<BatchOutcome, async_nats::Error> {
     let batch_id = nuid::next().to_string();
-    let last = group.len() - 1;
-    for (n, waiting) in group.iter().enumerate() {
-        let mut headers = headers_for(waiting.result.content_type);
-        if let Some(traceparent) = &waiting.result.traceparent {
-            headers.insert(HEADER_TRACEPARENT, traceparent.as_str());
-        }
+    let with_batch_headers = |n: usize, waiting: &Waiting| {
+        let mut headers = headers_of(&waiting.result);
         headers.insert("Nats-Batch-Id", batch_id.as_str());
         headers.insert("Nats-Batch-Sequence", (n + 1).to_string().as_str());
-        let subject = result_subject(&waiting.job_id);
         let payload = waiting.result.payload.clone().into();
-        if n < last {
-            client
-                .publish_with_headers(subject, headers, payload)
-                .await?;
-        } else {
-            headers.insert("Nats-Batch-Commit", "1");
-            let answer = client
-                .request_with_headers(subject, headers, payload)
-                .await?;
-            return Ok(batch_outcome(&answer.payload));
-        }
+        (result_subject(&waiting.job_id), headers, payload)
+    };
+    let Some((last, rest)) = group.split_last() else {
+        return Ok(BatchOutcome::Refused("an empty batch".into()));
+    };
+    for (n, waiting) in rest.iter().enumerate() {
+        let (subject, headers, payload) = with_batch_headers(n, waiting);
+        client
+            .publish_with_headers(subject, headers, payload)
+            .await?;
     }
-    unreachable!("a batch has a last message")
+    let (subject, mut headers, payload) = with_batch_headers(rest.len(), last);
+    headers.insert("Nats-Batch-Commit", "1");
+    let answer = client
+        .request_with_headers(subject, headers, payload)
+        .await?;
+    Ok(batch_outcome(&answer.payload))
 }
 
 /// Reads the server's answer to a batch commit: a PubAck, or an error naming why the
