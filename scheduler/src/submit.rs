@@ -149,16 +149,21 @@ impl Submitter {
             Ok(a) => a,
             Err(e) => return rejected(e.code, e.message),
         };
+        // Only an id the submitter chose can have been submitted before: one made here is
+        // new, and looking it up would cost the server a read per submission.
+        let chosen = job.job_id.is_some();
         let job_id = job
             .job_id
             .clone()
             .unwrap_or_else(|| nuid::next().to_string());
         job.job_id = Some(job_id.clone());
         qefleet_shared::trace::record_job_id(&tracing::Span::current(), job_id.as_str());
-        match self.existing(&job_id).await {
-            Ok(Some(state)) => return duplicate(state),
-            Ok(None) => {}
-            Err(reply) => return reply,
+        if chosen {
+            match self.existing(&job_id).await {
+                Ok(Some(state)) => return duplicate(state),
+                Ok(None) => {}
+                Err(reply) => return reply,
+            }
         }
         let live = self.liveness.live_pools().await;
         let exhausted = self.budget_exhausted(&job.tenant, now).await;
