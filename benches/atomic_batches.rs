@@ -4,6 +4,9 @@
 //!
 //! Run: `cargo bench --bench atomic_batches` (Linux: the server's CPU is read from /proc).
 
+mod support;
+use support::server_cpu_seconds;
+
 use std::time::Instant;
 
 use async_nats::jetstream::{self, stream};
@@ -11,31 +14,6 @@ use qefleet_shared::embedded::{EmbeddedOptions, EmbeddedServer};
 
 const MESSAGES: usize = 6400;
 const PAYLOAD: usize = 300;
-
-/// CPU seconds (user + system) used so far by every nats-server process.
-fn server_cpu_seconds() -> f64 {
-    let mut ticks = 0.0;
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0.0;
-    };
-    for entry in entries.flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        if !stat.contains("(nats-server)") {
-            continue;
-        }
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        let field = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
-        ticks += field(11).unwrap_or(0.0) + field(12).unwrap_or(0.0);
-    }
-    ticks / 100.0
-}
 
 /// Publishes `size` messages as one atomic batch and waits for the commit's answer.
 async fn batch(client: &async_nats::Client, name: &str, size: usize) {

@@ -3,11 +3,18 @@
 //! submit->result latency at a steady rate, each against the same nats-server, once with
 //! the embedded server's `sync_interval: always` and once with the server's default.
 //!
-//! Run: `cargo bench --bench throughput` (env BENCH_JOBS, BENCH_RATE, BENCH_SECONDS,
-//! BENCH_RESULT_BATCHES: the workers' `--result-batches`, default auto).
+//! The rates are measured in rounds (raw, a bare async-nats fleet, qefleet, back to back)
+//! and reported as the median of each round's ratio; the latencies in alternating
+//! one-second slices of bare JetStream and qefleet. A stall of the shared machine then
+//! lands on both sides of a ratio instead of on one phase. The CPU per message of
+//! nats-server and of the bench process says where the time went.
+//!
+//! Run: `cargo bench --bench throughput` (env BENCH_JOBS per round, BENCH_ROUNDS,
+//! BENCH_RATE, BENCH_SECONDS, BENCH_RESULT_BATCHES: the workers' `--result-batches`,
+//! default auto).
 
 mod support;
-use support::{env_or, percentile};
+use support::{env_or, percentile, Cpu};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,22 +57,103 @@ impl Engine for NoopEngine {
     }
 }
 
+/// A rate and the CPU it took.
+#[derive(Debug, Clone, Copy, Default)]
+struct Rate {
+    per_second: f64,
+    cpu: Cpu,
+}
+
+impl Rate {
+    fn since(n: usize, start: Instant, cpu: Cpu) -> Self {
+        Self {
+            per_second: n as f64 / start.elapsed().as_secs_f64(),
+            cpu: cpu.spent(),
+        }
+    }
+}
+
+/// One round of the rate phases, measured back to back so that what disturbs the machine
+/// disturbs the baselines and qefleet alike.
+#[derive(Debug, Clone, Copy, Default)]
+struct Round {
+    raw_publish: Rate,
+    raw_consume: Rate,
+    bare_submit: Rate,
+    bare_consume: Rate,
+    submit: Rate,
+    consume: Rate,
+}
+
 struct Figures {
-    raw_publish: f64,
-    raw_consume: f64,
-    submit: f64,
-    consume: f64,
-    raw_p50: f64,
-    raw_p99: f64,
-    e2e_p50: f64,
-    e2e_p99: f64,
+    jobs: usize,
+    rounds: Vec<Round>,
+    /// Sorted latencies, ms: bare JetStream publish -> consume, and qefleet submit -> result,
+    /// gathered in alternating one-second slices.
+    raw_latencies: Vec<f64>,
+    e2e_latencies: Vec<f64>,
     e2e_rate: f64,
     /// How results were stored while draining the queue and at the steady rate.
     consume_commits: Commits,
     e2e_commits: Commits,
 }
 
-async fn raw_rates(js: &jetstream::Context, payload: &[u8], n: usize) -> (f64, f64) {
+impl Figures {
+    /// The median over rounds of `rate`, and of `rate` / `baseline` with each round's ratio.
+    fn ratio(&self, rate: fn(&Round) -> Rate, baseline: fn(&Round) -> Rate) -> Ratio {
+        let per_round: Vec<f64> = self
+            .rounds
+            .iter()
+            .map(|r| rate(r).per_second / baseline(r).per_second)
+            .collect();
+        Ratio {
+            rate: median(self.rounds.iter().map(|r| rate(r).per_second).collect()),
+            baseline: median(self.rounds.iter().map(|r| baseline(r).per_second).collect()),
+            ratio: median(per_round.clone()),
+            per_round,
+        }
+    }
+
+    /// CPU per message of one phase over all rounds.
+    fn cpu(&self, phase: fn(&Round) -> Rate) -> String {
+        let total = self.rounds.iter().fold(Cpu::default(), |sum, r| Cpu {
+            server: sum.server + phase(r).cpu.server,
+            own: sum.own + phase(r).cpu.own,
+        });
+        total.per_message(self.jobs * self.rounds.len())
+    }
+}
+
+struct Ratio {
+    rate: f64,
+    baseline: f64,
+    ratio: f64,
+    per_round: Vec<f64>,
+}
+
+impl Ratio {
+    fn print(&self, label: &str) {
+        let rounds: Vec<String> = self
+            .per_round
+            .iter()
+            .map(|r| format!("{:.0}%", 100.0 * r))
+            .collect();
+        println!(
+            "{label:<44} {:>9.0} {:>9.0} {:>7.0}%  ({})",
+            self.rate,
+            self.baseline,
+            100.0 * self.ratio,
+            rounds.join(" ")
+        );
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    percentile(&values, 50.0)
+}
+
+async fn raw_rates(js: &jetstream::Context, payload: &[u8], n: usize) -> (Rate, Rate) {
     js.create_stream(stream::Config {
         name: "BENCH_RAW".into(),
         subjects: vec!["bench.raw".into()],
@@ -75,7 +163,7 @@ async fn raw_rates(js: &jetstream::Context, payload: &[u8], n: usize) -> (f64, f
     })
     .await
     .expect("bench stream");
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), Cpu::now());
     let mut acks = Vec::with_capacity(WINDOW);
     for _ in 0..n {
         acks.push(
@@ -92,7 +180,7 @@ async fn raw_rates(js: &jetstream::Context, payload: &[u8], n: usize) -> (f64, f
     for ack in acks.drain(..) {
         ack.await.expect("ack");
     }
-    let publish = n as f64 / start.elapsed().as_secs_f64();
+    let publish = Rate::since(n, start, cpu);
     let stream = js.get_stream("BENCH_RAW").await.expect("stream");
     let consumer = stream
         .create_consumer(pull::Config {
@@ -101,7 +189,7 @@ async fn raw_rates(js: &jetstream::Context, payload: &[u8], n: usize) -> (f64, f
         })
         .await
         .expect("consumer");
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), Cpu::now());
     let mut done = 0;
     while done < n {
         let mut batch = consumer
@@ -116,18 +204,145 @@ async fn raw_rates(js: &jetstream::Context, payload: &[u8], n: usize) -> (f64, f
         }
     }
     let _ = js.client().flush().await;
-    let consume = n as f64 / start.elapsed().as_secs_f64();
+    let consume = Rate::since(n, start, cpu);
+    let _ = js.delete_stream("BENCH_RAW").await;
     (publish, consume)
 }
 
-/// Latency of a bare JetStream publish -> pull consume at `rate`/s: the floor under
-/// qefleet's end-to-end figure.
-async fn raw_latency(
+/// The least any job fleet does per job, with bare async-nats against the same server: a
+/// service that answers each request once JetStream has stored the job (WINDOW requests in
+/// flight), and a consumer that stores a result per job before acknowledging it (64 in
+/// flight, the worker's concurrency). qefleet against these is what its own work costs.
+async fn bare_fleet(js: &jetstream::Context, payload: &[u8], n: usize) -> (Rate, Rate) {
+    for (name, subject, retention) in [
+        ("BARE_JOBS", "bare.jobs", stream::RetentionPolicy::WorkQueue),
+        (
+            "BARE_RESULTS",
+            "bare.results.>",
+            stream::RetentionPolicy::Limits,
+        ),
+    ] {
+        js.create_stream(stream::Config {
+            name: name.into(),
+            subjects: vec![subject.into()],
+            retention,
+            ..Default::default()
+        })
+        .await
+        .expect("bare stream");
+    }
+    let client = js.client();
+    let mut requests = client.subscribe("bare.submit").await.expect("subscribe");
+    let service_js = js.clone();
+    let service = tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            let (js, client) = (service_js.clone(), service_js.client());
+            tokio::spawn(async move {
+                let stored = js.publish("bare.jobs", request.payload).await;
+                if let (Ok(ack), Some(reply)) = (stored, request.reply) {
+                    if ack.await.is_ok() {
+                        let _ = client.publish(reply, "ok".into()).await;
+                    }
+                }
+            });
+        }
+    });
+    let (start, cpu) = (Instant::now(), Cpu::now());
+    let mut inflight = JoinSet::new();
+    for _ in 0..n {
+        if inflight.len() >= WINDOW {
+            inflight.join_next().await;
+        }
+        let (client, payload) = (client.clone(), payload.to_vec());
+        inflight.spawn(async move {
+            client
+                .request("bare.submit", payload.into())
+                .await
+                .expect("bare submit");
+        });
+    }
+    while inflight.join_next().await.is_some() {}
+    let submit = Rate::since(n, start, cpu);
+    service.abort();
+
+    let consumer = js
+        .get_stream("BARE_JOBS")
+        .await
+        .expect("stream")
+        .create_consumer(pull::Config {
+            durable_name: Some("bare".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let (start, cpu) = (Instant::now(), Cpu::now());
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(64)
+        .messages()
+        .await
+        .expect("messages");
+    let mut running = JoinSet::new();
+    for i in 0..n {
+        if running.len() >= 64 {
+            running.join_next().await;
+        }
+        let m = messages.next().await.expect("a job").expect("a job");
+        let js = js.clone();
+        running.spawn(async move {
+            let stored = js
+                .publish(format!("bare.results.{i}"), m.payload.clone())
+                .await
+                .expect("publish result");
+            stored.await.expect("result stored");
+            m.ack().await.expect("ack");
+        });
+    }
+    while running.join_next().await.is_some() {}
+    let _ = client.flush().await;
+    let consume = Rate::since(n, start, cpu);
+    for name in ["BARE_JOBS", "BARE_RESULTS"] {
+        let _ = js.delete_stream(name).await;
+    }
+    (submit, consume)
+}
+
+/// Latencies (ms) a reader task collects while slices are published.
+type Seen = Arc<std::sync::Mutex<Vec<f64>>>;
+
+/// Waits until `seen` holds `n` latencies, or 10 s (what never arrived is reported).
+async fn settle(seen: &Seen, n: usize) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while seen.lock().expect("lock").len() < n && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Publishes `n` messages at `rate`/s, each stamped with its send time, and returns when
+/// every publish was acknowledged.
+async fn raw_slice(js: &jetstream::Context, payload: &[u8], rate: u64, n: usize, origin: Instant) {
+    let pacing = Duration::from_secs_f64(1.0 / rate as f64);
+    let slice = Instant::now();
+    let mut pending = JoinSet::new();
+    for i in 0..n {
+        tokio::time::sleep_until((slice + pacing * i as u32).into()).await;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("t", origin.elapsed().as_micros().to_string().as_str());
+        let ack = js
+            .publish_with_headers("bench.lat", headers, payload.to_vec().into())
+            .await
+            .expect("publish");
+        pending.spawn(async move { ack.await.map(|_| ()) });
+        while pending.try_join_next().is_some() {}
+    }
+    while pending.join_next().await.is_some() {}
+}
+
+/// A reader of bare publish -> pull consume latencies on `bench.lat`.
+async fn raw_reader(
     js: &jetstream::Context,
-    payload: &[u8],
-    rate: u64,
-    seconds: u64,
-) -> (f64, f64) {
+    origin: Instant,
+) -> (Seen, tokio::task::JoinHandle<()>) {
     js.create_stream(stream::Config {
         name: "BENCH_LAT".into(),
         subjects: vec!["bench.lat".into()],
@@ -146,15 +361,11 @@ async fn raw_latency(
         })
         .await
         .expect("consumer");
-    let n = (rate * seconds) as usize;
-    let origin = Instant::now();
+    let seen: Seen = Arc::default();
+    let into = seen.clone();
     let reader = tokio::spawn(async move {
-        let mut latencies = Vec::with_capacity(n);
         let mut messages = consumer.messages().await.expect("messages");
-        while latencies.len() < n {
-            let Some(Ok(m)) = messages.next().await else {
-                break;
-            };
+        while let Some(Ok(m)) = messages.next().await {
             let sent: u64 = m
                 .headers
                 .as_ref()
@@ -162,28 +373,73 @@ async fn raw_latency(
                 .and_then(|v| v.as_str().parse().ok())
                 .unwrap_or(0);
             let now = origin.elapsed().as_micros() as u64;
-            latencies.push((now - sent) as f64 / 1000.0);
+            into.lock()
+                .expect("lock")
+                .push(now.saturating_sub(sent) as f64 / 1000.0);
             let _ = m.ack().await;
         }
-        latencies
     });
+    (seen, reader)
+}
+
+/// When each end-to-end job was submitted, by job id.
+type Sent = Arc<std::sync::Mutex<std::collections::HashMap<String, Duration>>>;
+
+/// A reader of submit -> result latencies: results as they appear on `qe.results.>`.
+async fn e2e_reader(
+    client: &async_nats::Client,
+    sent: Sent,
+    origin: Instant,
+) -> (Seen, tokio::task::JoinHandle<()>) {
+    let mut results = client.subscribe("qe.results.>").await.expect("subscribe");
+    let seen: Seen = Arc::default();
+    let into = seen.clone();
+    let reader = tokio::spawn(async move {
+        while let Some(m) = results.next().await {
+            let job_id = m.subject.as_str().trim_start_matches("qe.results.");
+            let now = origin.elapsed();
+            if let Some(at) = sent.lock().expect("lock").remove(job_id) {
+                into.lock()
+                    .expect("lock")
+                    .push((now - at).as_secs_f64() * 1000.0);
+            }
+        }
+    });
+    (seen, reader)
+}
+
+/// Submits `n` jobs numbered from `first` at `rate`/s, each noted in `sent`.
+async fn e2e_slice(
+    client: &async_nats::Client,
+    spec: &JobSpec,
+    sent: &Sent,
+    (first, n): (usize, usize),
+    rate: u64,
+    origin: Instant,
+) {
     let pacing = Duration::from_secs_f64(1.0 / rate as f64);
-    let mut pending = JoinSet::new();
+    let slice = Instant::now();
+    let mut inflight = JoinSet::new();
     for i in 0..n {
-        tokio::time::sleep_until((origin + pacing * i as u32).into()).await;
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("t", origin.elapsed().as_micros().to_string().as_str());
-        let ack = js
-            .publish_with_headers("bench.lat", headers, payload.to_vec().into())
-            .await
-            .expect("publish");
-        pending.spawn(async move { ack.await.map(|_| ()) });
-        while pending.try_join_next().is_some() {}
+        tokio::time::sleep_until((slice + pacing * i as u32).into()).await;
+        let mut job = spec.clone();
+        let id = format!("e2e-{}", first + i);
+        job.job_id = Some(id.clone());
+        sent.lock().expect("lock").insert(id, origin.elapsed());
+        let client = client.clone();
+        inflight.spawn(async move {
+            let _ = submit(&client, &job, ContentType::MsgPack, Duration::from_secs(20)).await;
+        });
+        while inflight.try_join_next().is_some() {}
     }
-    while pending.join_next().await.is_some() {}
-    let mut latencies = reader.await.expect("reader");
-    latencies.sort_by(f64::total_cmp);
-    (percentile(&latencies, 50.0), percentile(&latencies, 99.0))
+    while inflight.join_next().await.is_some() {}
+}
+
+fn scheduler_args() -> SchedulerArgs {
+    SchedulerArgs {
+        consolidate_every: 1_000_000,
+        ..SchedulerArgs::default()
+    }
 }
 
 async fn start_fleet(
@@ -199,16 +455,9 @@ async fn start_fleet(
         .expect("connect");
     let s = shutdown.clone();
     tasks.spawn(async move {
-        qefleet_scheduler::run(
-            client,
-            SchedulerArgs {
-                consolidate_every: 1_000_000,
-                ..SchedulerArgs::default()
-            },
-            s,
-        )
-        .await
-        .expect("scheduler");
+        qefleet_scheduler::run(client, scheduler_args(), s)
+            .await
+            .expect("scheduler");
     });
     let client = connect(&NatsArgs::for_url(url), "bench-worker")
         .await
@@ -239,6 +488,7 @@ async fn measure(default_sync: bool) -> Figures {
     let jobs = env_or::<u64>("BENCH_JOBS", 3000) as usize;
     let rate = env_or::<u64>("BENCH_RATE", 1000);
     let seconds = env_or::<u64>("BENCH_SECONDS", 5);
+    let rounds = env_or::<usize>("BENCH_ROUNDS", 3);
     let server = EmbeddedServer::start(EmbeddedOptions {
         default_sync,
         ..Default::default()
@@ -254,18 +504,10 @@ async fn measure(default_sync: bool) -> Figures {
         .expect("provision");
     let spec = JobSpec::python("calc", MODULE);
     let payload = codec::encode(&spec, ContentType::MsgPack);
-    eprintln!("phase: raw publish and consume");
-    let (raw_publish, raw_consume) = raw_rates(&js, &payload, jobs).await;
-    eprintln!("phase: raw latency");
-    let (raw_p50, raw_p99) = raw_latency(&js, &payload, rate, seconds).await;
-
-    // submit -> publish: request/reply through a scheduler, WINDOW submissions in flight;
-    // no worker yet, so the jobs stay queued for the consume phase.
-    eprintln!("phase: qefleet submit");
     let dir = tempfile::tempdir().expect("tempdir");
+
+    // One submission through a whole fleet first: streams, consumers and buckets exist.
     let (trigger, mut tasks) = start_fleet(&url, dir.path().join("warm-up"), 64, None).await;
-    // The worker must not drain while submissions are measured: pause it by stopping the
-    // whole fleet after submission and restarting it for the consume phase.
     let warm = submit(
         &client,
         &spec,
@@ -277,117 +519,126 @@ async fn measure(default_sync: bool) -> Figures {
     assert!(matches!(warm, SubmitReply::Accepted { .. }));
     trigger.trigger();
     while tasks.join_next().await.is_some() {}
-    let scheduler_only = {
+
+    let mut all = Vec::with_capacity(rounds);
+    let mut consume_commits = Commits::default();
+    for round in 0..rounds {
+        eprintln!("round {}: raw, bare, qefleet submit and consume", round + 1);
+        let (raw_publish, raw_consume) = raw_rates(&js, &payload, jobs).await;
+        let (bare_submit, bare_consume) = bare_fleet(&js, &payload, jobs).await;
+
+        // submit -> publish: request/reply through a scheduler alone, WINDOW submissions in
+        // flight; the jobs stay queued for the consume phase.
         let (trigger, shutdown) = shutdown::channel();
-        let client = connect(&NatsArgs::for_url(&url), "bench-scheduler")
+        let scheduler_client = connect(&NatsArgs::for_url(&url), "bench-scheduler")
             .await
             .expect("connect");
-        let task = tokio::spawn(async move {
-            qefleet_scheduler::run(client, SchedulerArgs::default(), shutdown)
+        let scheduler = tokio::spawn(async move {
+            qefleet_scheduler::run(scheduler_client, scheduler_args(), shutdown)
                 .await
                 .expect("scheduler");
         });
-        (trigger, task)
-    };
-    let start = Instant::now();
-    let mut inflight = JoinSet::new();
-    for _ in 0..jobs {
-        if inflight.len() >= WINDOW {
-            inflight.join_next().await;
+        let (start, cpu) = (Instant::now(), Cpu::now());
+        let mut inflight = JoinSet::new();
+        for _ in 0..jobs {
+            if inflight.len() >= WINDOW {
+                inflight.join_next().await;
+            }
+            let client = client.clone();
+            let spec = spec.clone();
+            inflight.spawn(async move {
+                let reply = submit(
+                    &client,
+                    &spec,
+                    ContentType::MsgPack,
+                    Duration::from_secs(20),
+                )
+                .await
+                .expect("submit");
+                assert!(matches!(reply, SubmitReply::Accepted { .. }), "{reply:?}");
+            });
         }
-        let client = client.clone();
-        let spec = spec.clone();
-        inflight.spawn(async move {
-            let reply = submit(
-                &client,
-                &spec,
-                ContentType::MsgPack,
-                Duration::from_secs(20),
-            )
-            .await
-            .expect("submit");
-            assert!(matches!(reply, SubmitReply::Accepted { .. }), "{reply:?}");
+        while inflight.join_next().await.is_some() {}
+        let submitted = Rate::since(jobs, start, cpu);
+        trigger.trigger();
+        let _ = scheduler.await;
+
+        // consume -> ack: a worker with the no-op engine drains the queued jobs.
+        let before = results_count(&js).await;
+        let (start, cpu) = (Instant::now(), Cpu::now());
+        let metrics_addr = free_addr();
+        let (trigger, mut tasks) = start_fleet(
+            &url,
+            dir.path().join(format!("consume-{round}")),
+            64,
+            Some(metrics_addr),
+        )
+        .await;
+        while results_count(&js).await < before + jobs as u64 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let consumed = Rate::since(jobs, start, cpu);
+        consume_commits = consume_commits.plus(&Commits::scrape(metrics_addr).await);
+        trigger.trigger();
+        while tasks.join_next().await.is_some() {}
+        all.push(Round {
+            raw_publish,
+            raw_consume,
+            bare_submit,
+            bare_consume,
+            submit: submitted,
+            consume: consumed,
         });
     }
-    while inflight.join_next().await.is_some() {}
-    let submit_rate = jobs as f64 / start.elapsed().as_secs_f64();
-    scheduler_only.0.trigger();
-    let _ = scheduler_only.1.await;
 
-    eprintln!("phase: qefleet consume");
-    // consume -> ack: a worker with the no-op engine drains the queued jobs.
-    let before = results_count(&js).await;
-    let start = Instant::now();
+    // Latency at a steady rate: one-second slices, bare JetStream and qefleet in turn,
+    // each slice settled before the next begins.
+    eprintln!("latency: {seconds} slices of each at {rate}/s");
     let metrics_addr = free_addr();
     let (trigger, mut tasks) =
-        start_fleet(&url, dir.path().join("consume"), 64, Some(metrics_addr)).await;
-    while results_count(&js).await < before + jobs as u64 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let consume_rate = jobs as f64 / start.elapsed().as_secs_f64();
-    let consume_commits = Commits::scrape(metrics_addr).await;
-
-    eprintln!("phase: qefleet end to end");
-    // End to end at a steady rate: submit -> result observed on qe.results.>.
-    let mut results = client.subscribe("qe.results.>").await.expect("subscribe");
-    let n = (rate * seconds) as usize;
+        start_fleet(&url, dir.path().join("latency"), 64, Some(metrics_addr)).await;
     let origin = Instant::now();
-    let sent_at: Arc<std::sync::Mutex<std::collections::HashMap<String, Duration>>> =
-        Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
-    let reader_sent = sent_at.clone();
-    let reader = tokio::spawn(async move {
-        let mut latencies = Vec::with_capacity(n);
-        while latencies.len() < n {
-            let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(30), results.next()).await
-            else {
-                break;
-            };
-            let job_id = m
-                .subject
-                .as_str()
-                .trim_start_matches("qe.results.")
-                .to_string();
-            let now = origin.elapsed();
-            if let Some(sent) = reader_sent.lock().expect("lock").remove(&job_id) {
-                latencies.push((now - sent).as_secs_f64() * 1000.0);
-            }
-        }
-        latencies
-    });
-    let pacing = Duration::from_secs_f64(1.0 / rate as f64);
-    let mut inflight = JoinSet::new();
-    for i in 0..n {
-        tokio::time::sleep_until((origin + pacing * i as u32).into()).await;
-        let mut job = spec.clone();
-        let id = format!("e2e-{i}");
-        job.job_id = Some(id.clone());
-        sent_at.lock().expect("lock").insert(id, origin.elapsed());
-        let client = client.clone();
-        inflight.spawn(async move {
-            let _ = submit(&client, &job, ContentType::MsgPack, Duration::from_secs(20)).await;
-        });
-        while inflight.try_join_next().is_some() {}
+    let sent: Sent = Arc::default();
+    let (raw_seen, raw_task) = raw_reader(&js, origin).await;
+    let (e2e_seen, e2e_task) = e2e_reader(&client, sent.clone(), origin).await;
+    let per_slice = rate as usize;
+    let mut submitting = Duration::ZERO;
+    for slice in 0..seconds as usize {
+        raw_slice(&js, &payload, rate, per_slice, origin).await;
+        settle(&raw_seen, (slice + 1) * per_slice).await;
+        let started = Instant::now();
+        e2e_slice(
+            &client,
+            &spec,
+            &sent,
+            (slice * per_slice, per_slice),
+            rate,
+            origin,
+        )
+        .await;
+        submitting += started.elapsed();
+        settle(&e2e_seen, (slice + 1) * per_slice).await;
     }
-    while inflight.join_next().await.is_some() {}
-    let achieved = n as f64 / origin.elapsed().as_secs_f64();
-    let mut latencies = reader.await.expect("reader");
-    latencies.sort_by(f64::total_cmp);
-    if latencies.len() < n {
-        eprintln!("warning: only {} of {n} results observed", latencies.len());
-    }
-    let e2e_commits = Commits::scrape(metrics_addr).await.since(&consume_commits);
+    raw_task.abort();
+    e2e_task.abort();
+    let e2e_commits = Commits::scrape(metrics_addr).await;
     trigger.trigger();
     while tasks.join_next().await.is_some() {}
+    let n = per_slice * seconds as usize;
+    let sorted = |seen: &Seen, what: &str| {
+        let mut v = seen.lock().expect("lock").clone();
+        if v.len() < n {
+            eprintln!("warning: only {} of {n} {what} latencies observed", v.len());
+        }
+        v.sort_by(f64::total_cmp);
+        v
+    };
     Figures {
-        raw_publish,
-        raw_consume,
-        submit: submit_rate,
-        consume: consume_rate,
-        raw_p50,
-        raw_p99,
-        e2e_p50: percentile(&latencies, 50.0),
-        e2e_p99: percentile(&latencies, 99.0),
-        e2e_rate: achieved,
+        jobs,
+        rounds: all,
+        raw_latencies: sorted(&raw_seen, "raw"),
+        e2e_latencies: sorted(&e2e_seen, "end-to-end"),
+        e2e_rate: n as f64 / submitting.as_secs_f64(),
         consume_commits,
         e2e_commits,
     }
@@ -432,11 +683,11 @@ impl Commits {
         }
     }
 
-    fn since(&self, before: &Self) -> Self {
+    fn plus(&self, other: &Self) -> Self {
         Self {
-            batches: self.batches - before.batches,
-            batched: self.batched - before.batched,
-            singles: self.singles - before.singles,
+            batches: self.batches + other.batches,
+            batched: self.batched + other.batched,
+            singles: self.singles + other.singles,
         }
     }
 
@@ -476,11 +727,12 @@ fn main() {
         .build()
         .expect("runtime");
     println!(
-        "qefleet backbone benchmark ({} cores, jobs={}, steady rate={}/s for {}s)",
+        "qefleet backbone benchmark ({} cores, jobs={}, rounds={}, steady rate={}/s for {}s)",
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
         env_or::<u64>("BENCH_JOBS", 3000),
+        env_or::<usize>("BENCH_ROUNDS", 3),
         env_or::<u64>("BENCH_RATE", 1000),
         env_or::<u64>("BENCH_SECONDS", 5)
     );
@@ -490,39 +742,46 @@ fn main() {
     ] {
         let f = runtime.block_on(measure(default_sync));
         println!("\n== {label} ==");
-        println!("{:<44} {:>12} {:>12} {:>8}", "", "qefleet", "raw", "ratio");
         println!(
-            "{:<44} {:>12.0} {:>12.0} {:>7.0}%",
-            "publish rate (msg/s): submit->publish vs raw",
-            f.submit,
-            f.raw_publish,
-            100.0 * f.submit / f.raw_publish
+            "{:<44} {:>9} {:>9} {:>8}  (each round)",
+            "median of rounds", "qefleet", "baseline", "ratio"
         );
+        f.ratio(|r| r.submit, |r| r.raw_publish)
+            .print("publish rate (msg/s): submit->publish vs raw");
+        f.ratio(|r| r.consume, |r| r.raw_consume)
+            .print("consume rate (msg/s): consume->ack vs raw");
+        f.ratio(|r| r.submit, |r| r.bare_submit)
+            .print("submit vs a bare request->store->reply");
+        f.ratio(|r| r.consume, |r| r.bare_consume)
+            .print("consume vs a bare consume->store result->ack");
+        for (what, p) in [("p50", 50.0), ("p99", 99.0)] {
+            let (ours, raw) = (
+                percentile(&f.e2e_latencies, p),
+                percentile(&f.raw_latencies, p),
+            );
+            println!(
+                "{:<44} {:>9.2} {:>9.2} {:>+8.2}",
+                format!("latency {what} (ms): submit->result vs raw"),
+                ours,
+                raw,
+                ours - raw
+            );
+        }
         println!(
-            "{:<44} {:>12.0} {:>12.0} {:>7.0}%",
-            "consume rate (msg/s): consume->ack vs raw",
-            f.consume,
-            f.raw_consume,
-            100.0 * f.consume / f.raw_consume
-        );
-        println!(
-            "{:<44} {:>12.2} {:>12.2} {:>+8.2}",
-            "latency p50 (ms): submit->result vs raw",
-            f.e2e_p50,
-            f.raw_p50,
-            f.e2e_p50 - f.raw_p50
-        );
-        println!(
-            "{:<44} {:>12.2} {:>12.2} {:>+8.2}",
-            "latency p99 (ms): submit->result vs raw",
-            f.e2e_p99,
-            f.raw_p99,
-            f.e2e_p99 - f.raw_p99
-        );
-        println!(
-            "{:<44} {:>12.0}",
+            "{:<44} {:>9.0}",
             "steady submission rate achieved (jobs/s)", f.e2e_rate
         );
+        println!("CPU per message (the bench process holds the clients, scheduler and worker):");
+        for (what, phase) in [
+            ("raw publish", (|r| r.raw_publish) as fn(&Round) -> Rate),
+            ("bare request->store->reply", |r| r.bare_submit),
+            ("qefleet submit->publish", |r| r.submit),
+            ("raw consume", |r| r.raw_consume),
+            ("bare consume->store->ack", |r| r.bare_consume),
+            ("qefleet consume->ack", |r| r.consume),
+        ] {
+            println!("  {what:<28} {}", f.cpu(phase));
+        }
         println!(
             "results stored while draining: {}",
             f.consume_commits.describe()
