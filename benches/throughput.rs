@@ -57,18 +57,61 @@ impl Engine for NoopEngine {
     }
 }
 
-/// A rate and the CPU it took.
+/// Every NATS connection the bench opened (clients, scheduler, workers): what they sent
+/// and received is the traffic a phase caused.
+static CONNECTIONS: std::sync::Mutex<Vec<Arc<async_nats::Statistics>>> =
+    std::sync::Mutex::new(Vec::new());
+
+async fn connect_counted(url: &str, name: &str) -> async_nats::Client {
+    let client = connect(&NatsArgs::for_url(url), name)
+        .await
+        .expect("connect");
+    CONNECTIONS.lock().expect("lock").push(client.statistics());
+    client
+}
+
+/// Messages sent and received so far over every connection of the bench.
+fn traffic() -> u64 {
+    use std::sync::atomic::Ordering::Relaxed;
+    CONNECTIONS
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|s| s.in_messages.load(Relaxed) + s.out_messages.load(Relaxed))
+        .sum()
+}
+
+/// Where a phase began: time, CPU and traffic.
+struct Mark {
+    at: Instant,
+    cpu: Cpu,
+    traffic: u64,
+}
+
+impl Mark {
+    fn now() -> Self {
+        Self {
+            at: Instant::now(),
+            cpu: Cpu::now(),
+            traffic: traffic(),
+        }
+    }
+}
+
+/// A rate, the CPU it took and the messages the bench's connections handled for it.
 #[derive(Debug, Clone, Copy, Default)]
 struct Rate {
     per_second: f64,
     cpu: Cpu,
+    messages: u64,
 }
 
 impl Rate {
-    fn since(n: usize, start: Instant, cpu: Cpu) -> Self {
+    fn since(n: usize, mark: &Mark) -> Self {
         Self {
-            per_second: n as f64 / start.elapsed().as_secs_f64(),
-            cpu: cpu.spent(),
+            per_second: n as f64 / mark.at.elapsed().as_secs_f64(),
+            cpu: mark.cpu.spent(),
+            messages: traffic() - mark.traffic,
         }
     }
 }
@@ -88,9 +131,10 @@ struct Round {
 struct Figures {
     jobs: usize,
     rounds: Vec<Round>,
-    /// Sorted latencies, ms: bare JetStream publish -> consume, and qefleet submit -> result,
-    /// gathered in alternating one-second slices.
+    /// Sorted latencies, ms: JetStream publish -> consume, a bare fleet's submit -> result
+    /// and qefleet's submit -> result, gathered in alternating one-second slices.
     raw_latencies: Vec<f64>,
+    bare_latencies: Vec<f64>,
     e2e_latencies: Vec<f64>,
     e2e_rate: f64,
     /// How results were stored while draining the queue and at the steady rate.
@@ -114,13 +158,19 @@ impl Figures {
         }
     }
 
-    /// CPU per message of one phase over all rounds.
-    fn cpu(&self, phase: fn(&Round) -> Rate) -> String {
+    /// CPU and messages per job of one phase over all rounds.
+    fn cost(&self, phase: fn(&Round) -> Rate) -> String {
         let total = self.rounds.iter().fold(Cpu::default(), |sum, r| Cpu {
             server: sum.server + phase(r).cpu.server,
             own: sum.own + phase(r).cpu.own,
         });
-        total.per_message(self.jobs * self.rounds.len())
+        let n = self.jobs * self.rounds.len();
+        let messages: u64 = self.rounds.iter().map(|r| phase(r).messages).sum();
+        format!(
+            "{}, {:>4.1} messages",
+            total.per_message(n),
+            messages as f64 / n.max(1) as f64
+        )
     }
 }
 
@@ -163,7 +213,7 @@ async fn raw_rates(js: &jetstream::Context, payload: &[u8], n: usize) -> (Rate, 
     })
     .await
     .expect("bench stream");
-    let (start, cpu) = (Instant::now(), Cpu::now());
+    let mark = Mark::now();
     let mut acks = Vec::with_capacity(WINDOW);
     for _ in 0..n {
         acks.push(
@@ -180,7 +230,7 @@ async fn raw_rates(js: &jetstream::Context, payload: &[u8], n: usize) -> (Rate, 
     for ack in acks.drain(..) {
         ack.await.expect("ack");
     }
-    let publish = Rate::since(n, start, cpu);
+    let publish = Rate::since(n, &mark);
     let stream = js.get_stream("BENCH_RAW").await.expect("stream");
     let consumer = stream
         .create_consumer(pull::Config {
@@ -189,7 +239,7 @@ async fn raw_rates(js: &jetstream::Context, payload: &[u8], n: usize) -> (Rate, 
         })
         .await
         .expect("consumer");
-    let (start, cpu) = (Instant::now(), Cpu::now());
+    let mark = Mark::now();
     let mut done = 0;
     while done < n {
         let mut batch = consumer
@@ -204,7 +254,7 @@ async fn raw_rates(js: &jetstream::Context, payload: &[u8], n: usize) -> (Rate, 
         }
     }
     let _ = js.client().flush().await;
-    let consume = Rate::since(n, start, cpu);
+    let consume = Rate::since(n, &mark);
     let _ = js.delete_stream("BENCH_RAW").await;
     (publish, consume)
 }
@@ -247,7 +297,7 @@ async fn bare_fleet(js: &jetstream::Context, payload: &[u8], n: usize) -> (Rate,
             });
         }
     });
-    let (start, cpu) = (Instant::now(), Cpu::now());
+    let mark = Mark::now();
     let mut inflight = JoinSet::new();
     for _ in 0..n {
         if inflight.len() >= WINDOW {
@@ -262,7 +312,7 @@ async fn bare_fleet(js: &jetstream::Context, payload: &[u8], n: usize) -> (Rate,
         });
     }
     while inflight.join_next().await.is_some() {}
-    let submit = Rate::since(n, start, cpu);
+    let submit = Rate::since(n, &mark);
     service.abort();
 
     let consumer = js
@@ -275,7 +325,7 @@ async fn bare_fleet(js: &jetstream::Context, payload: &[u8], n: usize) -> (Rate,
         })
         .await
         .expect("consumer");
-    let (start, cpu) = (Instant::now(), Cpu::now());
+    let mark = Mark::now();
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(64)
@@ -300,7 +350,7 @@ async fn bare_fleet(js: &jetstream::Context, payload: &[u8], n: usize) -> (Rate,
     }
     while running.join_next().await.is_some() {}
     let _ = client.flush().await;
-    let consume = Rate::since(n, start, cpu);
+    let consume = Rate::since(n, &mark);
     for name in ["BARE_JOBS", "BARE_RESULTS"] {
         let _ = js.delete_stream(name).await;
     }
@@ -385,18 +435,22 @@ async fn raw_reader(
 /// When each end-to-end job was submitted, by job id.
 type Sent = Arc<std::sync::Mutex<std::collections::HashMap<String, Duration>>>;
 
-/// A reader of submit -> result latencies: results as they appear on `qe.results.>`.
+/// A reader of submit -> result latencies: results as they appear under `prefix`.
 async fn e2e_reader(
     client: &async_nats::Client,
+    prefix: &'static str,
     sent: Sent,
     origin: Instant,
 ) -> (Seen, tokio::task::JoinHandle<()>) {
-    let mut results = client.subscribe("qe.results.>").await.expect("subscribe");
+    let mut results = client
+        .subscribe(format!("{prefix}>"))
+        .await
+        .expect("subscribe");
     let seen: Seen = Arc::default();
     let into = seen.clone();
     let reader = tokio::spawn(async move {
         while let Some(m) = results.next().await {
-            let job_id = m.subject.as_str().trim_start_matches("qe.results.");
+            let job_id = m.subject.as_str().trim_start_matches(prefix);
             let now = origin.elapsed();
             if let Some(at) = sent.lock().expect("lock").remove(job_id) {
                 into.lock()
@@ -406,6 +460,128 @@ async fn e2e_reader(
         }
     });
     (seen, reader)
+}
+
+/// The least any durable fleet does per job, for latency: a service that answers a
+/// submission once its job is stored, and a worker (64 jobs at a time) that stores a result
+/// on `bare.lat.results.<id>` before acknowledging the job. Stopped by aborting the tasks.
+async fn bare_pipeline(js: &jetstream::Context) -> Vec<tokio::task::JoinHandle<()>> {
+    for (name, subject, retention) in [
+        (
+            "BARE_LAT_JOBS",
+            "bare.lat.jobs",
+            stream::RetentionPolicy::WorkQueue,
+        ),
+        (
+            "BARE_LAT_RESULTS",
+            "bare.lat.results.>",
+            stream::RetentionPolicy::Limits,
+        ),
+    ] {
+        js.create_stream(stream::Config {
+            name: name.into(),
+            subjects: vec![subject.into()],
+            retention,
+            ..Default::default()
+        })
+        .await
+        .expect("bare latency stream");
+    }
+    let mut requests = js
+        .client()
+        .subscribe("bare.lat.submit")
+        .await
+        .expect("subscribe");
+    let service_js = js.clone();
+    let service = tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            let js = service_js.clone();
+            tokio::spawn(async move {
+                let headers = request.headers.unwrap_or_default();
+                let stored = js
+                    .publish_with_headers("bare.lat.jobs", headers, request.payload)
+                    .await;
+                if let (Ok(ack), Some(reply)) = (stored, request.reply) {
+                    if ack.await.is_ok() {
+                        let _ = js.client().publish(reply, "ok".into()).await;
+                    }
+                }
+            });
+        }
+    });
+    let consumer = js
+        .get_stream("BARE_LAT_JOBS")
+        .await
+        .expect("stream")
+        .create_consumer(pull::Config {
+            durable_name: Some("bare-lat".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let worker_js = js.clone();
+    let worker = tokio::spawn(async move {
+        let slots = Arc::new(tokio::sync::Semaphore::new(64));
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(64)
+            .messages()
+            .await
+            .expect("messages");
+        while let Some(Ok(m)) = messages.next().await {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            let js = worker_js.clone();
+            tokio::spawn(async move {
+                let id = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("id"))
+                    .map(|v| v.as_str().to_string())
+                    .unwrap_or_default();
+                if let Ok(ack) = js
+                    .publish(format!("bare.lat.results.{id}"), m.payload.clone())
+                    .await
+                {
+                    if ack.await.is_ok() {
+                        let _ = m.ack().await;
+                    }
+                }
+                drop(slot);
+            });
+        }
+    });
+    vec![service, worker]
+}
+
+/// Submits `n` jobs numbered from `first` to the bare pipeline at `rate`/s.
+async fn bare_slice(
+    client: &async_nats::Client,
+    payload: &[u8],
+    sent: &Sent,
+    (first, n): (usize, usize),
+    rate: u64,
+    origin: Instant,
+) {
+    let pacing = Duration::from_secs_f64(1.0 / rate as f64);
+    let slice = Instant::now();
+    let mut inflight = JoinSet::new();
+    for i in 0..n {
+        tokio::time::sleep_until((slice + pacing * i as u32).into()).await;
+        let id = format!("bare-{}", first + i);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("id", id.as_str());
+        sent.lock().expect("lock").insert(id, origin.elapsed());
+        let (client, payload) = (client.clone(), payload.to_vec());
+        inflight.spawn(async move {
+            let _ = client
+                .request_with_headers("bare.lat.submit", headers, payload.into())
+                .await;
+        });
+        while inflight.try_join_next().is_some() {}
+    }
+    while inflight.join_next().await.is_some() {}
 }
 
 /// Submits `n` jobs numbered from `first` at `rate`/s, each noted in `sent`.
@@ -450,18 +626,14 @@ async fn start_fleet(
 ) -> (ShutdownTrigger, JoinSet<()>) {
     let (trigger, shutdown) = shutdown::channel();
     let mut tasks = JoinSet::new();
-    let client = connect(&NatsArgs::for_url(url), "bench-scheduler")
-        .await
-        .expect("connect");
+    let client = connect_counted(url, "bench-scheduler").await;
     let s = shutdown.clone();
     tasks.spawn(async move {
         qefleet_scheduler::run(client, scheduler_args(), s)
             .await
             .expect("scheduler");
     });
-    let client = connect(&NatsArgs::for_url(url), "bench-worker")
-        .await
-        .expect("connect");
+    let client = connect_counted(url, "bench-worker").await;
     let mut args = WorkerArgs::for_pool(PoolArg::Local);
     args.concurrency = concurrency;
     args.outbox_dir = Some(outbox);
@@ -495,9 +667,7 @@ async fn measure(default_sync: bool) -> Figures {
     })
     .expect("nats-server");
     let url = server.url();
-    let client = connect(&NatsArgs::for_url(&url), "bench")
-        .await
-        .expect("connect");
+    let client = connect_counted(&url, "bench").await;
     let js = jetstream::new(client.clone());
     qefleet_shared::provision::ensure_all(&js)
         .await
@@ -530,15 +700,13 @@ async fn measure(default_sync: bool) -> Figures {
         // submit -> publish: request/reply through a scheduler alone, WINDOW submissions in
         // flight; the jobs stay queued for the consume phase.
         let (trigger, shutdown) = shutdown::channel();
-        let scheduler_client = connect(&NatsArgs::for_url(&url), "bench-scheduler")
-            .await
-            .expect("connect");
+        let scheduler_client = connect_counted(&url, "bench-scheduler").await;
         let scheduler = tokio::spawn(async move {
             qefleet_scheduler::run(scheduler_client, scheduler_args(), shutdown)
                 .await
                 .expect("scheduler");
         });
-        let (start, cpu) = (Instant::now(), Cpu::now());
+        let mark = Mark::now();
         let mut inflight = JoinSet::new();
         for _ in 0..jobs {
             if inflight.len() >= WINDOW {
@@ -559,13 +727,13 @@ async fn measure(default_sync: bool) -> Figures {
             });
         }
         while inflight.join_next().await.is_some() {}
-        let submitted = Rate::since(jobs, start, cpu);
+        let submitted = Rate::since(jobs, &mark);
         trigger.trigger();
         let _ = scheduler.await;
 
         // consume -> ack: a worker with the no-op engine drains the queued jobs.
         let before = results_count(&js).await;
-        let (start, cpu) = (Instant::now(), Cpu::now());
+        let mark = Mark::now();
         let metrics_addr = free_addr();
         let (trigger, mut tasks) = start_fleet(
             &url,
@@ -577,7 +745,7 @@ async fn measure(default_sync: bool) -> Figures {
         while results_count(&js).await < before + jobs as u64 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let consumed = Rate::since(jobs, start, cpu);
+        let consumed = Rate::since(jobs, &mark);
         consume_commits = consume_commits.plus(&Commits::scrape(metrics_addr).await);
         trigger.trigger();
         while tasks.join_next().await.is_some() {}
@@ -591,21 +759,28 @@ async fn measure(default_sync: bool) -> Figures {
         });
     }
 
-    // Latency at a steady rate: one-second slices, bare JetStream and qefleet in turn,
-    // each slice settled before the next begins.
-    eprintln!("latency: {seconds} slices of each at {rate}/s");
+    // Latency at a steady rate: one-second slices of raw JetStream, the bare fleet and
+    // qefleet in turn, each slice settled before the next begins.
+    eprintln!("latency: {seconds} slices of raw, bare and qefleet at {rate}/s");
     let metrics_addr = free_addr();
     let (trigger, mut tasks) =
         start_fleet(&url, dir.path().join("latency"), 64, Some(metrics_addr)).await;
     let origin = Instant::now();
     let sent: Sent = Arc::default();
     let (raw_seen, raw_task) = raw_reader(&js, origin).await;
-    let (e2e_seen, e2e_task) = e2e_reader(&client, sent.clone(), origin).await;
+    let (e2e_seen, e2e_task) = e2e_reader(&client, "qe.results.", sent.clone(), origin).await;
+    let bare_sent: Sent = Arc::default();
+    let (bare_seen, bare_task) =
+        e2e_reader(&client, "bare.lat.results.", bare_sent.clone(), origin).await;
+    let bare_tasks = bare_pipeline(&js).await;
     let per_slice = rate as usize;
     let mut submitting = Duration::ZERO;
     for slice in 0..seconds as usize {
         raw_slice(&js, &payload, rate, per_slice, origin).await;
         settle(&raw_seen, (slice + 1) * per_slice).await;
+        let range = (slice * per_slice, per_slice);
+        bare_slice(&client, &payload, &bare_sent, range, rate, origin).await;
+        settle(&bare_seen, (slice + 1) * per_slice).await;
         let started = Instant::now();
         e2e_slice(
             &client,
@@ -619,8 +794,9 @@ async fn measure(default_sync: bool) -> Figures {
         submitting += started.elapsed();
         settle(&e2e_seen, (slice + 1) * per_slice).await;
     }
-    raw_task.abort();
-    e2e_task.abort();
+    for task in bare_tasks.iter().chain([&raw_task, &e2e_task, &bare_task]) {
+        task.abort();
+    }
     let e2e_commits = Commits::scrape(metrics_addr).await;
     trigger.trigger();
     while tasks.join_next().await.is_some() {}
@@ -637,6 +813,7 @@ async fn measure(default_sync: bool) -> Figures {
         jobs,
         rounds: all,
         raw_latencies: sorted(&raw_seen, "raw"),
+        bare_latencies: sorted(&bare_seen, "bare"),
         e2e_latencies: sorted(&e2e_seen, "end-to-end"),
         e2e_rate: n as f64 / submitting.as_secs_f64(),
         consume_commits,
@@ -767,11 +944,24 @@ fn main() {
                 ours - raw
             );
         }
+        for (what, p) in [("p50", 50.0), ("p99", 99.0)] {
+            let (ours, bare) = (
+                percentile(&f.e2e_latencies, p),
+                percentile(&f.bare_latencies, p),
+            );
+            println!(
+                "{:<44} {:>9.2} {:>9.2} {:>+8.2}",
+                format!("latency {what} (ms): vs a bare fleet's"),
+                ours,
+                bare,
+                ours - bare
+            );
+        }
         println!(
             "{:<44} {:>9.0}",
             "steady submission rate achieved (jobs/s)", f.e2e_rate
         );
-        println!("CPU per message (the bench process holds the clients, scheduler and worker):");
+        println!("Per job: CPU and messages sent or received by the bench's connections (the bench process holds the clients, scheduler and worker):");
         for (what, phase) in [
             ("raw publish", (|r| r.raw_publish) as fn(&Round) -> Rate),
             ("bare request->store->reply", |r| r.bare_submit),
@@ -780,7 +970,7 @@ fn main() {
             ("bare consume->store->ack", |r| r.bare_consume),
             ("qefleet consume->ack", |r| r.consume),
         ] {
-            println!("  {what:<28} {}", f.cpu(phase));
+            println!("  {what:<28} {}", f.cost(phase));
         }
         println!(
             "results stored while draining: {}",
