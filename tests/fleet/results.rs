@@ -111,13 +111,14 @@ async fn results_finishing_together_are_stored_in_atomic_batches_each_exactly_on
 async fn a_batch_holding_a_stored_result_is_refused_whole_and_its_results_go_one_by_one() {
     let fleet = Fleet::start().await;
     let metrics = Metrics::new();
-    // job-7's result is already stored, with another payload.
+    // job-77's result is already stored, with another payload (a job well past the first
+    // IN_FLIGHT, which go out on their own before any group forms).
     let first = PendingResult {
         payload: b"{\"first\":true}".to_vec(),
-        ..result(7)
+        ..result(77)
     };
     assert_eq!(
-        results::publish(&fleet.js, "job-7", &first)
+        results::publish(&fleet.js, "job-77", &first)
             .await
             .expect("stored"),
         Published::New
@@ -126,7 +127,7 @@ async fn a_batch_holding_a_stored_result_is_refused_whole_and_its_results_go_one
         ResultPublisher::with_batching(&fleet.js, Batching::Always, metrics.clone(), Pool::Local);
     let outcomes = publish_together(&publisher, 100).await;
     for (i, published) in &outcomes {
-        let expected = if *i == 7 {
+        let expected = if *i == 77 {
             Published::AlreadyThere
         } else {
             Published::New
@@ -138,7 +139,7 @@ async fn a_batch_holding_a_stored_result_is_refused_whole_and_its_results_go_one
     // completions (ADR 0001), which is what triggers consolidations.
     let mut stream = fleet.js.get_stream(RESULTS_STREAM).await.expect("stream");
     assert_eq!(stream.info().await.expect("info").state.last_sequence, 100);
-    let stored = results::stored(&fleet.js, "job-7").await.expect("read");
+    let stored = results::stored(&fleet.js, "job-77").await.expect("read");
     assert_eq!(
         stored.as_deref(),
         Some(first.payload.as_slice()),
