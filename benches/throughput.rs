@@ -11,11 +11,12 @@
 //!
 //! Run: `cargo bench --bench throughput` (env BENCH_JOBS per round, BENCH_ROUNDS,
 //! BENCH_RATE, BENCH_SECONDS, BENCH_RESULT_BATCHES: the workers' `--result-batches`,
-//! default auto).
+//! default auto; BENCH_SYNC=always or default: that mode only).
 
 mod support;
 use support::{env_or, percentile, Cpu};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,6 +80,23 @@ fn traffic() -> u64 {
         .iter()
         .map(|s| s.in_messages.load(Relaxed) + s.out_messages.load(Relaxed))
         .sum()
+}
+
+/// A durable pull consumer with the server's defaults on `stream`.
+async fn durable(
+    js: &jetstream::Context,
+    stream: &str,
+    name: &str,
+) -> jetstream::consumer::PullConsumer {
+    js.get_stream(stream)
+        .await
+        .expect("stream")
+        .create_consumer(pull::Config {
+            durable_name: Some(name.into()),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer")
 }
 
 /// Where a phase began: time, CPU and traffic.
@@ -231,14 +249,7 @@ async fn raw_rates(js: &jetstream::Context, payload: &[u8], n: usize) -> (Rate, 
         ack.await.expect("ack");
     }
     let publish = Rate::since(n, &mark);
-    let stream = js.get_stream("BENCH_RAW").await.expect("stream");
-    let consumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some("raw".into()),
-            ..Default::default()
-        })
-        .await
-        .expect("consumer");
+    let consumer = durable(js, "BENCH_RAW", "raw").await;
     let mark = Mark::now();
     let mut done = 0;
     while done < n {
@@ -259,101 +270,172 @@ async fn raw_rates(js: &jetstream::Context, payload: &[u8], n: usize) -> (Rate, 
     (publish, consume)
 }
 
-/// The least any job fleet does per job, with bare async-nats against the same server: a
-/// service that answers each request once JetStream has stored the job (WINDOW requests in
-/// flight), and a consumer that stores a result per job before acknowledging it (64 in
-/// flight, the worker's concurrency). qefleet against these is what its own work costs.
-async fn bare_fleet(js: &jetstream::Context, payload: &[u8], n: usize) -> (Rate, Rate) {
-    for (name, subject, retention) in [
-        ("BARE_JOBS", "bare.jobs", stream::RetentionPolicy::WorkQueue),
-        (
-            "BARE_RESULTS",
-            "bare.results.>",
-            stream::RetentionPolicy::Limits,
-        ),
-    ] {
-        js.create_stream(stream::Config {
-            name: name.into(),
-            subjects: vec![subject.into()],
-            retention,
-            ..Default::default()
-        })
-        .await
-        .expect("bare stream");
+/// A bare durable fleet in async-nats, the least any fleet that stores jobs and results
+/// does per job: streams `<NAME>_JOBS` (work queue, `<prefix>.jobs`) and `<NAME>_RESULTS`
+/// (`<prefix>.results.>`), a service that replies to a request on `<prefix>.submit` once
+/// the job is stored, and a worker (64 jobs at a time) that stores a result on
+/// `<prefix>.results.<id>` (the job's `id` header) before acknowledging the job.
+struct Bare {
+    js: jetstream::Context,
+    name: &'static str,
+    prefix: &'static str,
+}
+
+impl Bare {
+    async fn new(js: &jetstream::Context, name: &'static str, prefix: &'static str) -> Self {
+        for (stream, subject, retention) in [
+            ("JOBS", "jobs", stream::RetentionPolicy::WorkQueue),
+            ("RESULTS", "results.>", stream::RetentionPolicy::Limits),
+        ] {
+            js.create_stream(stream::Config {
+                name: format!("{name}_{stream}"),
+                subjects: vec![format!("{prefix}.{subject}")],
+                retention,
+                ..Default::default()
+            })
+            .await
+            .expect("bare fleet stream");
+        }
+        Self {
+            js: js.clone(),
+            name,
+            prefix,
+        }
     }
-    let client = js.client();
-    let mut requests = client.subscribe("bare.submit").await.expect("subscribe");
-    let service_js = js.clone();
-    let service = tokio::spawn(async move {
-        while let Some(request) = requests.next().await {
-            let (js, client) = (service_js.clone(), service_js.client());
-            tokio::spawn(async move {
-                let stored = js.publish("bare.jobs", request.payload).await;
-                if let (Ok(ack), Some(reply)) = (stored, request.reply) {
-                    if ack.await.is_ok() {
-                        let _ = client.publish(reply, "ok".into()).await;
+
+    async fn service(&self) -> tokio::task::JoinHandle<()> {
+        let client = self.js.client();
+        let mut requests = client
+            .subscribe(format!("{}.submit", self.prefix))
+            .await
+            .expect("subscribe");
+        let (js, jobs) = (self.js.clone(), format!("{}.jobs", self.prefix));
+        tokio::spawn(async move {
+            while let Some(request) = requests.next().await {
+                let (js, client, jobs) = (js.clone(), client.clone(), jobs.clone());
+                tokio::spawn(async move {
+                    let headers = request.headers.unwrap_or_default();
+                    let stored = js
+                        .publish_with_headers(jobs, headers, request.payload)
+                        .await;
+                    if let (Ok(ack), Some(reply)) = (stored, request.reply) {
+                        if ack.await.is_ok() {
+                            let _ = client.publish(reply, "ok".into()).await;
+                        }
+                    }
+                });
+            }
+        })
+    }
+
+    /// Submits `n` jobs numbered from `first`: `window` in flight at once, or paced at
+    /// `rate`/s with each one's send time noted in `sent`.
+    async fn submit(&self, payload: &[u8], (first, n): (usize, usize), pace: Pace<'_>) {
+        let client = self.js.client();
+        let subject = format!("{}.submit", self.prefix);
+        let slice = Instant::now();
+        let mut inflight = JoinSet::new();
+        for i in 0..n {
+            let id = format!("{}-{}", self.prefix, first + i);
+            match pace {
+                Pace::Window(window) => {
+                    if inflight.len() >= window {
+                        inflight.join_next().await;
                     }
                 }
+                Pace::Rate(rate, sent, origin) => {
+                    let pacing = Duration::from_secs_f64(1.0 / rate as f64);
+                    tokio::time::sleep_until((slice + pacing * i as u32).into()).await;
+                    sent.lock()
+                        .expect("lock")
+                        .insert(id.clone(), origin.elapsed());
+                }
+            }
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("id", id.as_str());
+            let (client, subject, payload) = (client.clone(), subject.clone(), payload.to_vec());
+            inflight.spawn(async move {
+                client
+                    .request_with_headers(subject, headers, payload.into())
+                    .await
+                    .expect("bare submission");
             });
+            while inflight.try_join_next().is_some() {}
         }
-    });
-    let mark = Mark::now();
-    let mut inflight = JoinSet::new();
-    for _ in 0..n {
-        if inflight.len() >= WINDOW {
-            inflight.join_next().await;
-        }
-        let (client, payload) = (client.clone(), payload.to_vec());
-        inflight.spawn(async move {
-            client
-                .request("bare.submit", payload.into())
-                .await
-                .expect("bare submit");
-        });
+        while inflight.join_next().await.is_some() {}
     }
-    while inflight.join_next().await.is_some() {}
+
+    /// The worker; `done` counts the jobs it has finished.
+    async fn worker(&self, done: Arc<AtomicUsize>) -> tokio::task::JoinHandle<()> {
+        let consumer = durable(&self.js, &format!("{}_JOBS", self.name), "bare").await;
+        let (js, prefix) = (self.js.clone(), self.prefix);
+        tokio::spawn(async move {
+            let slots = Arc::new(tokio::sync::Semaphore::new(64));
+            let mut messages = consumer
+                .stream()
+                .max_messages_per_batch(64)
+                .messages()
+                .await
+                .expect("messages");
+            while let Some(Ok(m)) = messages.next().await {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let (js, done) = (js.clone(), done.clone());
+                tokio::spawn(async move {
+                    let id = m
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("id"))
+                        .map(|v| v.as_str().to_string())
+                        .unwrap_or_default();
+                    let result = format!("{prefix}.results.{id}");
+                    if let Ok(ack) = js.publish(result, m.payload.clone()).await {
+                        if ack.await.is_ok() && m.ack().await.is_ok() {
+                            done.fetch_add(1, Ordering::AcqRel);
+                        }
+                    }
+                    drop(slot);
+                });
+            }
+        })
+    }
+
+    async fn remove(self) {
+        for stream in ["JOBS", "RESULTS"] {
+            let _ = self
+                .js
+                .delete_stream(format!("{}_{stream}", self.name))
+                .await;
+        }
+    }
+}
+
+/// How a bare fleet's jobs are submitted.
+#[derive(Clone, Copy)]
+enum Pace<'a> {
+    Window(usize),
+    Rate(u64, &'a Sent, Instant),
+}
+
+/// Submit and consume rates of a bare fleet: `n` jobs submitted (WINDOW in flight), then
+/// drained by its worker.
+async fn bare_fleet(js: &jetstream::Context, payload: &[u8], n: usize) -> (Rate, Rate) {
+    let bare = Bare::new(js, "BARE", "bare").await;
+    let service = bare.service().await;
+    let mark = Mark::now();
+    bare.submit(payload, (0, n), Pace::Window(WINDOW)).await;
     let submit = Rate::since(n, &mark);
     service.abort();
-
-    let consumer = js
-        .get_stream("BARE_JOBS")
-        .await
-        .expect("stream")
-        .create_consumer(pull::Config {
-            durable_name: Some("bare".into()),
-            ..Default::default()
-        })
-        .await
-        .expect("consumer");
+    let done = Arc::new(AtomicUsize::new(0));
     let mark = Mark::now();
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(64)
-        .messages()
-        .await
-        .expect("messages");
-    let mut running = JoinSet::new();
-    for i in 0..n {
-        if running.len() >= 64 {
-            running.join_next().await;
-        }
-        let m = messages.next().await.expect("a job").expect("a job");
-        let js = js.clone();
-        running.spawn(async move {
-            let stored = js
-                .publish(format!("bare.results.{i}"), m.payload.clone())
-                .await
-                .expect("publish result");
-            stored.await.expect("result stored");
-            m.ack().await.expect("ack");
-        });
+    let worker = bare.worker(done.clone()).await;
+    while done.load(Ordering::Acquire) < n {
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    while running.join_next().await.is_some() {}
-    let _ = client.flush().await;
     let consume = Rate::since(n, &mark);
-    for name in ["BARE_JOBS", "BARE_RESULTS"] {
-        let _ = js.delete_stream(name).await;
-    }
+    worker.abort();
+    bare.remove().await;
     (submit, consume)
 }
 
@@ -401,16 +483,7 @@ async fn raw_reader(
     })
     .await
     .expect("latency stream");
-    let consumer = js
-        .get_stream("BENCH_LAT")
-        .await
-        .expect("stream")
-        .create_consumer(pull::Config {
-            durable_name: Some("lat".into()),
-            ..Default::default()
-        })
-        .await
-        .expect("consumer");
+    let consumer = durable(js, "BENCH_LAT", "lat").await;
     let seen: Seen = Arc::default();
     let into = seen.clone();
     let reader = tokio::spawn(async move {
@@ -460,128 +533,6 @@ async fn e2e_reader(
         }
     });
     (seen, reader)
-}
-
-/// The least any durable fleet does per job, for latency: a service that answers a
-/// submission once its job is stored, and a worker (64 jobs at a time) that stores a result
-/// on `bare.lat.results.<id>` before acknowledging the job. Stopped by aborting the tasks.
-async fn bare_pipeline(js: &jetstream::Context) -> Vec<tokio::task::JoinHandle<()>> {
-    for (name, subject, retention) in [
-        (
-            "BARE_LAT_JOBS",
-            "bare.lat.jobs",
-            stream::RetentionPolicy::WorkQueue,
-        ),
-        (
-            "BARE_LAT_RESULTS",
-            "bare.lat.results.>",
-            stream::RetentionPolicy::Limits,
-        ),
-    ] {
-        js.create_stream(stream::Config {
-            name: name.into(),
-            subjects: vec![subject.into()],
-            retention,
-            ..Default::default()
-        })
-        .await
-        .expect("bare latency stream");
-    }
-    let mut requests = js
-        .client()
-        .subscribe("bare.lat.submit")
-        .await
-        .expect("subscribe");
-    let service_js = js.clone();
-    let service = tokio::spawn(async move {
-        while let Some(request) = requests.next().await {
-            let js = service_js.clone();
-            tokio::spawn(async move {
-                let headers = request.headers.unwrap_or_default();
-                let stored = js
-                    .publish_with_headers("bare.lat.jobs", headers, request.payload)
-                    .await;
-                if let (Ok(ack), Some(reply)) = (stored, request.reply) {
-                    if ack.await.is_ok() {
-                        let _ = js.client().publish(reply, "ok".into()).await;
-                    }
-                }
-            });
-        }
-    });
-    let consumer = js
-        .get_stream("BARE_LAT_JOBS")
-        .await
-        .expect("stream")
-        .create_consumer(pull::Config {
-            durable_name: Some("bare-lat".into()),
-            ..Default::default()
-        })
-        .await
-        .expect("consumer");
-    let worker_js = js.clone();
-    let worker = tokio::spawn(async move {
-        let slots = Arc::new(tokio::sync::Semaphore::new(64));
-        let mut messages = consumer
-            .stream()
-            .max_messages_per_batch(64)
-            .messages()
-            .await
-            .expect("messages");
-        while let Some(Ok(m)) = messages.next().await {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                break;
-            };
-            let js = worker_js.clone();
-            tokio::spawn(async move {
-                let id = m
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get("id"))
-                    .map(|v| v.as_str().to_string())
-                    .unwrap_or_default();
-                if let Ok(ack) = js
-                    .publish(format!("bare.lat.results.{id}"), m.payload.clone())
-                    .await
-                {
-                    if ack.await.is_ok() {
-                        let _ = m.ack().await;
-                    }
-                }
-                drop(slot);
-            });
-        }
-    });
-    vec![service, worker]
-}
-
-/// Submits `n` jobs numbered from `first` to the bare pipeline at `rate`/s.
-async fn bare_slice(
-    client: &async_nats::Client,
-    payload: &[u8],
-    sent: &Sent,
-    (first, n): (usize, usize),
-    rate: u64,
-    origin: Instant,
-) {
-    let pacing = Duration::from_secs_f64(1.0 / rate as f64);
-    let slice = Instant::now();
-    let mut inflight = JoinSet::new();
-    for i in 0..n {
-        tokio::time::sleep_until((slice + pacing * i as u32).into()).await;
-        let id = format!("bare-{}", first + i);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("id", id.as_str());
-        sent.lock().expect("lock").insert(id, origin.elapsed());
-        let (client, payload) = (client.clone(), payload.to_vec());
-        inflight.spawn(async move {
-            let _ = client
-                .request_with_headers("bare.lat.submit", headers, payload.into())
-                .await;
-        });
-        while inflight.try_join_next().is_some() {}
-    }
-    while inflight.join_next().await.is_some() {}
 }
 
 /// Submits `n` jobs numbered from `first` at `rate`/s, each noted in `sent`.
@@ -771,15 +722,17 @@ async fn measure(default_sync: bool) -> Figures {
     let (e2e_seen, e2e_task) = e2e_reader(&client, "qe.results.", sent.clone(), origin).await;
     let bare_sent: Sent = Arc::default();
     let (bare_seen, bare_task) =
-        e2e_reader(&client, "bare.lat.results.", bare_sent.clone(), origin).await;
-    let bare_tasks = bare_pipeline(&js).await;
+        e2e_reader(&client, "bare-lat.results.", bare_sent.clone(), origin).await;
+    let bare = Bare::new(&js, "BARE_LAT", "bare-lat").await;
+    let bare_tasks = [bare.service().await, bare.worker(Arc::default()).await];
     let per_slice = rate as usize;
     let mut submitting = Duration::ZERO;
     for slice in 0..seconds as usize {
         raw_slice(&js, &payload, rate, per_slice, origin).await;
         settle(&raw_seen, (slice + 1) * per_slice).await;
         let range = (slice * per_slice, per_slice);
-        bare_slice(&client, &payload, &bare_sent, range, rate, origin).await;
+        let pace = Pace::Rate(rate, &bare_sent, origin);
+        bare.submit(&payload, range, pace).await;
         settle(&bare_seen, (slice + 1) * per_slice).await;
         let started = Instant::now();
         e2e_slice(
@@ -913,10 +866,15 @@ fn main() {
         env_or::<u64>("BENCH_RATE", 1000),
         env_or::<u64>("BENCH_SECONDS", 5)
     );
+    let modes = std::env::var("BENCH_SYNC").unwrap_or_default();
     for (label, default_sync) in [
         ("sync_interval: always", false),
         ("server default sync", true),
     ] {
+        let wanted = if default_sync { "default" } else { "always" };
+        if !modes.is_empty() && modes != wanted {
+            continue;
+        }
         let f = runtime.block_on(measure(default_sync));
         println!("\n== {label} ==");
         println!(
@@ -931,31 +889,20 @@ fn main() {
             .print("submit vs a bare request->store->reply");
         f.ratio(|r| r.consume, |r| r.bare_consume)
             .print("consume vs a bare consume->store result->ack");
-        for (what, p) in [("p50", 50.0), ("p99", 99.0)] {
-            let (ours, raw) = (
-                percentile(&f.e2e_latencies, p),
-                percentile(&f.raw_latencies, p),
-            );
-            println!(
-                "{:<44} {:>9.2} {:>9.2} {:>+8.2}",
-                format!("latency {what} (ms): submit->result vs raw"),
-                ours,
-                raw,
-                ours - raw
-            );
-        }
-        for (what, p) in [("p50", 50.0), ("p99", 99.0)] {
-            let (ours, bare) = (
-                percentile(&f.e2e_latencies, p),
-                percentile(&f.bare_latencies, p),
-            );
-            println!(
-                "{:<44} {:>9.2} {:>9.2} {:>+8.2}",
-                format!("latency {what} (ms): vs a bare fleet's"),
-                ours,
-                bare,
-                ours - bare
-            );
+        for (baseline, latencies) in [
+            ("submit->result vs raw", &f.raw_latencies),
+            ("vs a bare fleet's", &f.bare_latencies),
+        ] {
+            for (what, p) in [("p50", 50.0), ("p99", 99.0)] {
+                let (ours, theirs) = (percentile(&f.e2e_latencies, p), percentile(latencies, p));
+                println!(
+                    "{:<44} {:>9.2} {:>9.2} {:>+8.2}",
+                    format!("latency {what} (ms): {baseline}"),
+                    ours,
+                    theirs,
+                    ours - theirs
+                );
+            }
         }
         println!(
             "{:<44} {:>9.0}",
