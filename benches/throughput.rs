@@ -800,11 +800,7 @@ impl Commits {
             let _ = conn.read_to_string(&mut text).await;
         }
         let value = |series: &str, kind: &str| {
-            text.lines()
-                .find(|l| l.starts_with(series) && l.contains(&format!("kind=\"{kind}\"")))
-                .and_then(|l| l.rsplit(' ').next())
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
+            qefleet_shared::metrics::sample_sum(&text, series, &[("kind", kind)]).unwrap_or(0.0)
         };
         Self {
             batches: value("qefleet_result_commit_results_count", "batch"),

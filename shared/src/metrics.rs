@@ -460,6 +460,24 @@ impl Metrics {
     }
 }
 
+/// The sum of the samples of `series` in text exposition format whose labels include every
+/// `name="value"` pair of `labels`; `None` when no sample matches. For tests, benches and
+/// tools that read a `/metrics` page.
+pub fn sample_sum(text: &str, series: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let wanted: Vec<String> = labels
+        .iter()
+        .map(|(name, value)| format!("{name}=\"{value}\""))
+        .collect();
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(series)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|line| wanted.iter().all(|w| line.contains(w.as_str())))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(None, |sum, v| Some(sum.unwrap_or(0.0) + v))
+}
+
 /// VmRSS of this process from /proc (Linux); `None` elsewhere.
 fn resident_memory_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -580,11 +598,22 @@ mod tests {
     fn resident_memory_is_read_at_render() {
         let metrics = Metrics::new();
         let text = metrics.render();
-        let line = text
-            .lines()
-            .find(|l| l.starts_with("qefleet_process_resident_memory_bytes "))
+        let bytes = sample_sum(&text, "qefleet_process_resident_memory_bytes", &[])
             .expect("memory gauge rendered");
-        let bytes: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-        assert!(bytes > 1_000_000, "{line}");
+        assert!(bytes > 1_000_000.0, "{bytes}");
+    }
+
+    #[test]
+    fn samples_are_summed_by_series_and_labels() {
+        let text = "# TYPE x_total counter\n\
+                    x_total{pool=\"local\",kind=\"a\"} 2\n\
+                    x_total{pool=\"cloud\",kind=\"a\"} 3\n\
+                    x_total_more{pool=\"local\"} 100\n\
+                    y 7\n";
+        assert_eq!(sample_sum(text, "x_total", &[]), Some(5.0));
+        assert_eq!(sample_sum(text, "x_total", &[("pool", "local")]), Some(2.0));
+        assert_eq!(sample_sum(text, "x_total", &[("kind", "b")]), None);
+        assert_eq!(sample_sum(text, "y", &[]), Some(7.0));
+        assert_eq!(sample_sum(text, "z", &[]), None);
     }
 }

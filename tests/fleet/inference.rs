@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use qefleet_scheduler::SchedulerArgs;
 use qefleet_shared::embedded::venv_python;
+use qefleet_shared::metrics::sample_sum;
 
 use crate::support::*;
 
@@ -79,12 +80,12 @@ async fn a_local_llm_worker_serves_a_job_and_reports_its_provider() {
         "{report}"
     );
     let body = http_get(metrics_port, "/metrics").await;
-    let tokens: f64 = body
-        .lines()
-        .find(|l| l.starts_with("qefleet_inference_tokens_total{provider=\"cpu\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no inference tokens metric:\n{body}"));
+    let tokens = sample_sum(
+        &body,
+        "qefleet_inference_tokens_total",
+        &[("provider", "cpu")],
+    )
+    .unwrap_or_else(|| panic!("no inference tokens metric:\n{body}"));
     assert!(tokens >= result.tokens.completion as f64, "{tokens}");
     for expected in [
         "qefleet_inference_seconds_count{op=\"generate\",provider=\"cpu\"} 1",

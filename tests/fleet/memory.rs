@@ -9,6 +9,7 @@ use qefleet_inference::embed::find_default_model;
 use qefleet_inference::{Device, Embedder, EmbedderSettings, SessionSettings};
 use qefleet_scheduler::SchedulerArgs;
 use qefleet_shared::embedded::free_port;
+use qefleet_shared::metrics::sample_sum;
 use qefleet_worker::PoolArg;
 
 use crate::support::*;
@@ -208,12 +209,8 @@ async fn the_router_learns_per_module_which_pool_does_better() {
         "the router's memory stored 8 outcomes",
         || async {
             let body = try_http_get(port, "/metrics").await.unwrap_or_default();
-            let stored: f64 = body
-                .lines()
-                .filter(|l| l.starts_with("qefleet_memory_inserts_total{"))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum();
-            stored >= 8.0
+            let stored = sample_sum(&body, "qefleet_memory_inserts_total", &[]);
+            stored.unwrap_or(0.0) >= 8.0
         },
     )
     .await;

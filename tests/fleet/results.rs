@@ -2,7 +2,7 @@
 //! atomic batches, each exactly once, and a batch the server refuses loses nothing.
 
 use qefleet_schemas::{ContentType, Pool};
-use qefleet_shared::metrics::Metrics;
+use qefleet_shared::metrics::{sample_sum, Metrics};
 use qefleet_shared::subjects::{result_subject, RESULTS_STREAM};
 use qefleet_worker::outbox::PendingResult;
 use qefleet_worker::results::{self, Batching, Published, ResultPublisher, MIN_BATCH};
@@ -41,12 +41,7 @@ async fn publish_together(publisher: &ResultPublisher, n: usize) -> Vec<(usize, 
 /// `count` and `sum` of `qefleet_result_commit_results` for one kind.
 fn commits(metrics: &Metrics, kind: &str) -> (u64, u64) {
     let text = metrics.render();
-    let value = |series: &str| {
-        text.lines()
-            .find(|l| l.starts_with(series) && l.contains(&format!("kind=\"{kind}\"")))
-            .and_then(|l| l.rsplit(' ').next())
-            .map_or(0, |v| v.parse::<f64>().expect("number") as u64)
-    };
+    let value = |series: &str| sample_sum(&text, series, &[("kind", kind)]).map_or(0, |v| v as u64);
     (
         value("qefleet_result_commit_results_count"),
         value("qefleet_result_commit_results_sum"),
