@@ -283,6 +283,10 @@ async fn replay(
     tokio::time::sleep(Duration::from_millis(2500)).await;
 
     let mut results = client.subscribe(RESULTS_SUBJECTS).await.expect("subscribe");
+    client
+        .flush()
+        .await
+        .expect("the server holds the subscription");
     let sona = js.get_key_value(SONA_BUCKET).await.expect("bucket");
     let initial = SonaSnapshot::new();
     let mut snapshot = SonaSnapshot::new();

@@ -309,6 +309,10 @@ impl Bare {
             .subscribe(format!("{}.submit", self.prefix))
             .await
             .expect("subscribe");
+        client
+            .flush()
+            .await
+            .expect("the server holds the subscription");
         let (js, jobs) = (self.js.clone(), format!("{}.jobs", self.prefix));
         tokio::spawn(async move {
             while let Some(request) = requests.next().await {
@@ -519,6 +523,10 @@ async fn e2e_reader(
         .subscribe(format!("{prefix}>"))
         .await
         .expect("subscribe");
+    client
+        .flush()
+        .await
+        .expect("the server holds the subscription");
     let seen: Seen = Arc::default();
     let into = seen.clone();
     let reader = tokio::spawn(async move {

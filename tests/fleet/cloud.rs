@@ -68,6 +68,8 @@ async fn a_cloud_worker_serves_cloud_jobs_and_local_only_jobs_never_reach_it() {
         .subscribe("qe.jobs.cloud.>")
         .await
         .expect("subscribe");
+    // The server holds the subscription before anything is submitted (a round trip).
+    client.flush().await.expect("flush");
 
     // A job that insists on the cloud pool.
     let mut spec = job(MODULE);
