@@ -360,8 +360,14 @@ async fn drain_submission_stream(js: jetstream::Context, submitter: Submitter, s
         let js = js.clone();
         let submitter = submitter.clone();
         traced(message.headers.clone(), async move {
+            let default_id = message.info().ok().map(|info| {
+                crate::submit::queued_submission_id(
+                    info.published.unix_timestamp_nanos(),
+                    info.stream_sequence,
+                )
+            });
             let (reply, _) = submitter
-                .submit_raw(message.headers.as_ref(), &message.payload)
+                .submit_raw_as(message.headers.as_ref(), &message.payload, default_id)
                 .await;
             match reply {
                 SubmitReply::Accepted { .. } => {

@@ -114,7 +114,19 @@ impl Submitter {
         headers: Option<&HeaderMap>,
         payload: &[u8],
     ) -> (SubmitReply, ContentType) {
-        let (job, ct) = match messages::decode::<JobSpec>(headers, payload) {
+        self.submit_raw_as(headers, payload, None).await
+    }
+
+    /// As [`Self::submit_raw`], with `default_id` for a job that brings no id: a
+    /// fire-and-forget submission's id comes from its place in the submissions stream, so
+    /// that a redelivery (the scheduler died before acknowledging it) is the same job.
+    pub async fn submit_raw_as(
+        &self,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+        default_id: Option<String>,
+    ) -> (SubmitReply, ContentType) {
+        let (mut job, ct) = match messages::decode::<JobSpec>(headers, payload) {
             Ok(decoded) => decoded,
             Err(e) => {
                 let ct = messages::content_type(headers).unwrap_or_default();
@@ -124,6 +136,9 @@ impl Submitter {
                 );
             }
         };
+        if job.job_id.is_none() {
+            job.job_id = default_id;
+        }
         (self.count(self.submit(job, ct).await), ct)
     }
 
@@ -371,6 +386,13 @@ impl Submitter {
     }
 }
 
+/// The id of a fire-and-forget submission that brings none: `q<published, ns>-<stream
+/// sequence>`, the same on every delivery of the message and never reused by a later
+/// stream of the same name (its messages are published later).
+pub fn queued_submission_id(published_unix_ns: i128, stream_sequence: u64) -> String {
+    format!("q{published_unix_ns}-{stream_sequence}")
+}
+
 fn duplicate(state: JobState) -> SubmitReply {
     SubmitReply::Accepted {
         schema_version: SCHEMA_VERSION,
@@ -384,6 +406,18 @@ fn duplicate(state: JobState) -> SubmitReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_queued_submission_keeps_its_id_across_deliveries_and_the_id_is_valid() {
+        let published = 1_796_286_511_615_301_000_i128;
+        let id = queued_submission_id(published, 42);
+        assert_eq!(id, queued_submission_id(published, 42));
+        assert_ne!(id, queued_submission_id(published, 43));
+        assert_ne!(id, queued_submission_id(published + 1, 42));
+        let mut job = JobSpec::python("calc", "def f():\n    return 1\n");
+        job.job_id = Some(id);
+        assert!(validate(&job, &Limits::default(), now_unix_ms()).is_ok());
+    }
 
     fn sona() -> Option<PoolEstimates> {
         Some(PoolEstimates {

@@ -251,6 +251,46 @@ async fn fire_and_forget_submissions_are_queued_or_dead_lettered_with_the_reason
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fire_and_forget_submission_without_an_id_gets_one_from_its_place_in_the_stream() {
+    let mut fleet = Fleet::start().await;
+    // Queued before any scheduler runs, so the stored message can be read back.
+    let ack = fleet
+        .js
+        .publish_with_headers(
+            SUBMIT_QUEUE_SUBJECT,
+            headers_for(ContentType::Json),
+            codec::encode(&job(CALC), ContentType::Json).into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let stored = fleet
+        .js
+        .get_stream(SUBMISSIONS_STREAM)
+        .await
+        .expect("stream")
+        .get_raw_message(ack.sequence)
+        .await
+        .expect("the submission");
+    // Every delivery of this message carries the same place, so a redelivery after a
+    // scheduler died before acknowledging it is the same job, not a second one.
+    let id = qefleet_scheduler::submit::queued_submission_id(
+        stored.time.unix_timestamp_nanos(),
+        ack.sequence,
+    );
+    fleet.scheduler(SchedulerArgs::default()).await;
+    let args = fleet.worker_args(PoolArg::Local);
+    fleet
+        .worker(args, Arc::new(ScriptedEngine::succeeding(Duration::ZERO)))
+        .await;
+    let (result, _) = fleet.result(&id, Duration::from_secs(20)).await;
+    assert_eq!(result.job_id, id);
+    assert_eq!(fleet.stream_messages(RESULTS_STREAM).await, 1);
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_past_its_deadline_is_not_run_and_fails_with_that_reason() {
     let mut fleet = Fleet::start().await;
     fleet.scheduler(SchedulerArgs::default()).await;
