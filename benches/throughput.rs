@@ -99,6 +99,13 @@ async fn durable(
         .expect("consumer")
 }
 
+/// A subscription the server already holds (subscribed, then a round trip).
+async fn subscribed(client: &async_nats::Client, subject: String) -> async_nats::Subscriber {
+    let subscriber = client.subscribe(subject).await.expect("subscribe");
+    client.flush().await.expect("flush");
+    subscriber
+}
+
 /// Where a phase began: time, CPU and traffic.
 struct Mark {
     at: Instant,
@@ -305,14 +312,7 @@ impl Bare {
 
     async fn service(&self) -> tokio::task::JoinHandle<()> {
         let client = self.js.client();
-        let mut requests = client
-            .subscribe(format!("{}.submit", self.prefix))
-            .await
-            .expect("subscribe");
-        client
-            .flush()
-            .await
-            .expect("the server holds the subscription");
+        let mut requests = subscribed(&client, format!("{}.submit", self.prefix)).await;
         let (js, jobs) = (self.js.clone(), format!("{}.jobs", self.prefix));
         tokio::spawn(async move {
             while let Some(request) = requests.next().await {
@@ -519,14 +519,7 @@ async fn e2e_reader(
     sent: Sent,
     origin: Instant,
 ) -> (Seen, tokio::task::JoinHandle<()>) {
-    let mut results = client
-        .subscribe(format!("{prefix}>"))
-        .await
-        .expect("subscribe");
-    client
-        .flush()
-        .await
-        .expect("the server holds the subscription");
+    let mut results = subscribed(client, format!("{prefix}>")).await;
     let seen: Seen = Arc::default();
     let into = seen.clone();
     let reader = tokio::spawn(async move {
@@ -568,6 +561,14 @@ async fn e2e_slice(
         while inflight.try_join_next().is_some() {}
     }
     while inflight.join_next().await.is_some() {}
+}
+
+/// Submits `spec` over request/reply (MessagePack) and insists it is accepted.
+async fn accepted(client: &async_nats::Client, spec: &JobSpec) {
+    let reply = submit(client, spec, ContentType::MsgPack, Duration::from_secs(20))
+        .await
+        .expect("submit");
+    assert!(matches!(reply, SubmitReply::Accepted { .. }), "{reply:?}");
 }
 
 fn scheduler_args() -> SchedulerArgs {
@@ -637,15 +638,7 @@ async fn measure(default_sync: bool) -> Figures {
 
     // One submission through a whole fleet first: streams, consumers and buckets exist.
     let (trigger, mut tasks) = start_fleet(&url, dir.path().join("warm-up"), 64, None).await;
-    let warm = submit(
-        &client,
-        &spec,
-        ContentType::MsgPack,
-        Duration::from_secs(20),
-    )
-    .await
-    .expect("warm-up");
-    assert!(matches!(warm, SubmitReply::Accepted { .. }));
+    accepted(&client, &spec).await;
     trigger.trigger();
     while tasks.join_next().await.is_some() {}
 
@@ -673,17 +666,7 @@ async fn measure(default_sync: bool) -> Figures {
             }
             let client = client.clone();
             let spec = spec.clone();
-            inflight.spawn(async move {
-                let reply = submit(
-                    &client,
-                    &spec,
-                    ContentType::MsgPack,
-                    Duration::from_secs(20),
-                )
-                .await
-                .expect("submit");
-                assert!(matches!(reply, SubmitReply::Accepted { .. }), "{reply:?}");
-            });
+            inflight.spawn(async move { accepted(&client, &spec).await });
         }
         while inflight.join_next().await.is_some() {}
         let submitted = Rate::since(jobs, &mark);
