@@ -185,6 +185,16 @@ pub fn stream_differences(wanted: &StreamConfig, existing: &StreamConfig) -> Vec
     out
 }
 
+/// The `existing` stream's configuration with what `wanted` adds switched on, when it
+/// lacks any of it; `None` when nothing is missing. Additions only add a way to use the
+/// stream (atomic batches, ADR 0017), so they are made in place, unlike the settings
+/// [`stream_differences`] reports, which would change what the stream keeps.
+pub fn additions(wanted: &StreamConfig, existing: &StreamConfig) -> Option<StreamConfig> {
+    let mut config = existing.clone();
+    config.allow_atomic_publish |= wanted.allow_atomic_publish;
+    (config.allow_atomic_publish != existing.allow_atomic_publish).then_some(config)
+}
+
 /// Creates missing streams and buckets; verifies existing ones.
 pub async fn ensure_all(js: &jetstream::Context) -> Result<(), ProvisionError> {
     let version = js.client().server_info().version;
@@ -213,15 +223,11 @@ async fn ensure_stream(
                 let info = stream.info().await.map_err(|e| js_err(&wanted.name, e))?;
                 let differences = stream_differences(&wanted, &info.config);
                 if differences.is_empty() {
-                    // Atomic batches only add a way to publish (ADR 0017): switched on
-                    // in place for a results stream made before qefleet used them.
-                    if wanted.allow_atomic_publish && !info.config.allow_atomic_publish {
-                        let mut config = info.config.clone();
-                        config.allow_atomic_publish = true;
+                    if let Some(config) = additions(&wanted, &info.config) {
                         js.update_stream(config)
                             .await
                             .map_err(|e| js_err(&wanted.name, e))?;
-                        tracing::info!(stream = %wanted.name, "allowed atomic batches");
+                        tracing::info!(stream = %wanted.name, "switched on what the fleet now uses");
                     }
                     return Ok(());
                 }
@@ -426,6 +432,25 @@ mod tests {
         };
         assert_eq!(atomic("2.15.1"), vec![RESULTS_STREAM.to_string()]);
         assert!(atomic("2.10.23").is_empty());
+    }
+
+    #[test]
+    fn additions_switch_on_what_is_wanted_and_never_off() {
+        let results = || {
+            stream_configs_for("2.15.1")
+                .into_iter()
+                .find(|c| c.name == RESULTS_STREAM)
+                .expect("results stream")
+        };
+        let mut old = results();
+        old.allow_atomic_publish = false;
+        let added = additions(&results(), &old).expect("atomic batches added");
+        assert!(added.allow_atomic_publish);
+        assert!(additions(&results(), &results()).is_none());
+        // A stream that allows more than the fleet asks for keeps it.
+        let mut plain = results();
+        plain.allow_atomic_publish = false;
+        assert!(additions(&plain, &results()).is_none());
     }
 
     #[test]

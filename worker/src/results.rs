@@ -144,6 +144,20 @@ impl Counts {
             .with_label_values(&[self.pool, kind])
             .observe(results as f64);
     }
+
+    /// Publishes one result on its own, counted when it is stored now.
+    async fn publish_single(
+        &self,
+        js: &jetstream::Context,
+        job_id: &str,
+        result: &PendingResult,
+    ) -> Result<Published, async_nats::Error> {
+        let published = publish(js, job_id, result).await;
+        if matches!(published, Ok(Published::New)) {
+            self.stored(SINGLE, 1);
+        }
+        published
+    }
 }
 
 /// Commits under way at once; results arriving while all are busy are grouped. 2 made
@@ -225,11 +239,7 @@ impl ResultPublisher {
         job_id: &str,
         result: &PendingResult,
     ) -> Result<Published, async_nats::Error> {
-        let published = publish(&self.js, job_id, result).await;
-        if matches!(published, Ok(Published::New)) {
-            self.counts.stored(SINGLE, 1);
-        }
-        published
+        self.counts.publish_single(&self.js, job_id, result).await
     }
 
     /// Publishes a result and waits until JetStream has stored it (or refused it as the
@@ -475,10 +485,9 @@ async fn commit(js: &jetstream::Context, group: Vec<Waiting>, batch: bool, count
         }
     }
     let singles = group.into_iter().map(|waiting| async move {
-        let published = publish(js, &waiting.job_id, &waiting.result).await;
-        if matches!(published, Ok(Published::New)) {
-            counts.stored(SINGLE, 1);
-        }
+        let published = counts
+            .publish_single(js, &waiting.job_id, &waiting.result)
+            .await;
         let _ = waiting.reply.send(published);
     });
     futures_util::future::join_all(singles).await;
