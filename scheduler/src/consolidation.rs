@@ -2,24 +2,33 @@
 //! run.
 //!
 //! The results stream stores one message per job id (the server refuses a second), so its
-//! stream sequence counts completions exactly. Replicas share one durable consumer on it;
-//! whoever receives sequence `k * every` triggers consolidation `k`. A create-only marker
-//! in the `qe_consolidations` bucket and `Nats-Msg-Id = consolidate-<k>` make a
-//! redelivered trigger harmless.
+//! last sequence counts completions exactly (ADR 0001). Each replica reads that sequence
+//! with one stream-info request every [`POLL`], whatever the rate of results, and
+//! triggers every consolidation `k` with `k * every` at or below it that the watermark in
+//! the `qe_consolidations` bucket has not passed. A create-only marker per `k` and
+//! `Nats-Msg-Id = consolidate-<k>` make two replicas triggering the same `k` harmless; the
+//! watermark only moves forward (compare-and-set on its revision).
+//!
+//! Until stop 21 a durable consumer (`completion-counter`) read the headers of every
+//! result to find the sequences `k * every`: a delivery and an acknowledgement per job.
+//! [`retire_counter_consumer`] carries its progress over and deletes it.
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, kv, AckKind};
+use async_nats::jetstream::{self, kv, stream::Stream};
 use qefleet_schemas::{codec, now_unix_ms, ConsolidationJob, ContentType, SCHEMA_VERSION};
-use qefleet_shared::consume::for_each_message;
 use qefleet_shared::messages::headers_for;
 use qefleet_shared::metrics::Metrics;
-use qefleet_shared::provision::ensure_consumer;
 use qefleet_shared::shutdown::Shutdown;
 use qefleet_shared::subjects::*;
 
 const PENDING: &[u8] = b"pending";
 const PUBLISHED: &[u8] = b"published";
+/// Key of the highest consolidation number known to be published, in the markers bucket
+/// beside the numbered markers.
+const WATERMARK: &str = "watermark";
+/// How often each replica reads the results stream's last sequence.
+pub const POLL: Duration = Duration::from_millis(500);
 
 /// Counts completions and publishes consolidation jobs until shutdown.
 pub async fn run_counter(
@@ -27,56 +36,96 @@ pub async fn run_counter(
     markers: kv::Store,
     every: u64,
     metrics: Metrics,
-    shutdown: Shutdown,
+    mut shutdown: Shutdown,
 ) -> Result<(), String> {
-    let consumer = ensure_consumer(
-        &js,
-        RESULTS_STREAM,
-        pull::Config {
-            durable_name: Some(COMPLETION_COUNTER_CONSUMER.to_string()),
-            filter_subject: RESULTS_SUBJECTS.to_string(),
-            ack_wait: Duration::from_secs(30),
-            headers_only: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    for_each_message(&consumer, 256, shutdown, |message| {
-        let (js, markers, metrics) = (js.clone(), markers.clone(), metrics.clone());
-        async move {
-            let Ok(seq) = message.info().map(|i| i.stream_sequence) else {
-                return;
-            };
-            if seq % every == 0 {
-                if let Err(e) = trigger(&js, &markers, seq / every, seq).await {
-                    tracing::warn!(number = seq / every, error = %e, "consolidation trigger failed; will retry");
-                    let _ = message
-                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                        .await;
-                    return;
-                }
-                metrics.consolidations_triggered.inc();
-            }
-            let _ = message.ack().await;
+    let every = every.max(1);
+    let mut results = js
+        .get_stream(RESULTS_STREAM)
+        .await
+        .map_err(|e| format!("results stream: {e}"))?;
+    retire_counter_consumer(&results, &markers, every).await;
+    loop {
+        if let Err(e) = count(&js, &mut results, &markers, every, &metrics).await {
+            tracing::warn!(error = %e, "consolidation trigger failed; will retry");
         }
-    })
-    .await;
-    Ok(())
+        tokio::select! {
+            _ = shutdown.wait() => return Ok(()),
+            _ = tokio::time::sleep(POLL) => {}
+        }
+    }
 }
 
-/// Publishes consolidation `number` unless a marker says it already was.
+/// Triggers the consolidations due by the results stream's last sequence and moves the
+/// watermark past those published.
+async fn count(
+    js: &jetstream::Context,
+    results: &mut Stream,
+    markers: &kv::Store,
+    every: u64,
+    metrics: &Metrics,
+) -> Result<(), async_nats::Error> {
+    let completions = results.info().await?.state.last_sequence;
+    let (done, revision) = watermark(markers).await?;
+    let mut reached = done;
+    let mut failed = None;
+    for number in done + 1..=completions / every {
+        match trigger(js, markers, number, number * every).await {
+            Ok(published) => {
+                if published {
+                    metrics.consolidations_triggered.inc();
+                }
+                reached = number;
+            }
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    if reached > done {
+        advance(markers, reached, revision).await;
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+/// The watermark and its revision (`None` before the first consolidation).
+async fn watermark(markers: &kv::Store) -> Result<(u64, Option<u64>), async_nats::Error> {
+    let Some(entry) = markers.entry(WATERMARK).await? else {
+        return Ok((0, None));
+    };
+    let done = std::str::from_utf8(&entry.value)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("unreadable consolidation watermark {:?}", entry.value))?;
+    Ok((done, Some(entry.revision)))
+}
+
+/// Moves the watermark to `reached` unless another replica moved it since it was read
+/// (that replica read a later sequence or the same one; the next poll reads its value).
+async fn advance(markers: &kv::Store, reached: u64, revision: Option<u64>) {
+    let value = reached.to_string().into();
+    let moved = match revision {
+        Some(revision) => markers.update(WATERMARK, value, revision).await.is_ok(),
+        None => markers.create(WATERMARK, value).await.is_ok(),
+    };
+    if !moved {
+        tracing::debug!(reached, "consolidation watermark moved by another replica");
+    }
+}
+
+/// Publishes consolidation `number` unless a marker says it already was; true when this
+/// call published it.
 async fn trigger(
     js: &jetstream::Context,
     markers: &kv::Store,
     number: u64,
     completions: u64,
-) -> Result<(), async_nats::Error> {
+) -> Result<bool, async_nats::Error> {
     let key = number.to_string();
     if markers.create(&key, PENDING.into()).await.is_err()
         && markers.get(&key).await?.as_deref() == Some(PUBLISHED)
     {
-        return Ok(());
+        return Ok(false);
     }
     let job = ConsolidationJob {
         schema_version: SCHEMA_VERSION,
@@ -95,5 +144,34 @@ async fn trigger(
     .await?;
     markers.put(&key, PUBLISHED.into()).await?;
     tracing::info!(number, completions, "consolidation job published");
-    Ok(())
+    Ok(true)
+}
+
+/// Carries the progress of the durable consumer that counted completions before stop 21
+/// into the watermark (unless one exists) and deletes the consumer, whose pending count
+/// would otherwise grow by one per result for ever. Consolidations it triggered past its
+/// acknowledgement floor have markers, so they are not published twice.
+async fn retire_counter_consumer(results: &Stream, markers: &kv::Store, every: u64) {
+    let Ok(info) = results.consumer_info(COMPLETION_COUNTER_CONSUMER).await else {
+        return;
+    };
+    let counted = info.ack_floor.stream_sequence / every;
+    if markers
+        .create(WATERMARK, counted.to_string().into())
+        .await
+        .is_ok()
+    {
+        tracing::info!(
+            counted,
+            "consolidation watermark taken from the retired completion-counter consumer"
+        );
+    }
+    match results.delete_consumer(COMPLETION_COUNTER_CONSUMER).await {
+        Ok(_) => {
+            tracing::info!("retired the completion-counter consumer (a watermark replaces it)")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not delete the retired completion-counter consumer")
+        }
+    }
 }

@@ -46,7 +46,8 @@ pub const SPEND_BUCKET: &str = "qe_spend";
 /// The routing switch in [`CONTROL_BUCKET`]: `auto`, `force-local` or `force-cloud`.
 pub const ROUTE_MODE_KEY: &str = "route_mode";
 
-/// Durable consumer of the scheduler replicas counting completions on [`RESULTS_STREAM`].
+/// Durable consumer on [`RESULTS_STREAM`] with which scheduler replicas counted completions
+/// before stop 21; a scheduler deletes it at start-up after taking over its count.
 pub const COMPLETION_COUNTER_CONSUMER: &str = "completion-counter";
 /// Durable consumer of the scheduler replicas reading [`SUBMISSIONS_STREAM`].
 pub const SUBMISSIONS_CONSUMER: &str = "submissions";

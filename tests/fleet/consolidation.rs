@@ -79,6 +79,100 @@ async fn two_hundred_fifty_completions_with_two_scheduler_replicas_make_exactly_
     fleet.stop().await;
 }
 
+/// Results published straight onto the results stream, as workers store them.
+async fn store_results(fleet: &Fleet, ids: std::ops::Range<u32>) {
+    for n in ids {
+        fleet
+            .js
+            .publish(format!("qe.results.m-{n}"), "done".into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduler_takes_over_the_count_of_the_retired_completion_counter_consumer() {
+    use async_nats::jetstream::consumer::pull;
+
+    // Before stop 21 a durable consumer counted completions; one that had acknowledged
+    // 200 results had triggered consolidations 1 and 2.
+    let mut fleet = Fleet::start().await;
+    store_results(&fleet, 0..250).await;
+    let results = fleet.js.get_stream(RESULTS_STREAM).await.expect("stream");
+    let old = results
+        .create_consumer(pull::Config {
+            durable_name: Some(COMPLETION_COUNTER_CONSUMER.to_string()),
+            filter_subject: RESULTS_SUBJECTS.to_string(),
+            headers_only: true,
+            ..Default::default()
+        })
+        .await
+        .expect("old consumer");
+    let mut batch = old
+        .fetch()
+        .max_messages(200)
+        .messages()
+        .await
+        .expect("fetch");
+    let mut acked = 0;
+    while let Some(message) = batch.next().await {
+        message.expect("message").double_ack().await.expect("ack");
+        acked += 1;
+    }
+    assert_eq!(acked, 200);
+
+    fleet.scheduler(SchedulerArgs::default()).await;
+    eventually(
+        Duration::from_secs(20),
+        "the old consumer deleted",
+        || async {
+            results
+                .consumer_info(COMPLETION_COUNTER_CONSUMER)
+                .await
+                .is_err()
+        },
+    )
+    .await;
+    let markers = fleet
+        .js
+        .get_key_value(CONSOLIDATIONS_BUCKET)
+        .await
+        .expect("bucket");
+    assert_eq!(
+        markers.get("watermark").await.expect("get").as_deref(),
+        Some(&b"2"[..])
+    );
+    // Several polls later nothing was published again for 1 and 2.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(fleet.stream_messages(JOBS_STREAM).await, 0);
+
+    // Counting goes on from there: the 300th result triggers consolidation 3, once.
+    store_results(&fleet, 250..300).await;
+    eventually(
+        Duration::from_secs(20),
+        "consolidation 3 queued",
+        || async { fleet.stream_messages(JOBS_STREAM).await >= 1 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let queued = fleet.messages(JOBS_STREAM).await;
+    assert_eq!(queued.len(), 1, "one consolidation job");
+    let (job, _) = qefleet_shared::messages::decode::<qefleet_schemas::ConsolidationJob>(
+        Some(&queued[0].headers),
+        &queued[0].payload,
+    )
+    .expect("a consolidation job");
+    assert_eq!((job.number, job.completions), (3, 300));
+    assert_eq!(
+        markers.get("watermark").await.expect("get").as_deref(),
+        Some(&b"3"[..])
+    );
+    assert_eq!(markers.get("1").await.expect("get"), None);
+    fleet.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sona_consolidations_learn_from_results_store_versioned_snapshots_and_apply_once() {
     use qefleet_learn::SonaSnapshot;
@@ -114,7 +208,19 @@ async fn sona_consolidations_learn_from_results_store_versioned_snapshots_and_ap
             Arc::new(SonaConsolidator::default()),
         )
         .await;
-    for _ in 0..25 {
+    // Consolidations are triggered by a poll of the results stream, so 25 quick results
+    // could trigger both at once and the first would learn from all of them: the second
+    // batch of jobs waits for the first consolidation.
+    for _ in 0..10 {
+        fleet.submit_ok(&job(CALC)).await;
+    }
+    eventually(
+        Duration::from_secs(60),
+        "the first consolidation",
+        || async { consolidated_events(&fleet).await >= 1 },
+    )
+    .await;
+    for _ in 0..15 {
         fleet.submit_ok(&job(CALC)).await;
     }
     eventually(Duration::from_secs(60), "two consolidations", || async {
