@@ -895,6 +895,22 @@ fn main() {
             "{:<44} {:>9.0}",
             "steady submission rate achieved (jobs/s)", f.e2e_rate
         );
+        if !default_sync {
+            // Raw publish stores one message per fsync, one after another. A durable job
+            // takes three (the job, its result, the job's removal when acknowledged) on
+            // the same disk: a steady rate near a third of raw publish queues on it.
+            let fsyncs = median(f.rounds.iter().map(|r| r.raw_publish.per_second).collect());
+            let rate = env_or::<u64>("BENCH_RATE", 1000) as f64;
+            println!(
+                "fsynced writes a second (raw publish): {fsyncs:.0}; at 3 a job, about {:.0} jobs/s for any durable fleet{}",
+                fsyncs / 3.0,
+                if rate > fsyncs / 3.0 {
+                    "\nwarning: the steady rate is beyond that: the latency rows above measure the disk's queue, not the fleets"
+                } else {
+                    ""
+                }
+            );
+        }
         println!("Per job: CPU and messages sent or received by the bench's connections (the bench process holds the clients, scheduler and worker):");
         for (what, phase) in [
             ("raw publish", (|r| r.raw_publish) as fn(&Round) -> Rate),
