@@ -57,26 +57,31 @@ async fn two_hundred_fifty_completions_with_two_scheduler_replicas_make_exactly_
     // Give a duplicate time to show up before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(consolidated_events(&fleet).await, 2);
-    let markers = fleet
-        .js
-        .get_key_value(CONSOLIDATIONS_BUCKET)
-        .await
-        .expect("bucket");
     assert_eq!(
-        markers.get("1").await.expect("get").as_deref(),
+        marker(&fleet, "1").await.as_deref(),
         Some(&b"published"[..])
     );
     assert_eq!(
-        markers.get("2").await.expect("get").as_deref(),
+        marker(&fleet, "2").await.as_deref(),
         Some(&b"published"[..])
     );
-    assert_eq!(markers.get("3").await.expect("get"), None);
+    assert_eq!(marker(&fleet, "3").await, None);
     assert_eq!(
         fleet.stream_messages(JOBS_STREAM).await,
         0,
         "consolidation jobs consumed"
     );
     fleet.stop().await;
+}
+
+/// The value under `key` in the consolidation markers bucket.
+async fn marker(fleet: &Fleet, key: &str) -> Option<Vec<u8>> {
+    let markers = fleet
+        .js
+        .get_key_value(CONSOLIDATIONS_BUCKET)
+        .await
+        .expect("bucket");
+    markers.get(key).await.expect("get").map(|v| v.to_vec())
 }
 
 /// Results published straight onto the results stream, as workers store them.
@@ -135,13 +140,8 @@ async fn a_scheduler_takes_over_the_count_of_the_retired_completion_counter_cons
         },
     )
     .await;
-    let markers = fleet
-        .js
-        .get_key_value(CONSOLIDATIONS_BUCKET)
-        .await
-        .expect("bucket");
     assert_eq!(
-        markers.get("watermark").await.expect("get").as_deref(),
+        marker(&fleet, "watermark").await.as_deref(),
         Some(&b"2"[..])
     );
     // Several polls later nothing was published again for 1 and 2.
@@ -166,10 +166,10 @@ async fn a_scheduler_takes_over_the_count_of_the_retired_completion_counter_cons
     .expect("a consolidation job");
     assert_eq!((job.number, job.completions), (3, 300));
     assert_eq!(
-        markers.get("watermark").await.expect("get").as_deref(),
+        marker(&fleet, "watermark").await.as_deref(),
         Some(&b"3"[..])
     );
-    assert_eq!(markers.get("1").await.expect("get"), None);
+    assert_eq!(marker(&fleet, "1").await, None);
     fleet.stop().await;
 }
 
