@@ -24,9 +24,9 @@ use qefleet_shared::subjects::*;
 
 const PENDING: &[u8] = b"pending";
 const PUBLISHED: &[u8] = b"published";
-/// Key of the highest consolidation number known to be published, in the markers bucket
-/// beside the numbered markers.
-const WATERMARK: &str = "watermark";
+/// Key of the highest consolidation number known to be published, beside the numbered
+/// markers.
+const WATERMARK: &str = CONSOLIDATION_WATERMARK_KEY;
 /// How often each replica reads the results stream's last sequence.
 pub const POLL: Duration = Duration::from_millis(500);
 

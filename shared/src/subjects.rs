@@ -34,6 +34,8 @@ pub const JOB_STATE_BUCKET: &str = "qe_job_state";
 pub const WORKERS_BUCKET: &str = "qe_workers";
 /// Key-value bucket of consolidation markers, keyed by consolidation number.
 pub const CONSOLIDATIONS_BUCKET: &str = "qe_consolidations";
+/// The highest consolidation number known to be published, in [`CONSOLIDATIONS_BUCKET`].
+pub const CONSOLIDATION_WATERMARK_KEY: &str = "watermark";
 /// Key-value bucket of the fleet's learned models (SONA), one key per model, with history
 /// so an earlier snapshot can be restored.
 pub const SONA_BUCKET: &str = "qe_sona";

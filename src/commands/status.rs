@@ -1,5 +1,6 @@
 //! `qefleet status`: streams, pool consumers (pending, ack-pending, redelivered), the
-//! oldest pending job per pool, dead letters and live workers.
+//! oldest pending job per pool, completions and consolidations, dead letters and live
+//! workers.
 
 use std::process::ExitCode;
 
@@ -8,8 +9,8 @@ use qefleet_schemas::{now_unix_ms, Pool};
 use qefleet_shared::nats::NatsArgs;
 use qefleet_shared::provision::stream_configs;
 use qefleet_shared::subjects::{
-    CONTROL_BUCKET, QUALITY_PREDICTOR_KEY, ROUTE_MODE_KEY, SONA_BUCKET, SPEND_BUCKET,
-    WORKERS_BUCKET,
+    CONSOLIDATIONS_BUCKET, CONSOLIDATION_WATERMARK_KEY, CONTROL_BUCKET, QUALITY_PREDICTOR_KEY,
+    RESULTS_STREAM, ROUTE_MODE_KEY, SONA_BUCKET, SPEND_BUCKET, WORKERS_BUCKET,
 };
 use serde_json::json;
 
@@ -27,10 +28,16 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let server = client.server_info();
     let js = async_nats::jetstream::new(client);
     let mut streams = Vec::new();
+    // The results stream stores one result per job, so its last sequence counts the
+    // completions (ADR 0001), also of results expired since.
+    let mut completions = None;
     for config in stream_configs() {
         match js.get_stream(&config.name).await {
             Ok(mut s) => {
                 let info = s.info().await?;
+                if config.name == RESULTS_STREAM {
+                    completions = Some(info.state.last_sequence);
+                }
                 streams.push(json!({"stream": config.name, "messages": info.state.messages, "bytes": info.state.bytes}));
             }
             Err(_) => streams.push(json!({"stream": config.name, "missing": true})),
@@ -110,10 +117,23 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             }),
         Err(_) => None,
     };
+    // Consolidations published so far: the schedulers' watermark.
+    let consolidations = match js.get_key_value(CONSOLIDATIONS_BUCKET).await {
+        Ok(kv) => kv
+            .get(CONSOLIDATION_WATERMARK_KEY)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|v| String::from_utf8_lossy(&v).parse::<u64>().ok())
+            .unwrap_or(0),
+        Err(_) => 0,
+    };
     let report = json!({
         "server": {"version": server.version, "name": server.server_name},
         "streams": streams,
         "pools": pools,
+        "completions": completions,
+        "consolidations": consolidations,
         "dead_letters": queues.dead_letters,
         "live_workers": workers,
         "route_mode": route_mode,
@@ -159,6 +179,9 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             .as_deref()
             .unwrap_or("not set (schedulers' --route-mode)")
     );
+    if let Some(n) = completions {
+        println!("completions: {n} (consolidation jobs published: {consolidations})");
+    }
     match &sona {
         Some(s) => println!(
             "SONA quality predictor: adapter v{} (consolidation {}, revision {}), learned from {} jobs {}",

@@ -66,6 +66,12 @@ async fn two_hundred_fifty_completions_with_two_scheduler_replicas_make_exactly_
         Some(&b"published"[..])
     );
     assert_eq!(marker(&fleet, "3").await, None);
+    let report = fleet.status_json();
+    assert_eq!(
+        (&report["completions"], &report["consolidations"]),
+        (&serde_json::json!(250), &serde_json::json!(2)),
+        "qefleet status counts them"
+    );
     assert_eq!(
         fleet.stream_messages(JOBS_STREAM).await,
         0,
