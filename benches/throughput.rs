@@ -572,10 +572,15 @@ async fn accepted(client: &async_nats::Client, spec: &JobSpec) {
 }
 
 fn scheduler_args() -> SchedulerArgs {
-    SchedulerArgs {
+    let mut args = SchedulerArgs {
         consolidate_every: 1_000_000,
         ..SchedulerArgs::default()
+    };
+    if let Ok(batches) = std::env::var("BENCH_JOB_BATCHES") {
+        args.job_batches = clap::ValueEnum::from_str(&batches, true)
+            .expect("BENCH_JOB_BATCHES: auto, never or always");
     }
+    args
 }
 
 async fn start_fleet(

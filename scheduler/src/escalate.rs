@@ -76,13 +76,13 @@ impl Submitter {
             .queue(&queued, &format!("{job_id}.escalated"), ct)
             .await
         {
-            Ok(ack) if ack.duplicate => {
+            Ok(true) => {
                 return EscalateReply::Escalated {
                     schema_version: SCHEMA_VERSION,
                     route,
                 }
             }
-            Ok(_) => {}
+            Ok(false) => {}
             Err(e) => {
                 return declined(format!(
                     "JetStream did not store the escalation ({e}); the local result stands"

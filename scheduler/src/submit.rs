@@ -10,6 +10,7 @@ use qefleet_schemas::{
     now_unix_ms, ContentType, DecodeError, ErrorCode, ErrorReply, EventKind, JobPhase, JobSpec,
     JobState, Pool, QueuedJob, SubmitReply, SCHEMA_VERSION,
 };
+use qefleet_shared::commit::{Commit, GroupPublisher};
 use qefleet_shared::messages::{self, emit_event};
 use qefleet_shared::metrics::Metrics;
 use qefleet_shared::subjects::HEADER_MSG_ID;
@@ -28,6 +29,8 @@ use qefleet_learn::PoolEstimates;
 #[derive(Debug, Clone)]
 pub struct Submitter {
     pub(crate) js: jetstream::Context,
+    /// Queues jobs, in atomic batches when many wait (ADR 0017).
+    pub(crate) jobs: GroupPublisher<JobCommit>,
     pub(crate) job_state: kv::Store,
     pub(crate) router: Arc<dyn Router>,
     /// The SONA quality predictor the router consults.
@@ -82,6 +85,53 @@ fn combine(
         recalled: r.jobs,
         untried,
     })
+}
+
+/// A job as the group publisher queues it: with `Nats-Msg-Id`, on its own or in a batch
+/// (a batch holding an id the stream has seen is refused whole, and its jobs then go one
+/// by one, each learning whether it is a duplicate).
+#[derive(Clone, Debug)]
+pub(crate) struct JobCommit {
+    subject: String,
+    headers: HeaderMap,
+    payload: bytes::Bytes,
+}
+
+impl Commit for JobCommit {
+    /// Whether the stream recognised the job id as a duplicate.
+    type Stored = bool;
+
+    fn subject(&self) -> String {
+        self.subject.clone()
+    }
+
+    fn batch_headers(&self) -> HeaderMap {
+        self.headers.clone()
+    }
+
+    fn payload(&self) -> bytes::Bytes {
+        self.payload.clone()
+    }
+
+    async fn publish_single(&self, js: &jetstream::Context) -> Result<bool, async_nats::Error> {
+        let ack = js
+            .publish_with_headers(
+                self.subject.clone(),
+                self.headers.clone(),
+                self.payload.clone(),
+            )
+            .await?
+            .await?;
+        Ok(ack.duplicate)
+    }
+
+    fn stored_now(duplicate: &bool) -> bool {
+        !duplicate
+    }
+
+    fn stored_in_batch() -> bool {
+        false
+    }
 }
 
 fn rejected(code: ErrorCode, message: impl Into<String>) -> SubmitReply {
@@ -226,8 +276,8 @@ impl Submitter {
             escalation: None,
         };
         let published = self.queue(&queued, &job_id, ct).await;
-        let ack = match published {
-            Ok(ack) => ack,
+        let seen_before = match published {
+            Ok(seen_before) => seen_before,
             Err(e) => {
                 return rejected(
                     ErrorCode::Unavailable,
@@ -245,7 +295,7 @@ impl Submitter {
             complexity: analysis.report.clone(),
             updated_at_ms: now,
         };
-        if ack.duplicate {
+        if seen_before {
             // A concurrent submission of the same id won the race inside the duplicate window.
             return duplicate(state);
         }
@@ -282,22 +332,22 @@ impl Submitter {
     }
 
     /// Publishes a queued job to its route's subject with `Nats-Msg-Id` = `msg_id` and
-    /// waits until JetStream has stored it (or recognised the id as a duplicate).
+    /// waits until JetStream has stored it; true when it recognised the id as a
+    /// duplicate.
     pub(crate) async fn queue(
         &self,
         queued: &QueuedJob,
         msg_id: &str,
         ct: ContentType,
-    ) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+    ) -> Result<bool, async_nats::Error> {
         let mut headers = messages::headers_for(ct);
         headers.insert(HEADER_MSG_ID, msg_id);
-        self.js
-            .publish_with_headers(
-                queued.route.subject.clone(),
+        self.jobs
+            .publish(&JobCommit {
+                subject: queued.route.subject.clone(),
                 headers,
-                codec::encode(queued, ct).into(),
-            )
-            .await?
+                payload: codec::encode(queued, ct).into(),
+            })
             .await
     }
 

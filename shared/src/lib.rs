@@ -2,6 +2,7 @@
 //! metrics, retry dispositions, shutdown, and the embedded nats-server.
 
 pub mod client;
+pub mod commit;
 pub mod config;
 pub mod consume;
 pub mod embedded;

@@ -73,6 +73,7 @@ pub struct Metrics {
     /// Results stored per commit, by pool and kind (single publishes, atomic batches):
     /// its count is the commits, its sum the results.
     pub result_commit_size: HistogramVec,
+    pub job_commit_size: HistogramVec,
     pub jobs_in_flight: IntGauge,
     /// Jobs in the work queue (waiting + in flight) by pool and complexity, sampled by
     /// the scheduler.
@@ -276,6 +277,12 @@ impl Metrics {
             vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
             &[POOL, KIND],
         );
+        let job_commit_size = histogram(
+            "qefleet_job_commit_jobs",
+            "Jobs queued per commit by this scheduler, by kind: single (one publish each) or batch (one atomic batch, one fsync)",
+            vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+            &[KIND],
+        );
         let jobs_in_flight = gauge("qefleet_in_flight_jobs", "Jobs this worker is running now");
         let consolidations_triggered = IntCounter::new(
             "qefleet_consolidations_triggered_total",
@@ -410,6 +417,7 @@ impl Metrics {
             consolidations_triggered,
             outbox_pending,
             result_commit_size,
+            job_commit_size,
             jobs_in_flight,
             queue_lag,
             queue_ack_pending,

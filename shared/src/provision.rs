@@ -55,8 +55,12 @@ pub fn stream_configs_for(server_version: &str) -> Vec<StreamConfig> {
             config.persist_mode = Some(PersistenceMode::Async);
         }
         // Workers commit the results that finish together as one atomic batch, one fsync
-        // for all of them (ADR 0017); atomic batches came with the same release.
-        for config in configs.iter_mut().filter(|c| c.name == RESULTS_STREAM) {
+        // for all of them, and schedulers the jobs submitted together (ADR 0017); atomic
+        // batches came with the same release.
+        for config in configs
+            .iter_mut()
+            .filter(|c| c.name == RESULTS_STREAM || c.name == JOBS_STREAM)
+        {
             config.allow_atomic_publish = true;
         }
     }
@@ -430,7 +434,10 @@ mod tests {
                 .map(|c| c.name)
                 .collect::<Vec<_>>()
         };
-        assert_eq!(atomic("2.15.1"), vec![RESULTS_STREAM.to_string()]);
+        assert_eq!(
+            atomic("2.15.1"),
+            vec![JOBS_STREAM.to_string(), RESULTS_STREAM.to_string()]
+        );
         assert!(atomic("2.10.23").is_empty());
     }
 

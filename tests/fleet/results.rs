@@ -3,7 +3,7 @@
 
 use qefleet_schemas::{ContentType, Pool};
 use qefleet_shared::metrics::{sample_sum, Metrics};
-use qefleet_shared::subjects::{result_subject, RESULTS_STREAM};
+use qefleet_shared::subjects::{result_subject, JOBS_STREAM, RESULTS_STREAM};
 use qefleet_worker::outbox::PendingResult;
 use qefleet_worker::results::{self, Batching, Published, ResultPublisher, MIN_BATCH};
 use tokio::task::JoinSet;
@@ -157,28 +157,31 @@ async fn a_batch_holding_a_stored_result_is_refused_whole_and_its_results_go_one
 #[tokio::test]
 async fn a_results_stream_made_before_atomic_batches_is_given_them_on_provisioning() {
     let fleet = Fleet::start().await;
-    let allows = || async {
-        let mut stream = fleet.js.get_stream(RESULTS_STREAM).await.expect("stream");
-        stream
-            .info()
+    // The jobs stream too (jobs submitted together are queued in batches).
+    for name in [RESULTS_STREAM, JOBS_STREAM] {
+        let allows = || async {
+            let mut stream = fleet.js.get_stream(name).await.expect("stream");
+            stream
+                .info()
+                .await
+                .expect("info")
+                .config
+                .allow_atomic_publish
+        };
+        assert!(allows().await, "{name} created with them");
+        let mut stream = fleet.js.get_stream(name).await.expect("stream");
+        let mut config = stream.info().await.expect("info").config.clone();
+        config.allow_atomic_publish = false;
+        fleet
+            .js
+            .update_stream(config)
             .await
-            .expect("info")
-            .config
-            .allow_atomic_publish
-    };
-    assert!(allows().await, "created with them");
-    let mut stream = fleet.js.get_stream(RESULTS_STREAM).await.expect("stream");
-    let mut config = stream.info().await.expect("info").config.clone();
-    config.allow_atomic_publish = false;
-    fleet
-        .js
-        .update_stream(config)
-        .await
-        .expect("as an older qefleet made it");
-    assert!(!allows().await);
-    qefleet_shared::provision::ensure_all(&fleet.js)
-        .await
-        .expect("provisions");
-    assert!(allows().await, "switched on in place");
+            .expect("as an older qefleet made it");
+        assert!(!allows().await);
+        qefleet_shared::provision::ensure_all(&fleet.js)
+            .await
+            .expect("provisions");
+        assert!(allows().await, "{name} switched on in place");
+    }
     fleet.stop().await;
 }

@@ -311,3 +311,78 @@ async fn a_job_past_its_deadline_is_not_run_and_fails_with_that_reason() {
     assert_eq!(engine.runs(), 0, "an expired job is never run");
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_submitted_together_are_queued_in_atomic_batches_each_once() {
+    use qefleet_shared::commit::Batching;
+    use qefleet_shared::embedded::free_port;
+    use tokio::task::JoinSet;
+
+    let mut fleet = Fleet::start().await;
+    let port = free_port();
+    fleet
+        .scheduler(SchedulerArgs {
+            job_batches: Batching::Always,
+            metrics_addr: Some(([127, 0, 0, 1], port).into()),
+            ..SchedulerArgs::default()
+        })
+        .await;
+    // Jobs the stream has seen, whose records are gone (as after an OS crash, ADR 0016):
+    // only the stream's de-duplication knows them, and a batch holding one is refused
+    // whole. Five spread out, so that at least one lands in a batch.
+    const SEEN: [u32; 5] = [27, 57, 87, 127, 187];
+    let records = fleet
+        .js
+        .get_key_value(JOB_STATE_BUCKET)
+        .await
+        .expect("bucket");
+    for n in SEEN {
+        let mut seen = job(CALC);
+        seen.job_id = Some(format!("b-{n}"));
+        fleet.submit_ok(&seen).await;
+        records
+            .delete(format!("b-{n}"))
+            .await
+            .expect("record deleted");
+    }
+
+    let mut all = JoinSet::new();
+    for n in 0..200 {
+        let client = fleet.client.clone();
+        all.spawn(async move {
+            let mut spec = job(CALC);
+            spec.job_id = Some(format!("b-{n}"));
+            let reply = qefleet_shared::client::submit(
+                &client,
+                &spec,
+                ContentType::MsgPack,
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("a reply");
+            (n, reply)
+        });
+    }
+    for (n, reply) in all.join_all().await {
+        match reply {
+            SubmitReply::Accepted { duplicate, .. } => {
+                assert_eq!(duplicate, SEEN.contains(&n), "job b-{n}")
+            }
+            other => panic!("job b-{n}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        fleet.stream_messages(JOBS_STREAM).await,
+        200,
+        "each job queued once"
+    );
+    let text = http_get(port, "/metrics").await;
+    let batched = qefleet_shared::metrics::sample_sum(
+        &text,
+        "qefleet_job_commit_jobs_sum",
+        &[("kind", "batch")],
+    )
+    .unwrap_or(0.0);
+    assert!(batched > 0.0, "no job was queued in a batch:\n{text}");
+    fleet.stop().await;
+}

@@ -8,6 +8,8 @@ use qefleet_shared::subjects::{result_subject, HEADER_MSG_ID, RESULTS_STREAM};
 use qefleet_shared::trace::HEADER_TRACEPARENT;
 
 use qefleet_schemas::Pool;
+pub use qefleet_shared::commit::{Batching, IN_FLIGHT, MAX_BATCH, MIN_BATCH};
+use qefleet_shared::commit::{Commit, Counts, GroupPublisher};
 use qefleet_shared::metrics::Metrics;
 
 use crate::outbox::PendingResult;
@@ -84,97 +86,61 @@ pub async fn stored(
     }
 }
 
-/// Results waiting for one publisher task, which commits them in groups (ADR 0017).
-///
-/// Under `sync_interval: always` every stored message costs the server an fsync, and a
-/// worker's completions were bounded by its results' fsyncs. An atomic batch is stored
-/// with one fsync for all its messages, but its commit costs the server a few
-/// milliseconds, most of it CPU, whatever the batch holds. So: a result is published on
-/// its own (with `Nats-Msg-Id`, as before) while one of [`IN_FLIGHT`] commit slots is
-/// free; results that arrive while all are busy wait and go out together, as one atomic
-/// batch or one by one, whichever way has been storing results faster (see `Chooser`).
-/// Batches need `allow_atomic` on the results stream (servers >= 2.12); without it every
-/// result is published on its own.
+/// Results committed in groups when the server is slow to store them (ADR 0017,
+/// [`qefleet_shared::commit`]): a result goes on its own (with `Nats-Msg-Id`) while a
+/// commit slot is free; results that wait together go as one atomic batch or one by one.
+/// A batch holding an already-stored result is refused whole; its results then go one by
+/// one and each learns its own fate.
 #[derive(Clone, Debug)]
-pub struct ResultPublisher {
-    js: jetstream::Context,
-    queue: Option<Queue>,
-    counts: Counts,
-}
+pub struct ResultPublisher(GroupPublisher<ResultCommit>);
 
-/// The way to the publisher task, and what it shares with callers.
+/// One result as the group publisher stores it.
 #[derive(Clone, Debug)]
-struct Queue {
-    sender: tokio::sync::mpsc::UnboundedSender<Waiting>,
-    shared: std::sync::Arc<Shared>,
+pub struct ResultCommit {
+    job_id: String,
+    result: PendingResult,
 }
 
-/// Held by the callers and the task (which holds no sender: it ends when the last
-/// publisher is dropped).
-#[derive(Debug)]
-struct Shared {
-    /// Results sent to the task and not yet taken into a group.
-    queued: std::sync::atomic::AtomicUsize,
-    slots: std::sync::Arc<tokio::sync::Semaphore>,
-}
+impl Commit for ResultCommit {
+    type Stored = Published;
 
-/// When results that wait together go as one atomic batch (`--result-batches`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Batching {
-    /// When at least 8 wait and batches have been storing results faster than single
-    /// publishes (needs a server >= 2.12).
-    Auto,
-    /// Never: every result is published on its own.
-    Never,
-    /// Whenever at least 8 wait, however fast (needs a server >= 2.12).
-    Always,
-}
-
-/// Where commits are counted: `qefleet_result_commit_results{pool, kind}`.
-#[derive(Clone, Debug)]
-struct Counts {
-    metrics: Metrics,
-    pool: &'static str,
-}
-
-impl Counts {
-    fn stored(&self, kind: &str, results: usize) {
-        self.metrics
-            .result_commit_size
-            .with_label_values(&[self.pool, kind])
-            .observe(results as f64);
+    fn subject(&self) -> String {
+        result_subject(&self.job_id)
     }
 
-    /// Publishes one result on its own, counted when it is stored now.
+    fn batch_headers(&self) -> async_nats::HeaderMap {
+        headers_of(&self.result)
+    }
+
+    fn payload(&self) -> bytes::Bytes {
+        self.result.payload.clone().into()
+    }
+
     async fn publish_single(
         &self,
         js: &jetstream::Context,
-        job_id: &str,
-        result: &PendingResult,
     ) -> Result<Published, async_nats::Error> {
-        let published = publish(js, job_id, result).await;
-        if matches!(published, Ok(Published::New)) {
-            self.stored(SINGLE, 1);
-        }
-        published
+        publish(js, &self.job_id, &self.result).await
+    }
+
+    fn stored_now(answer: &Published) -> bool {
+        *answer == Published::New
+    }
+
+    fn stored_in_batch() -> Published {
+        Published::New
     }
 }
 
-/// Commits under way at once; results arriving while all are busy are grouped. 2 made
-/// results wait for a slot at a steady 1000 jobs/s on a slow fsync (ADR 0017).
-pub const IN_FLIGHT: usize = 8;
-/// Fewer waiting results than this are always published one by one.
-pub const MIN_BATCH: usize = 8;
-/// The most results in one batch (the server's limit is 1000 messages).
-pub const MAX_BATCH: usize = 256;
-
-const SINGLE: &str = "single";
-const BATCH: &str = "batch";
-
-struct Waiting {
-    job_id: String,
-    result: PendingResult,
-    reply: tokio::sync::oneshot::Sender<Result<Published, async_nats::Error>>,
+/// Commits counted in `qefleet_result_commit_results{pool, kind}`.
+fn counts(metrics: Metrics, pool: Pool) -> Counts {
+    let pool = pool.as_str();
+    Counts::new(move |kind, results| {
+        metrics
+            .result_commit_size
+            .with_label_values(&[pool, kind])
+            .observe(results as f64);
+    })
 }
 
 impl ResultPublisher {
@@ -186,16 +152,9 @@ impl ResultPublisher {
         metrics: Metrics,
         pool: Pool,
     ) -> Result<Self, async_nats::Error> {
-        let mut stream = js.get_stream(RESULTS_STREAM).await?;
-        let atomic = stream.info().await?.config.allow_atomic_publish;
-        if !atomic && wanted != Batching::Never {
-            tracing::info!(
-                stream = RESULTS_STREAM,
-                "results are published one by one: the stream does not allow atomic batches (a server older than 2.12)"
-            );
-        }
-        let batching = if atomic { wanted } else { Batching::Never };
-        Ok(Self::with_batching(js, batching, metrics, pool))
+        GroupPublisher::for_stream(js, RESULTS_STREAM, wanted, counts(metrics, pool))
+            .await
+            .map(Self)
     }
 
     /// A publisher batching as `batching` says (on a stream that allows atomic batches
@@ -206,40 +165,11 @@ impl ResultPublisher {
         metrics: Metrics,
         pool: Pool,
     ) -> Self {
-        let counts = Counts {
-            metrics,
-            pool: pool.as_str(),
-        };
-        let queue = (batching != Batching::Never).then(|| {
-            let (sender, rx) = tokio::sync::mpsc::unbounded_channel();
-            let shared = std::sync::Arc::new(Shared {
-                queued: Default::default(),
-                slots: std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
-            });
-            let chooser = Chooser::new(batching == Batching::Always);
-            tokio::spawn(commit_groups(
-                js.clone(),
-                rx,
-                shared.clone(),
-                chooser,
-                counts.clone(),
-            ));
-            Queue { sender, shared }
-        });
-        Self {
-            js: js.clone(),
-            queue,
-            counts,
-        }
-    }
-
-    /// Publishes on its own, counted.
-    async fn publish_single(
-        &self,
-        job_id: &str,
-        result: &PendingResult,
-    ) -> Result<Published, async_nats::Error> {
-        self.counts.publish_single(&self.js, job_id, result).await
+        Self(GroupPublisher::with_batching(
+            js,
+            batching,
+            counts(metrics, pool),
+        ))
     }
 
     /// Publishes a result and waits until JetStream has stored it (or refused it as the
@@ -249,373 +179,11 @@ impl ResultPublisher {
         job_id: &str,
         result: &PendingResult,
     ) -> Result<Published, async_nats::Error> {
-        let Some(queue) = &self.queue else {
-            return self.publish_single(job_id, result).await;
-        };
-        // A free slot and nothing queued: publish here, without the hop to the task.
-        if queue
-            .shared
-            .queued
-            .load(std::sync::atomic::Ordering::Acquire)
-            == 0
-        {
-            if let Ok(_slot) = queue.shared.slots.try_acquire() {
-                return self.publish_single(job_id, result).await;
-            }
-        }
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let waiting = Waiting {
-            job_id: job_id.to_string(),
-            result: result.clone(),
-            reply,
-        };
-        queue
-            .shared
-            .queued
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        if queue.sender.send(waiting).is_err() {
-            queue
-                .shared
-                .queued
-                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-            return self.publish_single(job_id, result).await;
-        }
-        match answer.await {
-            Ok(published) => published,
-            // The publisher task is gone (runtime shutting down): publish directly.
-            Err(_) => self.publish_single(job_id, result).await,
-        }
-    }
-}
-
-/// How the task commits groups that find every slot busy (the publisher is saturated):
-/// it runs epochs of [`EPOCH_GROUPS`] such groups one way, measures the results per
-/// second each way achieved, keeps to the faster and tries the other again now and then
-/// (the server's sync setting, disk or load may change).
-///
-/// Rates, not per-commit costs, because what a batch costs is mostly the server's CPU
-/// (1.5-2.5 ms a commit here): on a server that fsyncs every write that CPU is idle
-/// anyway and batches store results several times as fast; on one that does not, every
-/// commit takes CPU the server, scheduler and workers need, and the whole fleet slows
-/// down, which no per-commit timing shows.
-#[derive(Debug)]
-struct Chooser {
-    /// Batch whenever enough wait (tests of the batch path).
-    always: bool,
-    batches: bool,
-    epoch: Option<Epoch>,
-    /// Results per second of the last epochs committed one by one and in batches.
-    singles_rate: Option<f64>,
-    batches_rate: Option<f64>,
-    /// Whether the epoch under way tries the slower way again.
-    exploring: bool,
-    since_explored: u64,
-    explore_after: u64,
-}
-
-#[derive(Debug)]
-struct Epoch {
-    started: std::time::Instant,
-    /// When its last group formed.
-    last: std::time::Instant,
-    /// Saturated groups.
-    groups: usize,
-    results: usize,
-}
-
-/// Saturated groups in an epoch.
-pub const EPOCH_GROUPS: usize = 8;
-/// After this many epochs the slower way is tried again (at first).
-pub const EXPLORE_EVERY: u64 = 5;
-/// The longest wait between tries of the slower way, in epochs.
-pub const EXPLORE_AT_MOST: u64 = 80;
-/// A gap this long between groups ends an epoch unmeasured (the publisher was idle).
-const EPOCH_IDLE: std::time::Duration = std::time::Duration::from_millis(25);
-/// An epoch not filled in this long is dropped (load came in bursts).
-const EPOCH_LONGEST: std::time::Duration = std::time::Duration::from_secs(2);
-
-impl Chooser {
-    fn new(always: bool) -> Self {
-        Self {
-            always,
-            batches: false,
-            epoch: None,
-            singles_rate: None,
-            batches_rate: None,
-            exploring: false,
-            since_explored: 0,
-            explore_after: EXPLORE_EVERY,
-        }
-    }
-
-    /// Whether a group of `waiting` results, formed at `now`, goes as one batch.
-    fn batch(&mut self, waiting: usize, now: std::time::Instant) -> bool {
-        let saturated = waiting >= MIN_BATCH;
-        if self.always {
-            return saturated;
-        }
-        // A pause, or an epoch that never filled, must not be measured.
-        if self
-            .epoch
-            .as_ref()
-            .is_some_and(|e| now - e.last > EPOCH_IDLE || now - e.started > EPOCH_LONGEST)
-        {
-            self.epoch = None;
-        }
-        if saturated
-            && self
-                .epoch
-                .as_ref()
-                .is_some_and(|e| e.groups >= EPOCH_GROUPS)
-        {
-            if let Some(epoch) = self.epoch.take() {
-                let seconds = (now - epoch.started).as_secs_f64().max(1e-6);
-                let rate = epoch.results as f64 / seconds;
-                let kept = if self.batches {
-                    &mut self.batches_rate
-                } else {
-                    &mut self.singles_rate
-                };
-                *kept = Some(kept.map_or(rate, |old| 0.5 * old + 0.5 * rate));
-                self.batches = self.next_way();
-            }
-        }
-        // An epoch opens with a saturated group and counts every result after it.
-        if saturated && self.epoch.is_none() {
-            self.epoch = Some(Epoch {
-                started: now,
-                last: now,
-                groups: 0,
-                results: 0,
-            });
-        }
-        if let Some(epoch) = &mut self.epoch {
-            epoch.results += waiting;
-            epoch.last = now;
-            epoch.groups += usize::from(saturated);
-        }
-        saturated && self.batches
-    }
-
-    /// Batches for the next epoch? Each way is measured once, then the faster is kept,
-    /// and the other tried again after [`EXPLORE_EVERY`] epochs; each try that confirms
-    /// the faster way doubles the wait (up to [`EXPLORE_AT_MOST`]), a try that finds the
-    /// other faster resets it.
-    fn next_way(&mut self) -> bool {
-        let (Some(singles), Some(batches)) = (self.singles_rate, self.batches_rate) else {
-            return self.singles_rate.is_some();
-        };
-        let faster = batches > singles;
-        if self.exploring {
-            self.exploring = false;
-            self.since_explored = 0;
-            self.explore_after = if self.batches == faster {
-                EXPLORE_EVERY
-            } else {
-                (self.explore_after * 2).min(EXPLORE_AT_MOST)
-            };
-            return faster;
-        }
-        self.since_explored += 1;
-        if self.since_explored >= self.explore_after {
-            self.exploring = true;
-            return !faster;
-        }
-        faster
-    }
-}
-
-/// The publisher task: takes the first waiting result, waits for a commit slot, takes
-/// every result that arrived meanwhile, and commits them.
-async fn commit_groups(
-    js: jetstream::Context,
-    mut receiver: tokio::sync::mpsc::UnboundedReceiver<Waiting>,
-    shared: std::sync::Arc<Shared>,
-    mut chooser: Chooser,
-    counts: Counts,
-) {
-    while let Some(first) = receiver.recv().await {
-        let Ok(slot) = shared.slots.clone().acquire_owned().await else {
-            break;
-        };
-        let mut group = vec![first];
-        while group.len() < MAX_BATCH {
-            match receiver.try_recv() {
-                Ok(next) => group.push(next),
-                Err(_) => break,
-            }
-        }
-        shared
-            .queued
-            .fetch_sub(group.len(), std::sync::atomic::Ordering::AcqRel);
-        let batch = chooser.batch(group.len(), std::time::Instant::now());
-        let (js, counts) = (js.clone(), counts.clone());
-        tokio::spawn(async move {
-            commit(&js, group, batch, &counts).await;
-            drop(slot);
-        });
-    }
-}
-
-async fn commit(js: &jetstream::Context, group: Vec<Waiting>, batch: bool, counts: &Counts) {
-    if batch {
-        match publish_batch(&js.client(), &group).await {
-            Ok(BatchOutcome::Stored) => {
-                counts.stored(BATCH, group.len());
-                for waiting in group {
-                    let _ = waiting.reply.send(Ok(Published::New));
-                }
-                return;
-            }
-            // Refused whole (a result already stored, a limit): nothing of it was
-            // stored, so each result goes on its own and learns its own fate.
-            Ok(BatchOutcome::Refused(reason)) => {
-                tracing::debug!(results = group.len(), %reason, "batch refused; publishing its results one by one");
-            }
-            // No answer: the batch may or may not be stored. Each caller gets the error
-            // and keeps its result in the outbox, whose publisher tells a stored result
-            // of its own from another's.
-            Err(e) => {
-                let reason = e.to_string();
-                for waiting in group {
-                    let _ = waiting.reply.send(Err(reason.clone().into()));
-                }
-                return;
-            }
-        }
-    }
-    let singles = group.into_iter().map(|waiting| async move {
-        let published = counts
-            .publish_single(js, &waiting.job_id, &waiting.result)
-            .await;
-        let _ = waiting.reply.send(published);
-    });
-    futures_util::future::join_all(singles).await;
-}
-
-enum BatchOutcome {
-    Stored,
-    Refused(String),
-}
-
-/// Publishes `group` as one atomic batch (ADR-50): every message carries the batch id and
-/// its sequence, the last one the commit marker and a reply subject; the server answers
-/// the commit once, after storing all of them or none.
-async fn publish_batch(
-    client: &async_nats::Client,
-    group: &[Waiting],
-) -> Result<BatchOutcome, async_nats::Error> {
-    let batch_id = nuid::next().to_string();
-    let with_batch_headers = |n: usize, waiting: &Waiting| {
-        let mut headers = headers_of(&waiting.result);
-        headers.insert("Nats-Batch-Id", batch_id.as_str());
-        headers.insert("Nats-Batch-Sequence", (n + 1).to_string().as_str());
-        let payload = waiting.result.payload.clone().into();
-        (result_subject(&waiting.job_id), headers, payload)
-    };
-    let Some((last, rest)) = group.split_last() else {
-        return Ok(BatchOutcome::Refused("an empty batch".into()));
-    };
-    for (n, waiting) in rest.iter().enumerate() {
-        let (subject, headers, payload) = with_batch_headers(n, waiting);
-        client
-            .publish_with_headers(subject, headers, payload)
-            .await?;
-    }
-    let (subject, mut headers, payload) = with_batch_headers(rest.len(), last);
-    headers.insert("Nats-Batch-Commit", "1");
-    let answer = client
-        .request_with_headers(subject, headers, payload)
-        .await?;
-    Ok(batch_outcome(&answer.payload))
-}
-
-/// Reads the server's answer to a batch commit: a PubAck, or an error naming why the
-/// batch was refused.
-fn batch_outcome(answer: &[u8]) -> BatchOutcome {
-    #[derive(serde::Deserialize)]
-    struct Answer {
-        error: Option<serde_json::Value>,
-        batch: Option<String>,
-    }
-    match serde_json::from_slice::<Answer>(answer) {
-        Ok(Answer {
-            error: None,
-            batch: Some(_),
-        }) => BatchOutcome::Stored,
-        Ok(Answer { error: Some(e), .. }) => BatchOutcome::Refused(e.to_string()),
-        _ => BatchOutcome::Refused(format!(
-            "unexpected answer to a batch commit: {}",
-            String::from_utf8_lossy(answer)
-        )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::{Duration, Instant};
-
-    /// Runs one epoch of saturated groups of 32 results, each taking `singles` when
-    /// published one by one and `batch` as a batch; returns the epoch's way.
-    fn epoch(
-        chooser: &mut Chooser,
-        clock: &mut Instant,
-        singles: Duration,
-        batch: Duration,
-    ) -> bool {
-        let mut ways = Vec::new();
-        for _ in 0..EPOCH_GROUPS {
-            let way = chooser.batch(32, *clock);
-            *clock += if way { batch } else { singles };
-            ways.push(way);
-        }
-        assert!(ways.iter().all(|w| *w == ways[0]), "one way per epoch");
-        ways[0]
-    }
-
-    #[test]
-    fn the_faster_way_is_kept_and_the_other_tried_again_now_and_then() {
-        for (singles, batches, faster) in [
-            // fsync on every write: a group one by one takes 10 ms, a batch 3 ms
-            (Duration::from_millis(10), Duration::from_millis(3), true),
-            // no fsync: one by one 0.5 ms, a batch 3 ms
-            (Duration::from_micros(500), Duration::from_millis(3), false),
-        ] {
-            let mut chooser = Chooser::new(false);
-            let mut clock = Instant::now();
-            let mut ways = Vec::new();
-            for _ in 0..20 {
-                ways.push(epoch(&mut chooser, &mut clock, singles, batches));
-            }
-            // Measured once each way (singles first), then the faster one, with the
-            // slower tried again after 5 epochs, then, confirmed slower, after 10.
-            assert_eq!(&ways[..2], &[false, true]);
-            let explored: Vec<usize> = (2..20).filter(|&i| ways[i] != faster).collect();
-            assert_eq!(explored, vec![6, 17], "{ways:?}");
-        }
-    }
-
-    #[test]
-    fn a_pause_ends_an_epoch_unmeasured_and_small_groups_go_one_by_one() {
-        let mut chooser = Chooser::new(false);
-        let mut clock = Instant::now();
-        let ms = Duration::from_millis(1);
-        epoch(&mut chooser, &mut clock, ms, ms);
-        assert!(!chooser.batch(MIN_BATCH - 1, clock), "too few to batch");
-        // A quiet minute: the epoch under way must not be measured across it.
-        clock += Duration::from_secs(60);
-        epoch(&mut chooser, &mut clock, ms, ms);
-        assert!(
-            chooser.singles_rate.is_none(),
-            "the interrupted epoch was dropped"
-        );
-        chooser.batch(32, clock);
-        // 8 groups of 32 in 8 ms; with the quiet minute counted it would be 4/s.
-        let rate = chooser.singles_rate.expect("measured");
-        assert!((rate - 32_000.0).abs() < 1.0, "{rate}");
-        // Whatever the measurements, a batch needs MIN_BATCH results.
-        let mut always = Chooser::new(true);
-        assert!(!always.batch(MIN_BATCH - 1, clock) && always.batch(MIN_BATCH, clock));
+        self.0
+            .publish(&ResultCommit {
+                job_id: job_id.to_string(),
+                result: result.clone(),
+            })
+            .await
     }
 }
