@@ -254,7 +254,26 @@ struct Epoch {
     last: std::time::Instant,
     /// Saturated groups.
     groups: usize,
+    /// Every group, saturated or not.
+    formed: usize,
     results: usize,
+}
+
+impl Epoch {
+    /// Whether a gap since its last group is a pause rather than the pace of commits:
+    /// longer than [`EPOCH_IDLE`] and than four of its mean gaps (slow commits of large
+    /// groups space them widely), or, before it has a gap to compare, than
+    /// [`EPOCH_LONGEST`].
+    fn paused(&self, now: std::time::Instant) -> bool {
+        let gap = now - self.last;
+        let gaps = u32::try_from(self.formed.saturating_sub(1)).unwrap_or(u32::MAX);
+        let usual = if gaps == 0 {
+            EPOCH_LONGEST
+        } else {
+            4 * ((self.last - self.started) / gaps)
+        };
+        gap > EPOCH_IDLE && gap > usual
+    }
 }
 
 /// Saturated groups in an epoch.
@@ -265,8 +284,10 @@ pub const EXPLORE_EVERY: u64 = 5;
 pub const EXPLORE_AT_MOST: u64 = 80;
 /// A gap this long between groups ends an epoch unmeasured (the publisher was idle).
 const EPOCH_IDLE: std::time::Duration = std::time::Duration::from_millis(25);
-/// An epoch not filled in this long is dropped (load came in bursts).
-const EPOCH_LONGEST: std::time::Duration = std::time::Duration::from_secs(2);
+/// An epoch this long is measured with the groups it has, if at least two: large groups
+/// on a slow server (a burst of submissions under `sync_interval: always`) would otherwise
+/// take seconds to fill one, and one way was never measured against the other.
+const EPOCH_LONGEST: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Chooser {
     fn new(always: bool) -> Self {
@@ -288,19 +309,14 @@ impl Chooser {
         if self.always {
             return saturated;
         }
-        // A pause, or an epoch that never filled, must not be measured.
-        if self
-            .epoch
-            .as_ref()
-            .is_some_and(|e| now - e.last > EPOCH_IDLE || now - e.started > EPOCH_LONGEST)
-        {
+        // A pause must not be measured.
+        if self.epoch.as_ref().is_some_and(|e| e.paused(now)) {
             self.epoch = None;
         }
         if saturated
-            && self
-                .epoch
-                .as_ref()
-                .is_some_and(|e| e.groups >= EPOCH_GROUPS)
+            && self.epoch.as_ref().is_some_and(|e| {
+                e.groups >= EPOCH_GROUPS || (e.groups >= 2 && now - e.started >= EPOCH_LONGEST)
+            })
         {
             if let Some(epoch) = self.epoch.take() {
                 let seconds = (now - epoch.started).as_secs_f64().max(1e-6);
@@ -320,12 +336,14 @@ impl Chooser {
                 started: now,
                 last: now,
                 groups: 0,
+                formed: 0,
                 results: 0,
             });
         }
         if let Some(epoch) = &mut self.epoch {
             epoch.results += waiting;
             epoch.last = now;
+            epoch.formed += 1;
             epoch.groups += usize::from(saturated);
         }
         saturated && self.batches
@@ -533,6 +551,28 @@ mod tests {
             let explored: Vec<usize> = (2..20).filter(|&i| ways[i] != faster).collect();
             assert_eq!(explored, vec![6, 17], "{ways:?}");
         }
+    }
+
+    #[test]
+    fn large_slow_groups_are_measured_too() {
+        // 250 messages a group, committed one by one in 600 ms and as a batch in 80 ms
+        // (fsync on every write), 8 commits under way: a group forms every 75 or 10 ms.
+        // Eight groups one by one would take longer than an epoch, so it ends on time,
+        // and their spacing is the pace of commits, not a pause.
+        let mut chooser = Chooser::new(false);
+        let mut clock = Instant::now();
+        let mut ways = Vec::new();
+        for _ in 0..40 {
+            let way = chooser.batch(250, clock);
+            clock += if way {
+                Duration::from_millis(10)
+            } else {
+                Duration::from_millis(75)
+            };
+            ways.push(way);
+        }
+        assert!(chooser.singles_rate.is_some() && chooser.batches_rate.is_some());
+        assert!(ways[ways.len() - 3..].iter().all(|w| *w), "{ways:?}");
     }
 
     #[test]
