@@ -79,15 +79,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
     }
     // The routing switch and today's cloud spend (both written by the fleet as it runs).
-    let route_mode = match js.get_key_value(CONTROL_BUCKET).await {
-        Ok(kv) => kv
-            .get(ROUTE_MODE_KEY)
-            .await
-            .ok()
-            .flatten()
-            .map(|v| String::from_utf8_lossy(&v).to_string()),
-        Err(_) => None,
-    };
+    let route_mode = text_value(&js, CONTROL_BUCKET, ROUTE_MODE_KEY).await;
     let day = qefleet_shared::ledger::utc_day(now_unix_ms());
     let cloud_spend_today = match js.get_key_value(SPEND_BUCKET).await {
         Ok(kv) => qefleet_shared::ledger::spent(
@@ -118,16 +110,10 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         Err(_) => None,
     };
     // Consolidations published so far: the schedulers' watermark.
-    let consolidations = match js.get_key_value(CONSOLIDATIONS_BUCKET).await {
-        Ok(kv) => kv
-            .get(CONSOLIDATION_WATERMARK_KEY)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|v| String::from_utf8_lossy(&v).parse::<u64>().ok())
-            .unwrap_or(0),
-        Err(_) => 0,
-    };
+    let consolidations = text_value(&js, CONSOLIDATIONS_BUCKET, CONSOLIDATION_WATERMARK_KEY)
+        .await
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
     let report = json!({
         "server": {"version": server.version, "name": server.server_name},
         "streams": streams,
@@ -199,4 +185,15 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         println!("  {w}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The value under `key` in `bucket` as text; `None` when either is missing.
+async fn text_value(
+    js: &async_nats::jetstream::Context,
+    bucket: &str,
+    key: &str,
+) -> Option<String> {
+    let kv = js.get_key_value(bucket).await.ok()?;
+    let value = kv.get(key).await.ok()??;
+    Some(String::from_utf8_lossy(&value).to_string())
 }
