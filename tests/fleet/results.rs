@@ -13,7 +13,7 @@ use crate::support::*;
 fn result(n: usize) -> PendingResult {
     PendingResult {
         content_type: ContentType::Json,
-        payload: format!("{{\"n\":{n}}}").into_bytes(),
+        payload: format!("{{\"n\":{n}}}").into_bytes().into(),
         traceparent: Some(format!(
             "00-4bf92f3577b34da6a3ce929d0e0e{n:04x}-00f067aa0ba902b7-01"
         )),
@@ -75,7 +75,7 @@ async fn results_finishing_together_are_stored_in_atomic_batches_each_exactly_on
             .get_last_raw_message_by_subject(&result_subject(&format!("job-{i}")))
             .await
             .expect("stored");
-        assert_eq!(stored.payload.as_ref(), result(i).payload.as_slice());
+        assert_eq!(stored.payload.as_ref(), result(i).payload.as_ref());
         let headers = stored.headers;
         assert_eq!(
             headers.get("traceparent").map(|v| v.to_string()),
@@ -111,7 +111,7 @@ async fn a_batch_holding_a_stored_result_is_refused_whole_and_its_results_go_one
     // queue, so that at least one lands in a batch whatever order the tasks run in.
     const STORED: [usize; 3] = [27, 57, 87];
     let first = |i: usize| PendingResult {
-        payload: format!("{{\"first\":{i}}}").into_bytes(),
+        payload: format!("{{\"first\":{i}}}").into_bytes().into(),
         ..result(i)
     };
     for i in STORED {
@@ -144,7 +144,7 @@ async fn a_batch_holding_a_stored_result_is_refused_whole_and_its_results_go_one
             .expect("read");
         assert_eq!(
             stored.as_deref(),
-            Some(first(i).payload.as_slice()),
+            Some(first(i).payload.as_ref()),
             "the first result stays"
         );
     }

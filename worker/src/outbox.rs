@@ -18,7 +18,8 @@ pub enum OutboxError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PendingResult {
     pub content_type: ContentType,
-    pub payload: Vec<u8>,
+    /// Shared, so that the publisher's copies (queued, batched) cost no copying.
+    pub payload: bytes::Bytes,
     /// The `traceparent` the result is published with (kept so a result published from
     /// the outbox after an outage stays in its job's trace).
     pub traceparent: Option<String>,
@@ -133,7 +134,7 @@ fn decode(value: &[u8]) -> Option<PendingResult> {
     }
     Some(PendingResult {
         content_type,
-        payload: payload.to_vec(),
+        payload: bytes::Bytes::copy_from_slice(payload),
         traceparent,
     })
 }
@@ -152,7 +153,7 @@ mod tests {
             puts.spawn(async move {
                 let result = PendingResult {
                     content_type: ContentType::MsgPack,
-                    payload: vec![n as u8; 512],
+                    payload: vec![n as u8; 512].into(),
                     traceparent: None,
                 };
                 outbox.put(&format!("job-{n}"), &result).await
@@ -173,12 +174,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let result = PendingResult {
             content_type: ContentType::Json,
-            payload: b"{}".to_vec(),
+            payload: bytes::Bytes::from_static(b"{}"),
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
         };
         let untraced = PendingResult {
             content_type: ContentType::MsgPack,
-            payload: vec![0x80],
+            payload: bytes::Bytes::from_static(&[0x80]),
             traceparent: None,
         };
         {
@@ -196,7 +197,7 @@ mod tests {
         assert_eq!(outbox.get("job-2"), Some(untraced.clone()));
         let old = PendingResult {
             content_type: ContentType::Json,
-            payload: b"{}".to_vec(),
+            payload: bytes::Bytes::from_static(b"{}"),
             traceparent: None,
         };
         assert_eq!(outbox.get("job-3"), Some(old));

@@ -34,11 +34,7 @@ pub async fn publish(
     let mut headers = headers_of(result);
     headers.insert(HEADER_MSG_ID, job_id);
     let ack = js
-        .publish_with_headers(
-            result_subject(job_id),
-            headers,
-            result.payload.clone().into(),
-        )
+        .publish_with_headers(result_subject(job_id), headers, result.payload.clone())
         .await?
         .await;
     match ack {
@@ -113,7 +109,7 @@ impl Commit for ResultCommit {
     }
 
     fn payload(&self) -> bytes::Bytes {
-        self.result.payload.clone().into()
+        self.result.payload.clone()
     }
 
     async fn publish_single(

@@ -848,7 +848,7 @@ async fn finish(ctx: &Ctx, result: &JobResult, ct: ContentType) -> Disposition {
     let job_id = result.job_id.as_str();
     let pending = PendingResult {
         content_type: ct,
-        payload: codec::encode(result, ct),
+        payload: codec::encode(result, ct).into(),
         traceparent: trace::current().map(|t| t.child().header_value()),
     };
     let published = match ctx.results.publish(job_id, &pending).await {
