@@ -223,15 +223,15 @@ impl<M: Commit> GroupPublisher<M> {
 }
 
 /// How the task commits groups that find every slot busy (the publisher is saturated):
-/// it runs epochs of [`EPOCH_GROUPS`] such groups one way, measures the results per
-/// second each way achieved, keeps to the faster and tries the other again now and then
-/// (the server's sync setting, disk or load may change).
+/// it runs epochs of [`EPOCH_GROUPS`] such groups (or [`EPOCH_LONGEST`] of them) one
+/// way, measures the messages per second each way achieved, keeps to the faster and tries
+/// the other again now and then (the server's sync setting, disk or load may change).
 ///
 /// Rates, not per-commit costs, because what a batch costs is mostly the server's CPU
-/// (1.5-2.5 ms a commit here, measured with results): on a server that fsyncs every write that CPU is idle
-/// anyway and batches store results several times as fast; on one that does not, every
-/// commit takes CPU the server, scheduler and workers need, and the whole fleet slows
-/// down, which no per-commit timing shows.
+/// (1.5-2.5 ms a commit here, measured with results): on a server that fsyncs every
+/// write that CPU is idle anyway and batches store messages several times as fast; on
+/// one that does not, every commit takes CPU the server, scheduler and workers need, and
+/// the whole fleet slows down, which no per-commit timing shows.
 #[derive(Debug)]
 struct Chooser {
     /// Batch whenever enough wait (tests of the batch path).
@@ -256,7 +256,7 @@ struct Epoch {
     groups: usize,
     /// Every group, saturated or not.
     formed: usize,
-    results: usize,
+    messages: usize,
 }
 
 impl Epoch {
@@ -303,7 +303,7 @@ impl Chooser {
         }
     }
 
-    /// Whether a group of `waiting` results, formed at `now`, goes as one batch.
+    /// Whether a group of `waiting` messages, formed at `now`, goes as one batch.
     fn batch(&mut self, waiting: usize, now: std::time::Instant) -> bool {
         let saturated = waiting >= MIN_BATCH;
         if self.always {
@@ -320,7 +320,7 @@ impl Chooser {
         {
             if let Some(epoch) = self.epoch.take() {
                 let seconds = (now - epoch.started).as_secs_f64().max(1e-6);
-                let rate = epoch.results as f64 / seconds;
+                let rate = epoch.messages as f64 / seconds;
                 let kept = if self.batches {
                     &mut self.batches_rate
                 } else {
@@ -330,18 +330,18 @@ impl Chooser {
                 self.batches = self.next_way();
             }
         }
-        // An epoch opens with a saturated group and counts every result after it.
+        // An epoch opens with a saturated group and counts every message after it.
         if saturated && self.epoch.is_none() {
             self.epoch = Some(Epoch {
                 started: now,
                 last: now,
                 groups: 0,
                 formed: 0,
-                results: 0,
+                messages: 0,
             });
         }
         if let Some(epoch) = &mut self.epoch {
-            epoch.results += waiting;
+            epoch.messages += waiting;
             epoch.last = now;
             epoch.formed += 1;
             epoch.groups += usize::from(saturated);
@@ -513,7 +513,7 @@ mod tests {
     use super::*;
     use std::time::{Duration, Instant};
 
-    /// Runs one epoch of saturated groups of 32 results, each taking `singles` when
+    /// Runs one epoch of saturated groups of 32 messages, each taking `singles` when
     /// published one by one and `batch` as a batch; returns the epoch's way.
     fn epoch(
         chooser: &mut Chooser,
@@ -593,7 +593,7 @@ mod tests {
         // 8 groups of 32 in 8 ms; with the quiet minute counted it would be 4/s.
         let rate = chooser.singles_rate.expect("measured");
         assert!((rate - 32_000.0).abs() < 1.0, "{rate}");
-        // Whatever the measurements, a batch needs MIN_BATCH results.
+        // Whatever the measurements, a batch needs MIN_BATCH messages.
         let mut always = Chooser::new(true);
         assert!(!always.batch(MIN_BATCH - 1, clock) && always.batch(MIN_BATCH, clock));
     }
