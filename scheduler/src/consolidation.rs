@@ -24,9 +24,6 @@ use qefleet_shared::subjects::*;
 
 const PENDING: &[u8] = b"pending";
 const PUBLISHED: &[u8] = b"published";
-/// Key of the highest consolidation number known to be published, beside the numbered
-/// markers.
-const WATERMARK: &str = CONSOLIDATION_WATERMARK_KEY;
 /// How often each replica reads the results stream's last sequence.
 pub const POLL: Duration = Duration::from_millis(500);
 
@@ -44,9 +41,13 @@ pub async fn run_counter(
         .await
         .map_err(|e| format!("results stream: {e}"))?;
     retire_counter_consumer(&results, &markers, every).await;
+    // The watermark as last read here: while no consolidation is due past it, a poll
+    // needs no read of the bucket (the watermark only moves forward).
+    let mut known = 0;
     loop {
-        if let Err(e) = count(&js, &mut results, &markers, every, &metrics).await {
-            tracing::warn!(error = %e, "consolidation trigger failed; will retry");
+        match count(&js, &mut results, &markers, every, known, &metrics).await {
+            Ok(watermark) => known = watermark,
+            Err(e) => tracing::warn!(error = %e, "consolidation trigger failed; will retry"),
         }
         tokio::select! {
             _ = shutdown.wait() => return Ok(()),
@@ -56,15 +57,20 @@ pub async fn run_counter(
 }
 
 /// Triggers the consolidations due by the results stream's last sequence and moves the
-/// watermark past those published.
+/// watermark past those published; returns the watermark as it stands for this replica
+/// (`known` when nothing was due past it).
 async fn count(
     js: &jetstream::Context,
     results: &mut Stream,
     markers: &kv::Store,
     every: u64,
+    known: u64,
     metrics: &Metrics,
-) -> Result<(), async_nats::Error> {
+) -> Result<u64, async_nats::Error> {
     let completions = results.info().await?.state.last_sequence;
+    if completions / every <= known {
+        return Ok(known);
+    }
     let (done, revision) = watermark(markers).await?;
     let mut reached = done;
     let mut failed = None;
@@ -85,12 +91,12 @@ async fn count(
     if reached > done {
         advance(markers, reached, revision).await;
     }
-    failed.map_or(Ok(()), Err)
+    failed.map_or(Ok(reached), Err)
 }
 
 /// The watermark and its revision (`None` before the first consolidation).
 async fn watermark(markers: &kv::Store) -> Result<(u64, Option<u64>), async_nats::Error> {
-    let Some(entry) = markers.entry(WATERMARK).await? else {
+    let Some(entry) = markers.entry(CONSOLIDATION_WATERMARK_KEY).await? else {
         return Ok((0, None));
     };
     let done = std::str::from_utf8(&entry.value)
@@ -105,8 +111,14 @@ async fn watermark(markers: &kv::Store) -> Result<(u64, Option<u64>), async_nats
 async fn advance(markers: &kv::Store, reached: u64, revision: Option<u64>) {
     let value = reached.to_string().into();
     let moved = match revision {
-        Some(revision) => markers.update(WATERMARK, value, revision).await.is_ok(),
-        None => markers.create(WATERMARK, value).await.is_ok(),
+        Some(revision) => markers
+            .update(CONSOLIDATION_WATERMARK_KEY, value, revision)
+            .await
+            .is_ok(),
+        None => markers
+            .create(CONSOLIDATION_WATERMARK_KEY, value)
+            .await
+            .is_ok(),
     };
     if !moved {
         tracing::debug!(reached, "consolidation watermark moved by another replica");
@@ -157,7 +169,7 @@ async fn retire_counter_consumer(results: &Stream, markers: &kv::Store, every: u
     };
     let counted = info.ack_floor.stream_sequence / every;
     if markers
-        .create(WATERMARK, counted.to_string().into())
+        .create(CONSOLIDATION_WATERMARK_KEY, counted.to_string().into())
         .await
         .is_ok()
     {

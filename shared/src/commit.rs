@@ -155,8 +155,12 @@ impl<M: Commit> GroupPublisher<M> {
         wanted: Batching,
         counts: Counts,
     ) -> Result<Self, async_nats::Error> {
-        let mut info = js.get_stream(stream).await?;
-        let atomic = info.info().await?.config.allow_atomic_publish;
+        let atomic = js
+            .get_stream(stream)
+            .await?
+            .cached_info()
+            .config
+            .allow_atomic_publish;
         if !atomic && wanted != Batching::Never {
             tracing::info!(
                 stream,
