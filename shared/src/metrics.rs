@@ -73,6 +73,7 @@ pub struct Metrics {
     /// Results stored per commit, by pool and kind (single publishes, atomic batches):
     /// its count is the commits, its sum the results.
     pub result_commit_size: HistogramVec,
+    /// Jobs queued per commit by the scheduler, by kind; as `result_commit_size`.
     pub job_commit_size: HistogramVec,
     pub jobs_in_flight: IntGauge,
     /// Jobs in the work queue (waiting + in flight) by pool and complexity, sampled by
