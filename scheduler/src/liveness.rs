@@ -1,5 +1,9 @@
 //! Which pools have live workers, from the `qe_workers` bucket (entries expire unless the
 //! worker renews them), cached briefly so routing stays cheap.
+//!
+//! Reading the bucket lists its keys through a consumer the server creates and deletes:
+//! one read at a time, however many submissions find the counts stale. While one
+//! submission reads, the others route by the last counts; only the first ever waits.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -16,6 +20,8 @@ pub struct Liveness {
     bucket: kv::Store,
     ttl: Duration,
     cache: Mutex<Option<(Instant, LivePools)>>,
+    /// Held while the bucket is read.
+    reading: tokio::sync::Mutex<()>,
 }
 
 impl Liveness {
@@ -24,18 +30,31 @@ impl Liveness {
             bucket,
             ttl,
             cache: Mutex::new(None),
+            reading: tokio::sync::Mutex::new(()),
         }
     }
 
     /// Live worker counts per pool; on a lookup failure, the last known counts.
     pub async fn live_pools(&self) -> LivePools {
-        if let Ok(cache) = self.cache.lock() {
-            if let Some((at, pools)) = cache.as_ref() {
-                if at.elapsed() < self.ttl {
-                    return pools.clone();
-                }
+        let cached = self.cached();
+        if let Some((at, pools)) = &cached {
+            if at.elapsed() < self.ttl {
+                return pools.clone();
             }
         }
+        let _reading = match (self.reading.try_lock(), cached) {
+            (Ok(guard), _) => guard,
+            // Another submission is reading the bucket: the last counts will do.
+            (Err(_), Some((_, pools))) => return pools,
+            // The first counts: wait for them, then take them unless they failed.
+            (Err(_), None) => {
+                let guard = self.reading.lock().await;
+                if let Some((_, pools)) = self.cached() {
+                    return pools;
+                }
+                guard
+            }
+        };
         match count_live(&self.bucket).await {
             Ok(pools) => {
                 if let Ok(mut cache) = self.cache.lock() {
@@ -45,13 +64,13 @@ impl Liveness {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read live workers; using last known");
-                self.cache
-                    .lock()
-                    .ok()
-                    .and_then(|c| c.as_ref().map(|(_, p)| p.clone()))
-                    .unwrap_or_default()
+                self.cached().map(|(_, p)| p).unwrap_or_default()
             }
         }
+    }
+
+    fn cached(&self) -> Option<(Instant, LivePools)> {
+        self.cache.lock().ok().and_then(|c| c.clone())
     }
 }
 

@@ -376,6 +376,61 @@ async fn jobs_submitted_together_are_queued_in_atomic_batches_each_once() {
     fleet.stop().await;
 }
 
+/// Routing reads the live workers from the `qe_workers` bucket, whose keys the server
+/// lists through a consumer it creates for each read. Submissions that find the counts
+/// stale at the same moment share one read (the others route by the last counts); each
+/// used to make its own, a burst of consumers every second under load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submissions_that_find_the_live_worker_counts_stale_share_one_read() {
+    use futures_util::StreamExt;
+    use qefleet_scheduler::liveness::Liveness;
+    let fleet = Fleet::start().await;
+    let bucket = fleet
+        .js
+        .get_key_value(WORKERS_BUCKET)
+        .await
+        .expect("the workers bucket");
+    bucket
+        .put("local.w1", "{}".into())
+        .await
+        .expect("a live worker");
+    let mut api = fleet
+        .client
+        .subscribe("$JS.API.CONSUMER.>")
+        .await
+        .expect("subscribes");
+    fleet.client.flush().await.expect("flush");
+    // Counts that are stale as soon as they are read: every call wants a read.
+    let liveness = Arc::new(Liveness::new(bucket, Duration::ZERO));
+    for wave in ["the first counts", "stale counts"] {
+        let calls: Vec<_> = (0..50)
+            .map(|_| {
+                let liveness = liveness.clone();
+                tokio::spawn(async move { liveness.live_pools().await })
+            })
+            .collect();
+        for call in calls {
+            let pools = call.await.expect("no panic");
+            assert_eq!(pools.0.get(&Pool::Local), Some(&1), "{wave}");
+        }
+    }
+    let mut reads = 0;
+    while let Ok(Some(request)) = tokio::time::timeout(Duration::from_millis(500), api.next()).await
+    {
+        let subject = request.subject.as_str();
+        if subject.contains(".CREATE.") && subject.contains(WORKERS_BUCKET) {
+            reads += 1;
+        }
+    }
+    // One read per wave, a few more where a call came after a read had ended; one per
+    // call (100) before.
+    assert!(
+        (2..10).contains(&reads),
+        "{reads} reads of the workers bucket"
+    );
+    fleet.stop().await;
+}
+
 /// Submits jobs `<prefix>-0..n` at once; returns, in order, whether each was answered as a
 /// duplicate.
 async fn submit_together(fleet: &Fleet, prefix: &str, n: u32) -> Vec<(u32, bool)> {
