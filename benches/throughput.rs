@@ -11,7 +11,8 @@
 //!
 //! Run: `cargo bench --bench throughput` (env BENCH_JOBS per round, BENCH_ROUNDS,
 //! BENCH_RATE, BENCH_SECONDS, BENCH_RESULT_BATCHES: the workers' `--result-batches`,
-//! default auto; BENCH_SYNC=always or default: that mode only).
+//! default auto; BENCH_SYNC=always or default: that mode only; BENCH_STAGES=1: where
+//! qefleet's latency goes, from when its jobs, events and results pass the server).
 
 mod support;
 use support::{env_or, percentile, Cpu};
@@ -161,6 +162,8 @@ struct Figures {
     raw_latencies: Vec<f64>,
     bare_latencies: Vec<f64>,
     e2e_latencies: Vec<f64>,
+    /// Sorted latencies, ms, of the stages of qefleet's jobs at the steady rate.
+    stages: Vec<(&'static str, Vec<f64>)>,
     e2e_rate: f64,
     /// How results were stored while draining the queue and at the steady rate.
     consume_commits: Commits,
@@ -526,7 +529,8 @@ async fn e2e_reader(
         while let Some(m) = results.next().await {
             let job_id = m.subject.as_str().trim_start_matches(prefix);
             let now = origin.elapsed();
-            if let Some(at) = sent.lock().expect("lock").remove(job_id) {
+            let at = sent.lock().expect("lock").get(job_id).copied();
+            if let Some(at) = at {
                 into.lock()
                     .expect("lock")
                     .push((now - at).as_secs_f64() * 1000.0);
@@ -534,6 +538,77 @@ async fn e2e_reader(
         }
     });
     (seen, reader)
+}
+
+/// When each job's message arrived on a subject under `prefix`, by job id: where the
+/// end-to-end latency goes (the `submitted` and `started` events are published as they
+/// happen, like the result).
+async fn arrivals(
+    client: &async_nats::Client,
+    prefix: &'static str,
+    origin: Instant,
+) -> (Sent, tokio::task::JoinHandle<()>) {
+    let mut messages = subscribed(client, format!("{prefix}>")).await;
+    let seen: Sent = Arc::default();
+    let into = seen.clone();
+    let reader = tokio::spawn(async move {
+        while let Some(m) = messages.next().await {
+            let at = origin.elapsed();
+            // A job's id is its message id; an event's and a result's end their subject.
+            let job_id = match m.headers.as_ref().and_then(|h| h.get(HEADER_MSG_ID)) {
+                Some(id) if prefix == "qe.jobs." => id.as_str().to_string(),
+                _ => m.subject.as_str().trim_start_matches(prefix).to_string(),
+            };
+            into.lock().expect("lock").insert(job_id, at);
+        }
+    });
+    (seen, reader)
+}
+
+/// Sorted latencies, ms, from `from` to `to` of the jobs both saw.
+fn between(from: &Sent, to: &Sent) -> Vec<f64> {
+    let (from, to) = (from.lock().expect("lock"), to.lock().expect("lock"));
+    let mut v: Vec<f64> = from
+        .iter()
+        .filter_map(|(id, a)| {
+            to.get(id)
+                .map(|b| b.as_secs_f64() * 1000.0 - a.as_secs_f64() * 1000.0)
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// What `BENCH_STAGES` follows: jobs as the scheduler publishes them, the `started` and
+/// `submitted` events, results.
+const STAGE_SUBJECTS: [&str; 4] = [
+    "qe.jobs.",
+    "qe.events.started.",
+    "qe.events.submitted.",
+    "qe.results.",
+];
+
+/// The stages of qefleet's latency from the arrivals on [`STAGE_SUBJECTS`] (none unless
+/// followed).
+fn stages(sent: &Sent, arrivals: &[Sent]) -> Vec<(&'static str, Vec<f64>)> {
+    let [published, started, submitted, stored] = arrivals else {
+        return Vec::new();
+    };
+    vec![
+        (
+            "submit -> job published by the scheduler",
+            between(sent, published),
+        ),
+        (
+            "job published -> started by the worker",
+            between(published, started),
+        ),
+        ("job started -> result published", between(started, stored)),
+        (
+            "submit -> job queued and recorded",
+            between(sent, submitted),
+        ),
+    ]
 }
 
 /// Submits `n` jobs numbered from `first` at `rate`/s, each noted in `sent`.
@@ -716,6 +791,17 @@ async fn measure(default_sync: bool) -> Figures {
     let sent: Sent = Arc::default();
     let (raw_seen, raw_task) = raw_reader(&js, origin).await;
     let (e2e_seen, e2e_task) = e2e_reader(&client, "qe.results.", sent.clone(), origin).await;
+    // Where the latency goes, when asked: four more subscriptions on the bench's
+    // connection, so off by default.
+    let mut stage_arrivals = Vec::new();
+    let mut stage_tasks = Vec::new();
+    if std::env::var_os("BENCH_STAGES").is_some() {
+        for prefix in STAGE_SUBJECTS {
+            let (seen, task) = arrivals(&client, prefix, origin).await;
+            stage_arrivals.push(seen);
+            stage_tasks.push(task);
+        }
+    }
     let bare_sent: Sent = Arc::default();
     let (bare_seen, bare_task) =
         e2e_reader(&client, "bare-lat.results.", bare_sent.clone(), origin).await;
@@ -743,7 +829,11 @@ async fn measure(default_sync: bool) -> Figures {
         submitting += started.elapsed();
         settle(&e2e_seen, (slice + 1) * per_slice).await;
     }
-    for task in bare_tasks.iter().chain([&raw_task, &e2e_task, &bare_task]) {
+    for task in bare_tasks
+        .iter()
+        .chain([&raw_task, &e2e_task, &bare_task])
+        .chain(&stage_tasks)
+    {
         task.abort();
     }
     let e2e_commits = Commits::scrape(metrics_addr).await;
@@ -764,6 +854,7 @@ async fn measure(default_sync: bool) -> Figures {
         raw_latencies: sorted(&raw_seen, "raw"),
         bare_latencies: sorted(&bare_seen, "bare"),
         e2e_latencies: sorted(&e2e_seen, "end-to-end"),
+        stages: stages(&sent, &stage_arrivals),
         e2e_rate: n as f64 / submitting.as_secs_f64(),
         consume_commits,
         e2e_commits,
@@ -900,6 +991,16 @@ fn main() {
             "{:<44} {:>9.0}",
             "steady submission rate achieved (jobs/s)", f.e2e_rate
         );
+        if !f.stages.is_empty() {
+            println!("where qefleet's latency goes, p50 / p99 (ms):");
+        }
+        for (stage, latencies) in &f.stages {
+            println!(
+                "  {stage:<42} {:>9.2} {:>9.2}",
+                percentile(latencies, 50.0),
+                percentile(latencies, 99.0)
+            );
+        }
         if !default_sync {
             // Raw publish stores one message per fsync, one after another. A durable job
             // takes three (the job, its result, the job's removal when acknowledged) on
