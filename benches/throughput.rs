@@ -162,6 +162,8 @@ struct Figures {
     raw_latencies: Vec<f64>,
     bare_latencies: Vec<f64>,
     e2e_latencies: Vec<f64>,
+    /// p99 latency, ms, of each one-second slice: raw, the bare fleet, qefleet.
+    slice_p99: Vec<[f64; 3]>,
     /// Sorted latencies, ms, of the stages of qefleet's jobs at the steady rate.
     stages: Vec<(&'static str, Vec<f64>)>,
     e2e_rate: f64,
@@ -455,6 +457,15 @@ async fn settle(seen: &Seen, n: usize) {
     while seen.lock().expect("lock").len() < n && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// The p99 of the latencies `seen` gained since `from`, which moves past them.
+fn p99_since(seen: &Seen, from: &mut usize) -> f64 {
+    let all = seen.lock().expect("lock");
+    let mut slice = all[(*from).min(all.len())..].to_vec();
+    *from = all.len();
+    slice.sort_by(f64::total_cmp);
+    percentile(&slice, 99.0)
 }
 
 /// Publishes `n` messages at `rate`/s, each stamped with its send time, and returns when
@@ -809,13 +820,17 @@ async fn measure(default_sync: bool) -> Figures {
     let bare_tasks = [bare.service().await, bare.worker(Arc::default()).await];
     let per_slice = rate as usize;
     let mut submitting = Duration::ZERO;
+    let mut slice_p99 = Vec::with_capacity(seconds as usize);
+    let mut from = [0; 3];
     for slice in 0..seconds as usize {
         raw_slice(&js, &payload, rate, per_slice, origin).await;
         settle(&raw_seen, (slice + 1) * per_slice).await;
+        let raw_p99 = p99_since(&raw_seen, &mut from[0]);
         let range = (slice * per_slice, per_slice);
         let pace = Pace::Rate(rate, &bare_sent, origin);
         bare.submit(&payload, range, pace).await;
         settle(&bare_seen, (slice + 1) * per_slice).await;
+        let bare_p99 = p99_since(&bare_seen, &mut from[1]);
         let started = Instant::now();
         e2e_slice(
             &client,
@@ -828,6 +843,7 @@ async fn measure(default_sync: bool) -> Figures {
         .await;
         submitting += started.elapsed();
         settle(&e2e_seen, (slice + 1) * per_slice).await;
+        slice_p99.push([raw_p99, bare_p99, p99_since(&e2e_seen, &mut from[2])]);
     }
     for task in bare_tasks
         .iter()
@@ -854,6 +870,7 @@ async fn measure(default_sync: bool) -> Figures {
         raw_latencies: sorted(&raw_seen, "raw"),
         bare_latencies: sorted(&bare_seen, "bare"),
         e2e_latencies: sorted(&e2e_seen, "end-to-end"),
+        slice_p99,
         stages: stages(&sent, &stage_arrivals),
         e2e_rate: n as f64 / submitting.as_secs_f64(),
         consume_commits,
@@ -986,6 +1003,25 @@ fn main() {
                     ours - theirs
                 );
             }
+        }
+        // A stall of the machine in one slice decides a p99 over all of them; the
+        // median over slices of each slice's p99, next to its baseline's, does not.
+        for (baseline, index) in [("vs raw", 0), ("vs bare", 1)] {
+            let ours = median(f.slice_p99.iter().map(|s| s[2]).collect());
+            let theirs = median(f.slice_p99.iter().map(|s| s[index]).collect());
+            let each: Vec<String> = f
+                .slice_p99
+                .iter()
+                .map(|s| format!("{:+.1}", s[2] - s[index]))
+                .collect();
+            println!(
+                "{:<44} {:>9.2} {:>9.2} {:>+8.2}  ({})",
+                format!("slice p99, median of 1-s slices: {baseline}"),
+                ours,
+                theirs,
+                median(f.slice_p99.iter().map(|s| s[2] - s[index]).collect()),
+                each.join(" ")
+            );
         }
         println!(
             "{:<44} {:>9.0}",
