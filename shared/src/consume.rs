@@ -1,6 +1,8 @@
-//! The loop every background consumer shares: fetch a batch from a durable pull consumer
-//! (waiting at most a second, so shutdown is noticed), hand each message to a handler,
-//! and ride out NATS outages by retrying.
+//! The loop every background consumer shares: pull a batch from a durable pull consumer
+//! (a request that waits at the server at most a second, so shutdown is noticed, and
+//! takes messages as they arrive: not `fetch()`, whose `no_wait` request ends once what
+//! was there is delivered), hand each message to a handler, and ride out NATS outages by
+//! retrying.
 
 use std::future::Future;
 use std::time::Duration;
@@ -22,7 +24,7 @@ pub async fn for_each_message<F, Fut>(
 {
     while !shutdown.is_triggered() {
         let fetched = consumer
-            .fetch()
+            .batch()
             .max_messages(batch)
             .expires(Duration::from_secs(1))
             .messages()

@@ -431,6 +431,62 @@ async fn submissions_that_find_the_live_worker_counts_stale_share_one_read() {
     fleet.stop().await;
 }
 
+/// A worker with nothing to do keeps one pull request waiting at the server (renewed as
+/// it expires) instead of asking again and again, and jobs arriving one at a time go to
+/// that request as they come, not a request each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_waits_at_the_server_instead_of_polling() {
+    use futures_util::StreamExt;
+    let mut fleet = Fleet::start().await;
+    fleet.scheduler(SchedulerArgs::default()).await;
+    let mut args = fleet.worker_args(PoolArg::Local);
+    args.concurrency = 16;
+    fleet
+        .worker(args, Arc::new(ScriptedEngine::succeeding(Duration::ZERO)))
+        .await;
+    // Served: the worker is pulling.
+    let job_id = fleet.submit_ok(&job(CALC)).await;
+    fleet.result(&job_id, Duration::from_secs(30)).await;
+    let mut pulls = fleet
+        .client
+        .subscribe(format!("$JS.API.CONSUMER.MSG.NEXT.{JOBS_STREAM}.>"))
+        .await
+        .expect("subscribes");
+    fleet.client.flush().await.expect("flush");
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut requests = 0;
+    while let Ok(Some(_)) = tokio::time::timeout_at(until, pulls.next()).await {
+        requests += 1;
+    }
+    // A waiting request expires and is renewed about once a second.
+    assert!(
+        requests <= 8,
+        "{requests} pull requests in 3 s from an idle worker"
+    );
+    // Jobs arriving one at a time are delivered to the waiting request (for as many
+    // jobs as the worker can start) as they come, not one request each.
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        ids.push(fleet.submit_ok(&job(CALC)).await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for id in &ids {
+        fleet.result(id, Duration::from_secs(30)).await;
+    }
+    let mut requests = 0;
+    while let Ok(Ok(Some(_))) = tokio::time::timeout(Duration::from_millis(200), pulls.next())
+        .await
+        .map(Ok::<_, ()>)
+    {
+        requests += 1;
+    }
+    assert!(
+        requests <= 12,
+        "{requests} pull requests for 40 jobs arriving one at a time"
+    );
+    fleet.stop().await;
+}
+
 /// Submits jobs `<prefix>-0..n` at once; returns, in order, whether each was answered as a
 /// duplicate.
 async fn submit_together(fleet: &Fleet, prefix: &str, n: u32) -> Vec<(u32, bool)> {

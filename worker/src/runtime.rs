@@ -240,8 +240,11 @@ pub async fn run(
     let permits = Arc::new(Semaphore::new(args.concurrency as usize));
     let mut in_flight = JoinSet::new();
     while !shutdown.is_triggered() {
-        // Fetch only what we can start now, so nothing waits in a local buffer while its
-        // ack_wait runs out.
+        // Ask only for what we can start now, so nothing waits in a local buffer while
+        // its ack_wait runs out. The request waits at the server (up to a second) and
+        // takes jobs as they arrive. `fetch()` asks with `no_wait`: the server ended such a
+        // request once it had delivered what was there, so under a steady trickle each
+        // job cost a request of its own, and one arriving between two waited for the next.
         let free = tokio::select! {
             _ = shutdown.wait() => break,
             permit = permits.clone().acquire_owned() => match permit {
@@ -250,7 +253,7 @@ pub async fn run(
             },
         };
         let batch = consumer
-            .fetch()
+            .batch()
             .max_messages(free.max(1))
             .expires(Duration::from_secs(1))
             .messages()
