@@ -8,6 +8,7 @@ pub mod engine;
 pub mod engines;
 pub mod memory;
 pub mod outbox;
+mod pull;
 mod registry;
 pub mod results;
 pub mod runtime;

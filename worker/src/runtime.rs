@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv, AckKind, Message};
 use async_nats::Client;
-use futures_util::StreamExt;
 use qefleet_schemas::{
     codec, now_unix_ms, ConsolidationJob, ContentType, EscalateReply, Escalation,
     EscalationOutcome, EventKind, JobPhase, JobResult, JobState, JobStatus, Pool, QueuedJob,
@@ -24,6 +23,7 @@ use qefleet_shared::subjects::*;
 use qefleet_shared::trace::{self, TraceContext};
 
 use crate::memory::{Memory, Recall};
+use crate::pull::{Pulled, Puller};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -238,56 +238,46 @@ pub async fn run(
 
     tracing::info!(worker_id, %pool, engine = ctx.engine.name(), "worker ready");
     let permits = Arc::new(Semaphore::new(args.concurrency as usize));
+    // Signalled when a job gives its permit back: more may be asked for.
+    let freed = Arc::new(tokio::sync::Notify::new());
     let mut in_flight = JoinSet::new();
+    let mut puller = Puller::new(consumer);
     while !shutdown.is_triggered() {
-        // Ask only for what we can start now, so nothing waits in a local buffer while
-        // its ack_wait runs out. The request waits at the server (up to a second) and
-        // takes jobs as they arrive. `fetch()` asks with `no_wait`: the server ended such a
-        // request once it had delivered what was there, so under a steady trickle each
-        // job cost a request of its own, and one arriving between two waited for the next.
-        let free = tokio::select! {
+        puller.top_up(permits.available_permits());
+        let pulled = tokio::select! {
             _ = shutdown.wait() => break,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(p) => { drop(p); permits.available_permits() }
-                Err(_) => break,
-            },
+            _ = freed.notified() => continue,
+            pulled = puller.next() => pulled,
         };
-        let batch = consumer
-            .batch()
-            .max_messages(free.max(1))
-            .expires(Duration::from_secs(1))
-            .messages()
-            .await;
-        let mut batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::debug!(error = %e, "fetch failed; NATS unavailable?");
-                tokio::select! {
-                    _ = shutdown.wait() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                }
-            }
+        let Pulled::Job(message) = pulled else {
+            continue;
         };
-        while let Some(message) = batch.next().await {
-            let Ok(message) = message else { break };
-            if shutdown.is_triggered() {
-                // Delivered after the shutdown began (the fetch runs to its expiry): hand it
-                // straight back for another worker instead of starting it here.
-                if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
-                    tracing::debug!(error = %e, "nak during shutdown failed; redelivered after ack_wait");
-                }
-                continue;
-            }
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                break;
-            };
-            let ctx = ctx.clone();
-            in_flight.spawn(async move {
-                handle(&ctx, message).await;
-                drop(permit);
-            });
+        if shutdown.is_triggered() {
+            hand_back(&message).await;
+            break;
         }
+        // Only as many jobs are asked for as permits are free, and only here are they
+        // taken: this does not wait.
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let (ctx, freed) = (ctx.clone(), freed.clone());
+        in_flight.spawn(async move {
+            handle(&ctx, *message).await;
+            drop(permit);
+            freed.notify_one();
+        });
         while in_flight.try_join_next().is_some() {}
+    }
+    // Jobs the requests still deliver (they run to their expiry) go straight back, for
+    // another worker instead of starting them here.
+    let handing_back = tokio::time::Instant::now() + Duration::from_secs(10);
+    while puller.outstanding() > 0 {
+        match tokio::time::timeout_at(handing_back, puller.next()).await {
+            Ok(Pulled::Job(message)) => hand_back(&message).await,
+            Ok(Pulled::Ended) => {}
+            Err(_) => break,
+        }
     }
     tracing::info!(in_flight = in_flight.len(), "draining");
     let drained = tokio::time::timeout(args.drain_timeout, async {
@@ -307,6 +297,13 @@ pub async fn run(
     let _ = client.flush().await;
     tracing::info!(worker_id, "worker stopped");
     Ok(())
+}
+
+/// Hands a job delivered after the shutdown began straight back, unstarted.
+async fn hand_back(message: &Message) {
+    if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
+        tracing::debug!(error = %e, "nak during shutdown failed; redelivered after ack_wait");
+    }
 }
 
 /// Queue wait (first deliveries) and redeliveries, by the subject's pool and class.
