@@ -36,13 +36,11 @@ impl Liveness {
 
     /// Live worker counts per pool; on a lookup failure, the last known counts.
     pub async fn live_pools(&self) -> LivePools {
-        let cached = self.cached();
-        if let Some((at, pools)) = &cached {
-            if at.elapsed() < self.ttl {
-                return pools.clone();
-            }
-        }
-        let _reading = match (self.reading.try_lock(), cached) {
+        let stale = match self.cached() {
+            Some((at, pools)) if at.elapsed() < self.ttl => return pools,
+            stale => stale,
+        };
+        let _reading = match (self.reading.try_lock(), stale) {
             (Ok(guard), _) => guard,
             // Another submission is reading the bucket: the last counts will do.
             (Err(_), Some((_, pools))) => return pools,

@@ -300,11 +300,9 @@ async fn providers_with_open_breakers_take_their_worker_out_of_routing() {
 async fn a_spent_daily_budget_stops_a_tenants_cloud_spending() {
     let stub = Stub::start(vec![anthropic_ok(SUITE), anthropic_ok(SUITE)]).await;
     let mut fleet = Fleet::start().await;
-    let scheduler_port = qefleet_shared::embedded::free_port();
-    fleet
-        .scheduler(SchedulerArgs {
+    let scheduler_port = fleet
+        .scheduler_with_metrics(SchedulerArgs {
             tenant_daily_budget_usd: Some(0.01),
-            metrics_addr: Some(([127, 0, 0, 1], scheduler_port).into()),
             ..SchedulerArgs::default()
         })
         .await;

@@ -188,11 +188,9 @@ async fn sona_consolidations_learn_from_results_store_versioned_snapshots_and_ap
     use qefleet_worker::sona::SonaConsolidator;
 
     let mut fleet = Fleet::start().await;
-    let scheduler_port = free_port();
-    fleet
-        .scheduler(SchedulerArgs {
+    let scheduler_port = fleet
+        .scheduler_with_metrics(SchedulerArgs {
             consolidate_every: 10,
-            metrics_addr: Some(([127, 0, 0, 1], scheduler_port).into()),
             ..SchedulerArgs::default()
         })
         .await;

@@ -131,10 +131,8 @@ async fn the_router_learns_per_module_which_pool_does_better() {
     use qefleet_schemas::{JobSpec, Pool, SubmitReply};
     let mut fleet = Fleet::start().await;
     let memory_dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    fleet
-        .scheduler(SchedulerArgs {
-            metrics_addr: Some(([127, 0, 0, 1], port).into()),
+    let port = fleet
+        .scheduler_with_metrics(SchedulerArgs {
             embedder: Some(embedder()),
             route_memory_dir: Some(memory_dir.path().to_path_buf()),
             // Deterministic: no exploration.

@@ -303,13 +303,7 @@ impl Drop for Prometheus {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn prometheus_sees_queue_lag_rise_while_workers_stop_and_fall_when_they_resume() {
     let mut fleet = Fleet::start().await;
-    let scheduler_port = free_port();
-    fleet
-        .scheduler(SchedulerArgs {
-            metrics_addr: Some(([127, 0, 0, 1], scheduler_port).into()),
-            ..SchedulerArgs::default()
-        })
-        .await;
+    let scheduler_port = fleet.scheduler_with_metrics(SchedulerArgs::default()).await;
     let worker_ports = [free_port(), free_port()];
     let engine = Arc::new(ScriptedEngine::succeeding(Duration::from_millis(20)));
     let mut args = fleet.worker_args(PoolArg::Local);

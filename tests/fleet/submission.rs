@@ -315,14 +315,11 @@ async fn a_job_past_its_deadline_is_not_run_and_fails_with_that_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_submitted_together_are_queued_in_atomic_batches_each_once() {
     use qefleet_shared::commit::Batching;
-    use qefleet_shared::embedded::free_port;
 
     let mut fleet = Fleet::start().await;
-    let port = free_port();
-    fleet
-        .scheduler(SchedulerArgs {
+    let port = fleet
+        .scheduler_with_metrics(SchedulerArgs {
             job_batches: Batching::Always,
-            metrics_addr: Some(([127, 0, 0, 1], port).into()),
             ..SchedulerArgs::default()
         })
         .await;

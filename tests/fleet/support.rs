@@ -93,6 +93,17 @@ impl Fleet {
         });
     }
 
+    /// Starts a scheduler replica serving `/metrics` on a free port, returned.
+    pub async fn scheduler_with_metrics(&mut self, args: SchedulerArgs) -> u16 {
+        let port = qefleet_shared::embedded::free_port();
+        self.scheduler(SchedulerArgs {
+            metrics_addr: Some(([127, 0, 0, 1], port).into()),
+            ..args
+        })
+        .await;
+        port
+    }
+
     /// Keys of the live workers (`<pool>.<worker_id>`). A worker's key goes when it has
     /// stopped pulling and drained, so an absent key means it takes no more jobs.
     pub async fn live_workers(&self) -> Vec<String> {
