@@ -152,6 +152,8 @@ struct Round {
     bare_consume: Rate,
     submit: Rate,
     consume: Rate,
+    /// Fire-and-forget: submissions published to the submissions stream -> jobs queued.
+    queue: Rate,
 }
 
 struct Figures {
@@ -657,6 +659,49 @@ async fn accepted(client: &async_nats::Client, spec: &JobSpec) {
     assert!(matches!(reply, SubmitReply::Accepted { .. }), "{reply:?}");
 }
 
+/// Publishes `n` submissions to the submissions stream and waits until a scheduler has
+/// queued them all; the jobs are then purged (they are not the consume phase's).
+async fn fire_and_forget(url: &str, js: &jetstream::Context, payload: &[u8], n: usize) -> Rate {
+    let jobs = js.get_stream(JOBS_STREAM).await.expect("jobs stream");
+    jobs.purge().await.expect("purge");
+    let (trigger, shutdown) = shutdown::channel();
+    let scheduler_client = connect_counted(url, "bench-scheduler").await;
+    let scheduler = tokio::spawn(async move {
+        qefleet_scheduler::run(scheduler_client, scheduler_args(), shutdown)
+            .await
+            .expect("scheduler");
+    });
+    let headers = qefleet_shared::messages::headers_for(ContentType::MsgPack);
+    let payload = bytes::Bytes::copy_from_slice(payload);
+    let mark = Mark::now();
+    let mut acks = Vec::with_capacity(WINDOW);
+    for _ in 0..n {
+        let ack = js
+            .publish_with_headers(SUBMIT_QUEUE_SUBJECT, headers.clone(), payload.clone())
+            .await
+            .expect("publish");
+        acks.push(ack);
+        if acks.len() == WINDOW {
+            for ack in acks.drain(..) {
+                ack.await.expect("ack");
+            }
+        }
+    }
+    for ack in acks.drain(..) {
+        ack.await.expect("ack");
+    }
+    let mut jobs = js.get_stream(JOBS_STREAM).await.expect("jobs stream");
+    let until = Instant::now() + Duration::from_secs(120);
+    while jobs.info().await.map_or(0, |i| i.state.messages) < n as u64 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let queued = Rate::since(n, &mark);
+    trigger.trigger();
+    let _ = scheduler.await;
+    jobs.purge().await.expect("purge");
+    queued
+}
+
 fn scheduler_args() -> SchedulerArgs {
     let mut args = SchedulerArgs {
         consolidate_every: 1_000_000,
@@ -782,6 +827,10 @@ async fn measure(default_sync: bool) -> Figures {
         consume_commits = consume_commits.plus(&Commits::scrape(metrics_addr).await);
         trigger.trigger();
         while tasks.join_next().await.is_some() {}
+
+        // Fire-and-forget: what a batch producer sees, submissions published to the
+        // submissions stream (WINDOW acks in flight) until a scheduler has queued them all.
+        let queued = fire_and_forget(&url, &js, &payload, jobs).await;
         all.push(Round {
             raw_publish,
             raw_consume,
@@ -789,6 +838,7 @@ async fn measure(default_sync: bool) -> Figures {
             bare_consume,
             submit: submitted,
             consume: consumed,
+            queue: queued,
         });
     }
 
@@ -989,6 +1039,8 @@ fn main() {
             .print("submit vs a bare request->store->reply");
         f.ratio(|r| r.consume, |r| r.bare_consume)
             .print("consume vs a bare consume->store result->ack");
+        f.ratio(|r| r.queue, |r| r.raw_publish)
+            .print("fire-and-forget: submitted->queued vs raw");
         for (baseline, latencies) in [
             ("submit->result vs raw", &f.raw_latencies),
             ("vs a bare fleet's", &f.bare_latencies),
@@ -1058,6 +1110,7 @@ fn main() {
             ("raw publish", (|r| r.raw_publish) as fn(&Round) -> Rate),
             ("bare request->store->reply", |r| r.bare_submit),
             ("qefleet submit->publish", |r| r.submit),
+            ("qefleet fire-and-forget", |r| r.queue),
             ("raw consume", |r| r.raw_consume),
             ("bare consume->store->ack", |r| r.bare_consume),
             ("qefleet consume->ack", |r| r.consume),

@@ -10,7 +10,7 @@ use async_nats::{Client, HeaderMap};
 use futures_util::StreamExt;
 use qefleet_schemas::{codec, Strategy, SubmitReply};
 use qefleet_shared::commit::{Batching, Counts, GroupPublisher};
-use qefleet_shared::consume::for_each_message;
+use qefleet_shared::consume::for_each_message_concurrently;
 use qefleet_shared::messages::headers_for;
 use qefleet_shared::metrics::{self, Metrics};
 use qefleet_shared::provision::{self, bucket, ensure_consumer};
@@ -354,8 +354,15 @@ async fn serve_requests(
     while in_flight.join_next().await.is_some() {}
 }
 
+/// Fire-and-forget submissions a scheduler replica handles at once. One at a time, each
+/// waited for its job's stored acknowledgement and record before the next began: a
+/// replica queued a few hundred a second under `sync_interval: always`.
+const SUBMISSIONS_IN_FLIGHT: usize = 256;
+
 /// Fire-and-forget submissions: accepted ones are queued, rejected ones dead-lettered with
-/// the reason (nothing is dropped), and an unavailable JetStream means retry later.
+/// the reason (nothing is dropped), and an unavailable JetStream means retry later. Up to
+/// [`SUBMISSIONS_IN_FLIGHT`] at once, so they are queued in the order they finish, not
+/// strictly the order they were published.
 async fn drain_submission_stream(js: jetstream::Context, submitter: Submitter, shutdown: Shutdown) {
     let consumer = match ensure_consumer(
         &js,
@@ -376,15 +383,16 @@ async fn drain_submission_stream(js: jetstream::Context, submitter: Submitter, s
             return;
         }
     };
-    for_each_message(&consumer, 64, shutdown, |message| {
+    for_each_message_concurrently(&consumer, SUBMISSIONS_IN_FLIGHT, shutdown, |message| {
         let js = js.clone();
         let submitter = submitter.clone();
         traced(message.headers.clone(), async move {
-            let default_id = message.info().ok().map(|info| {
-                crate::submit::queued_submission_id(
+            let default_id = message.info().ok().map(|info| crate::submit::DefaultId {
+                id: crate::submit::queued_submission_id(
                     info.published.unix_timestamp_nanos(),
                     info.stream_sequence,
-                )
+                ),
+                first_delivery: info.delivered == 1,
             });
             let (reply, _) = submitter
                 .submit_raw_as(message.headers.as_ref(), &message.payload, default_id)

@@ -174,7 +174,7 @@ impl Submitter {
         &self,
         headers: Option<&HeaderMap>,
         payload: &[u8],
-        default_id: Option<String>,
+        default_id: Option<DefaultId>,
     ) -> (SubmitReply, ContentType) {
         let (mut job, ct) = match messages::decode::<JobSpec>(headers, payload) {
             Ok(decoded) => decoded,
@@ -186,10 +186,16 @@ impl Submitter {
                 );
             }
         };
+        // Only an id the submitter chose, or one a previous delivery of the same message
+        // was given, can have been queued before.
+        let mut may_be_known = job.job_id.is_some();
         if job.job_id.is_none() {
-            job.job_id = default_id;
+            if let Some(default) = default_id {
+                may_be_known = !default.first_delivery;
+                job.job_id = Some(default.id);
+            }
         }
-        (self.count(self.submit(job, ct).await), ct)
+        (self.count(self.submit_as(job, ct, may_be_known).await), ct)
     }
 
     fn count(&self, reply: SubmitReply) -> SubmitReply {
@@ -208,22 +214,32 @@ impl Submitter {
 
     /// Validates, routes and queues a decoded job; `ct` is the encoding the job (and so its
     /// result) travels in.
-    pub async fn submit(&self, mut job: JobSpec, ct: ContentType) -> SubmitReply {
+    pub async fn submit(&self, job: JobSpec, ct: ContentType) -> SubmitReply {
+        let chosen = job.job_id.is_some();
+        self.submit_as(job, ct, chosen).await
+    }
+
+    /// As [`Self::submit`]; the job's record is looked up first only when `may_be_known`:
+    /// an id made here, or given to a message on its first delivery, is new, and looking
+    /// it up would cost the server a read per submission.
+    async fn submit_as(
+        &self,
+        mut job: JobSpec,
+        ct: ContentType,
+        may_be_known: bool,
+    ) -> SubmitReply {
         let now = now_unix_ms();
         let analysis = match validate(&job, &self.limits, now) {
             Ok(a) => a,
             Err(e) => return rejected(e.code, e.message),
         };
-        // Only an id the submitter chose can have been submitted before: one made here is
-        // new, and looking it up would cost the server a read per submission.
-        let chosen = job.job_id.is_some();
         let job_id = job
             .job_id
             .clone()
             .unwrap_or_else(|| nuid::next().to_string());
         job.job_id = Some(job_id.clone());
         qefleet_shared::trace::record_job_id(&tracing::Span::current(), job_id.as_str());
-        if chosen {
+        if may_be_known {
             match self.existing(&job_id).await {
                 Ok(Some(state)) => return duplicate(state),
                 Ok(None) => {}
@@ -434,6 +450,14 @@ impl Submitter {
             )),
         }
     }
+}
+
+/// The id a fire-and-forget submission that brings none is given, and whether this is the
+/// message's first delivery (then no job can have that id yet).
+#[derive(Debug, Clone)]
+pub struct DefaultId {
+    pub id: String,
+    pub first_delivery: bool,
 }
 
 /// The id of a fire-and-forget submission that brings none: `q<published, ns>-<stream

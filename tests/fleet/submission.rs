@@ -290,6 +290,173 @@ async fn a_fire_and_forget_submission_without_an_id_gets_one_from_its_place_in_t
     fleet.stop().await;
 }
 
+/// Fire-and-forget submissions are handled many at once: one at a time, each waited for
+/// its job's stored acknowledgement before the next began, and none could share a commit.
+/// A submission without an id, on its first delivery, is new: no record is read for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fire_and_forget_submissions_are_handled_together_and_each_queued_once() {
+    use futures_util::StreamExt;
+    use qefleet_shared::commit::Batching;
+
+    let mut fleet = Fleet::start().await;
+    // Waiting in the stream before any scheduler runs, as a batch producer leaves them.
+    let mut acks = Vec::new();
+    for _ in 0..200 {
+        acks.push(
+            fleet
+                .js
+                .publish_with_headers(
+                    SUBMIT_QUEUE_SUBJECT,
+                    headers_for(ContentType::MsgPack),
+                    codec::encode(&job(CALC), ContentType::MsgPack).into(),
+                )
+                .await
+                .expect("publish"),
+        );
+    }
+    for ack in acks {
+        ack.await.expect("stored");
+    }
+    let mut reads = fleet
+        .client
+        .subscribe(format!("$JS.API.DIRECT.GET.KV_{JOB_STATE_BUCKET}.>"))
+        .await
+        .expect("subscribes");
+    fleet.client.flush().await.expect("flush");
+    let port = fleet
+        .scheduler_with_metrics(SchedulerArgs {
+            job_batches: Batching::Always,
+            ..SchedulerArgs::default()
+        })
+        .await;
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while fleet.stream_messages(SUBMISSIONS_STREAM).await > 0 && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        fleet.stream_messages(SUBMISSIONS_STREAM).await,
+        0,
+        "every submission handled and acknowledged"
+    );
+    assert_eq!(
+        fleet.stream_messages(JOBS_STREAM).await,
+        200,
+        "each job queued once"
+    );
+    assert_eq!(fleet.stream_messages(DLQ_STREAM).await, 0, "none rejected");
+    let text = http_get(port, "/metrics").await;
+    let batched = qefleet_shared::metrics::sample_sum(
+        &text,
+        "qefleet_job_commit_jobs_sum",
+        &[("kind", "batch")],
+    )
+    .unwrap_or(0.0);
+    assert!(
+        batched > 0.0,
+        "no two submissions were queued together:\n{text}"
+    );
+    let mut read = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), reads.next()).await {
+        read += 1;
+    }
+    assert_eq!(read, 0, "job records read for submissions that are new");
+    fleet.stop().await;
+}
+
+/// A fire-and-forget submission delivered again (a scheduler took it and died before
+/// acknowledging it) may have been queued already, perhaps longer ago than the stream's
+/// duplicate window: its record is read, and a known job is not queued twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_fire_and_forget_submission_of_a_known_job_is_not_queued_again() {
+    use async_nats::jetstream::{consumer::pull, AckKind};
+    use futures_util::StreamExt;
+    use qefleet_schemas::{JobPhase, JobState, RouteDecision, Strategy, SCHEMA_VERSION};
+
+    let mut fleet = Fleet::start().await;
+    let ack = fleet
+        .js
+        .publish_with_headers(
+            SUBMIT_QUEUE_SUBJECT,
+            headers_for(ContentType::Json),
+            codec::encode(&job(CALC), ContentType::Json).into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    // A scheduler that took it and died: delivered once, never acknowledged.
+    let consumer = qefleet_shared::provision::ensure_consumer(
+        &fleet.js,
+        SUBMISSIONS_STREAM,
+        pull::Config {
+            durable_name: Some(SUBMISSIONS_CONSUMER.to_string()),
+            filter_subject: SUBMIT_QUEUE_SUBJECT.to_string(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("consumer");
+    let mut taken = consumer
+        .fetch()
+        .max_messages(1)
+        .messages()
+        .await
+        .expect("fetch");
+    let taken = taken.next().await.expect("one").expect("message");
+    let info = taken.info().expect("info");
+    let id = qefleet_scheduler::submit::queued_submission_id(
+        info.published.unix_timestamp_nanos(),
+        ack.sequence,
+    );
+    // ... after it had queued the job, outside the duplicate window: only the record
+    // knows it.
+    let state = JobState {
+        schema_version: SCHEMA_VERSION,
+        job_id: id.clone(),
+        phase: JobPhase::Queued,
+        route: RouteDecision {
+            pool: Pool::Local,
+            subject: "qe.jobs.local.simple".into(),
+            router: "rule".into(),
+            strategy: Strategy::Balanced,
+            reasons: vec![],
+        },
+        complexity: qefleet_scheduler::complexity::analyze(CALC)
+            .expect("analyses")
+            .report,
+        updated_at_ms: qefleet_schemas::now_unix_ms(),
+    };
+    fleet
+        .js
+        .get_key_value(JOB_STATE_BUCKET)
+        .await
+        .expect("bucket")
+        .put(&id, codec::encode(&state, ContentType::Json).into())
+        .await
+        .expect("record");
+    taken
+        .ack_with(AckKind::Nak(None))
+        .await
+        .expect("handed back");
+
+    fleet.scheduler(SchedulerArgs::default()).await;
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while fleet.stream_messages(SUBMISSIONS_STREAM).await > 0 && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        fleet.stream_messages(SUBMISSIONS_STREAM).await,
+        0,
+        "the redelivery was handled and acknowledged"
+    );
+    assert_eq!(
+        fleet.stream_messages(JOBS_STREAM).await,
+        0,
+        "a known job is not queued again"
+    );
+    fleet.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_past_its_deadline_is_not_run_and_fails_with_that_reason() {
     let mut fleet = Fleet::start().await;
