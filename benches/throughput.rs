@@ -671,6 +671,9 @@ async fn fire_and_forget(url: &str, js: &jetstream::Context, payload: &[u8], n: 
             .await
             .expect("scheduler");
     });
+    // Serving before the measure begins; its one job is not counted.
+    accepted(&js.client(), &JobSpec::python("calc", MODULE)).await;
+    jobs.purge().await.expect("purge");
     let headers = qefleet_shared::messages::headers_for(ContentType::MsgPack);
     let payload = bytes::Bytes::copy_from_slice(payload);
     let mark = Mark::now();
@@ -794,9 +797,11 @@ async fn measure(default_sync: bool) -> Figures {
                 .await
                 .expect("scheduler");
         });
+        // The first submission waits for the scheduler to serve; the rate is the others'.
+        accepted(&client, &spec).await;
         let mark = Mark::now();
         let mut inflight = JoinSet::new();
-        for _ in 0..jobs {
+        for _ in 1..jobs {
             if inflight.len() >= WINDOW {
                 inflight.join_next().await;
             }
@@ -805,13 +810,14 @@ async fn measure(default_sync: bool) -> Figures {
             inflight.spawn(async move { accepted(&client, &spec).await });
         }
         while inflight.join_next().await.is_some() {}
-        let submitted = Rate::since(jobs, &mark);
+        let submitted = Rate::since(jobs - 1, &mark);
         trigger.trigger();
         let _ = scheduler.await;
 
         // consume -> ack: a worker with the no-op engine drains the queued jobs.
+        // Measured from the first result, when the worker is up (as raw's from its first
+        // pull), over the jobs not yet done then.
         let before = results_count(&js).await;
-        let mark = Mark::now();
         let metrics_addr = free_addr();
         let (trigger, mut tasks) = start_fleet(
             &url,
@@ -820,10 +826,17 @@ async fn measure(default_sync: bool) -> Figures {
             Some(metrics_addr),
         )
         .await;
+        let mut done = results_count(&js).await;
+        while done == before {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            done = results_count(&js).await;
+        }
+        let mark = Mark::now();
+        let remaining = (before + jobs as u64 - done) as usize;
         while results_count(&js).await < before + jobs as u64 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let consumed = Rate::since(jobs, &mark);
+        let consumed = Rate::since(remaining, &mark);
         consume_commits = consume_commits.plus(&Commits::scrape(metrics_addr).await);
         trigger.trigger();
         while tasks.join_next().await.is_some() {}
