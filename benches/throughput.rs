@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer::pull, stream};
 use futures_util::StreamExt;
 use qefleet_scheduler::SchedulerArgs;
-use qefleet_schemas::{codec, ContentType, JobSpec, SubmitReply};
+use qefleet_schemas::{codec, ContentType, JobSpec, SubmitBatchReply, SubmitReply};
 use qefleet_shared::client::submit;
 use qefleet_shared::embedded::{EmbeddedOptions, EmbeddedServer};
 use qefleet_shared::nats::{connect, NatsArgs};
@@ -37,6 +37,8 @@ use tokio::task::JoinSet;
 
 const MODULE: &str = include_str!("../examples/calc.py");
 const WINDOW: usize = 256;
+/// Jobs in one batch request (`qe.submit.batch`).
+const BATCH: usize = 64;
 
 #[derive(Debug)]
 struct NoopEngine;
@@ -154,6 +156,8 @@ struct Round {
     consume: Rate,
     /// Fire-and-forget: submissions published to the submissions stream -> jobs queued.
     queue: Rate,
+    /// Batch requests of BATCH jobs -> every job accepted.
+    batch: Rate,
 }
 
 struct Figures {
@@ -659,21 +663,54 @@ async fn accepted(client: &async_nats::Client, spec: &JobSpec) {
     assert!(matches!(reply, SubmitReply::Accepted { .. }), "{reply:?}");
 }
 
+/// A scheduler alone, serving (it has accepted one job) on an empty `QE_JOBS`.
+struct Serving {
+    trigger: ShutdownTrigger,
+    task: tokio::task::JoinHandle<()>,
+    jobs: jetstream::stream::Stream,
+}
+
+impl Serving {
+    async fn start(url: &str, js: &jetstream::Context) -> Self {
+        let jobs = js.get_stream(JOBS_STREAM).await.expect("jobs stream");
+        jobs.purge().await.expect("purge");
+        let (trigger, shutdown) = shutdown::channel();
+        let scheduler_client = connect_counted(url, "bench-scheduler").await;
+        let task = tokio::spawn(async move {
+            qefleet_scheduler::run(scheduler_client, scheduler_args(), shutdown)
+                .await
+                .expect("scheduler");
+        });
+        accepted(&js.client(), &JobSpec::python("calc", MODULE)).await;
+        jobs.purge().await.expect("purge");
+        Self {
+            trigger,
+            task,
+            jobs,
+        }
+    }
+
+    /// Waits until `n` jobs are queued.
+    async fn queued(&mut self, n: usize) {
+        let until = Instant::now() + Duration::from_secs(120);
+        while self.jobs.info().await.map_or(0, |i| i.state.messages) < n as u64
+            && Instant::now() < until
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.trigger.trigger();
+        let _ = self.task.await;
+        self.jobs.purge().await.expect("purge");
+    }
+}
+
 /// Publishes `n` submissions to the submissions stream and waits until a scheduler has
 /// queued them all; the jobs are then purged (they are not the consume phase's).
 async fn fire_and_forget(url: &str, js: &jetstream::Context, payload: &[u8], n: usize) -> Rate {
-    let jobs = js.get_stream(JOBS_STREAM).await.expect("jobs stream");
-    jobs.purge().await.expect("purge");
-    let (trigger, shutdown) = shutdown::channel();
-    let scheduler_client = connect_counted(url, "bench-scheduler").await;
-    let scheduler = tokio::spawn(async move {
-        qefleet_scheduler::run(scheduler_client, scheduler_args(), shutdown)
-            .await
-            .expect("scheduler");
-    });
-    // Serving before the measure begins; its one job is not counted.
-    accepted(&js.client(), &JobSpec::python("calc", MODULE)).await;
-    jobs.purge().await.expect("purge");
+    let mut serving = Serving::start(url, js).await;
     let headers = qefleet_shared::messages::headers_for(ContentType::MsgPack);
     let payload = bytes::Bytes::copy_from_slice(payload);
     let mark = Mark::now();
@@ -693,16 +730,46 @@ async fn fire_and_forget(url: &str, js: &jetstream::Context, payload: &[u8], n: 
     for ack in acks.drain(..) {
         ack.await.expect("ack");
     }
-    let mut jobs = js.get_stream(JOBS_STREAM).await.expect("jobs stream");
-    let until = Instant::now() + Duration::from_secs(120);
-    while jobs.info().await.map_or(0, |i| i.state.messages) < n as u64 && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    serving.queued(n).await;
+    let rate = Rate::since(n, &mark);
+    serving.stop().await;
+    rate
+}
+
+/// `n` jobs submitted in batch requests of [`BATCH`] jobs, WINDOW jobs in flight; the
+/// jobs are then purged.
+async fn batch_submit(url: &str, js: &jetstream::Context, n: usize) -> Rate {
+    let serving = Serving::start(url, js).await;
+    let client = js.client();
+    let spec = JobSpec::python("calc", MODULE);
+    let mark = Mark::now();
+    let mut inflight = JoinSet::new();
+    for first in (0..n).step_by(BATCH) {
+        if inflight.len() >= WINDOW / BATCH {
+            inflight.join_next().await;
+        }
+        let (client, jobs) = (client.clone(), vec![spec.clone(); BATCH.min(n - first)]);
+        inflight.spawn(async move {
+            let reply = qefleet_shared::client::submit_batch(
+                &client,
+                jobs,
+                ContentType::MsgPack,
+                Duration::from_secs(20),
+            )
+            .await
+            .expect("batch submit");
+            let SubmitBatchReply::Answered { replies, .. } = reply else {
+                panic!("batch rejected: {reply:?}")
+            };
+            for reply in replies {
+                assert!(matches!(reply, SubmitReply::Accepted { .. }), "{reply:?}");
+            }
+        });
     }
-    let queued = Rate::since(n, &mark);
-    trigger.trigger();
-    let _ = scheduler.await;
-    jobs.purge().await.expect("purge");
-    queued
+    while inflight.join_next().await.is_some() {}
+    let rate = Rate::since(n, &mark);
+    serving.stop().await;
+    rate
 }
 
 fn scheduler_args() -> SchedulerArgs {
@@ -784,7 +851,10 @@ async fn measure(default_sync: bool) -> Figures {
     let mut all = Vec::with_capacity(rounds);
     let mut consume_commits = Commits::default();
     for round in 0..rounds {
-        eprintln!("round {}: raw, bare, qefleet submit and consume", round + 1);
+        eprintln!(
+            "round {}: raw, bare, qefleet submit, consume, fire-and-forget, batches",
+            round + 1
+        );
         let (raw_publish, raw_consume) = raw_rates(&js, &payload, jobs).await;
         let (bare_submit, bare_consume) = bare_fleet(&js, &payload, jobs).await;
 
@@ -844,6 +914,7 @@ async fn measure(default_sync: bool) -> Figures {
         // Fire-and-forget: what a batch producer sees, submissions published to the
         // submissions stream (WINDOW acks in flight) until a scheduler has queued them all.
         let queued = fire_and_forget(&url, &js, &payload, jobs).await;
+        let batched = batch_submit(&url, &js, jobs).await;
         all.push(Round {
             raw_publish,
             raw_consume,
@@ -852,6 +923,7 @@ async fn measure(default_sync: bool) -> Figures {
             submit: submitted,
             consume: consumed,
             queue: queued,
+            batch: batched,
         });
     }
 
@@ -1054,6 +1126,8 @@ fn main() {
             .print("consume vs a bare consume->store result->ack");
         f.ratio(|r| r.queue, |r| r.raw_publish)
             .print("fire-and-forget: submitted->queued vs raw");
+        f.ratio(|r| r.batch, |r| r.raw_publish)
+            .print(&format!("batch requests of {BATCH}: submit vs raw"));
         for (baseline, latencies) in [
             ("submit->result vs raw", &f.raw_latencies),
             ("vs a bare fleet's", &f.bare_latencies),
@@ -1124,6 +1198,7 @@ fn main() {
             ("bare request->store->reply", |r| r.bare_submit),
             ("qefleet submit->publish", |r| r.submit),
             ("qefleet fire-and-forget", |r| r.queue),
+            ("qefleet batch requests", |r| r.batch),
             ("raw consume", |r| r.raw_consume),
             ("bare consume->store->ack", |r| r.bare_consume),
             ("qefleet consume->ack", |r| r.consume),

@@ -272,6 +272,17 @@ pub async fn run(
         submitter.clone(),
         shutdown.clone(),
     ));
+    let batches = client
+        .queue_subscribe(SUBMIT_BATCH_SUBJECT, SCHEDULER_QUEUE_GROUP.to_string())
+        .await
+        .map_err(|e| SchedulerError::Subscribe(e.to_string()))?;
+    tasks.spawn(serve_requests(
+        client.clone(),
+        batches,
+        Served::SubmitBatch,
+        submitter.clone(),
+        shutdown.clone(),
+    ));
     let escalations = client
         .queue_subscribe(ESCALATE_SUBJECT, SCHEDULER_QUEUE_GROUP.to_string())
         .await
@@ -309,6 +320,7 @@ pub async fn run(
 #[derive(Debug, Clone, Copy)]
 enum Served {
     Submit,
+    SubmitBatch,
     Escalate,
 }
 
@@ -337,6 +349,10 @@ async fn serve_requests(
             let (bytes, ct) = match served {
                 Served::Submit => {
                     let (reply, ct) = submitter.submit_raw(headers, &request.payload).await;
+                    (codec::encode(&reply, ct), ct)
+                }
+                Served::SubmitBatch => {
+                    let (reply, ct) = submitter.submit_batch_raw(headers, &request.payload).await;
                     (codec::encode(&reply, ct), ct)
                 }
                 Served::Escalate => {
@@ -439,7 +455,7 @@ async fn drain_submission_stream(js: jetstream::Context, submitter: Submitter, s
 
 /// Runs `work` in the trace its request carries (or a new one) and in its `job` span, so
 /// everything published inside carries the trace and every log line the trace id.
-fn traced<F: std::future::Future>(
+pub(crate) fn traced<F: std::future::Future>(
     headers: Option<HeaderMap>,
     work: F,
 ) -> impl std::future::Future<Output = F::Output> {

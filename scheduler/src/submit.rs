@@ -8,7 +8,7 @@ use async_nats::HeaderMap;
 use qefleet_schemas::codec;
 use qefleet_schemas::{
     now_unix_ms, ContentType, DecodeError, ErrorCode, ErrorReply, EventKind, JobPhase, JobSpec,
-    JobState, Pool, QueuedJob, SubmitReply, SCHEMA_VERSION,
+    JobState, Pool, QueuedJob, SubmitBatch, SubmitBatchReply, SubmitReply, SCHEMA_VERSION,
 };
 use qefleet_shared::commit::{Commit, GroupPublisher};
 use qefleet_shared::messages::{self, emit_event};
@@ -196,6 +196,58 @@ impl Submitter {
             }
         }
         (self.count(self.submit_as(job, ct, may_be_known).await), ct)
+    }
+
+    /// Handles a batch of submissions (`qe.submit.batch`): every job as if submitted
+    /// alone, all at once (jobs that wait for a commit slot together go in one atomic
+    /// batch), answered in order. Each job runs in a trace scope of its own under the
+    /// request's trace. A batch that cannot be read, or is empty or too large, is
+    /// rejected whole and nothing is queued.
+    pub async fn submit_batch_raw(
+        &self,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+    ) -> (SubmitBatchReply, ContentType) {
+        let whole = |code: ErrorCode, message: String| {
+            self.count(rejected(code, message.clone()));
+            SubmitBatchReply::Rejected {
+                schema_version: SCHEMA_VERSION,
+                error: ErrorReply { code, message },
+            }
+        };
+        let (batch, ct) = match messages::decode::<SubmitBatch>(headers, payload) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                let ct = messages::content_type(headers).unwrap_or_default();
+                return (whole(decode_error_code(&e), e.to_string()), ct);
+            }
+        };
+        let n = batch.jobs.len();
+        if n == 0 || n > SubmitBatch::MAX_JOBS {
+            let message = format!(
+                "a batch holds 1 to {} jobs, this one {n}: {}",
+                SubmitBatch::MAX_JOBS,
+                if n == 0 {
+                    "send at least one"
+                } else {
+                    "split it"
+                }
+            );
+            return (whole(ErrorCode::InvalidField, message), ct);
+        }
+        let replies = futures_util::future::join_all(batch.jobs.into_iter().map(|job| {
+            crate::service::traced(headers.cloned(), async move {
+                self.count(self.submit(job, ct).await)
+            })
+        }))
+        .await;
+        (
+            SubmitBatchReply::Answered {
+                schema_version: SCHEMA_VERSION,
+                replies,
+            },
+            ct,
+        )
     }
 
     fn count(&self, reply: SubmitReply) -> SubmitReply {

@@ -7,6 +7,30 @@ use serde::{Deserialize, Serialize};
 
 use crate::{JobResult, SCHEMA_VERSION};
 
+/// Several submissions in one request on `qe.submit.batch`: each job is validated,
+/// routed and queued as if submitted alone, and the reply answers them in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBatch {
+    /// Must equal the fleet's schema version (1).
+    pub schema_version: u32,
+    /// 1 to 256 jobs (a NATS message also has the server's `max_payload`, 1 MiB by
+    /// default, which bounds the sources a batch can carry).
+    pub jobs: Vec<JobSpec>,
+}
+
+impl SubmitBatch {
+    /// The most jobs one batch may hold.
+    pub const MAX_JOBS: usize = 256;
+
+    pub fn new(jobs: Vec<JobSpec>) -> Self {
+        Self {
+            schema_version: SCHEMA_VERSION,
+            jobs,
+        }
+    }
+}
+
 /// A request to generate unit tests for one Python module.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -15,9 +15,9 @@ pub use codec::{ContentType, DecodeError};
 pub use event::{EventKind, JobEvent};
 pub use job::{
     Budget, Complexity, ComplexityReport, Escalation, JobSpec, Pool, QueuedJob, RouteDecision,
-    Strategy,
+    Strategy, SubmitBatch,
 };
-pub use reply::{ErrorCode, ErrorReply, EscalateReply, SubmitReply};
+pub use reply::{ErrorCode, ErrorReply, EscalateReply, SubmitBatchReply, SubmitReply};
 pub use result::{
     CloudEquivalent, EscalationOutcome, JobResult, JobStatus, RefinementStop, Timings, TokenUsage,
 };
@@ -45,6 +45,8 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("job_result.json", doc::<JobResult>()),
         ("job_event.json", doc::<JobEvent>()),
         ("submit_reply.json", doc::<SubmitReply>()),
+        ("submit_batch.json", doc::<SubmitBatch>()),
+        ("submit_batch_reply.json", doc::<SubmitBatchReply>()),
         ("escalate_reply.json", doc::<EscalateReply>()),
         ("job_state.json", doc::<JobState>()),
         ("consolidation_job.json", doc::<ConsolidationJob>()),

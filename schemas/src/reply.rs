@@ -59,6 +59,24 @@ pub enum SubmitReply {
     },
 }
 
+/// The reply to a request on `qe.submit.batch`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "outcome", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SubmitBatchReply {
+    /// Each job's reply, in the order of the batch: every job is accepted or rejected on
+    /// its own, as if submitted alone.
+    Answered {
+        schema_version: u32,
+        replies: Vec<SubmitReply>,
+    },
+    /// The batch itself could not be taken (malformed, empty, too many jobs): nothing was
+    /// queued.
+    Rejected {
+        schema_version: u32,
+        error: ErrorReply,
+    },
+}
+
 /// The scheduler's answer to a worker asking, on `qe.escalate`, to send a local result
 /// below the quality gate on to the cloud pool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

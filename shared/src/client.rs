@@ -5,10 +5,12 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use async_nats::Client;
-use qefleet_schemas::{codec, ContentType, JobResult, JobSpec, SubmitReply};
+use qefleet_schemas::{
+    codec, ContentType, JobResult, JobSpec, SubmitBatch, SubmitBatchReply, SubmitReply,
+};
 
 use crate::messages::{decode, headers_for};
-use crate::subjects::{result_subject, RESULTS_STREAM, SUBMIT_SUBJECT};
+use crate::subjects::{result_subject, RESULTS_STREAM, SUBMIT_BATCH_SUBJECT, SUBMIT_SUBJECT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -40,26 +42,60 @@ pub async fn submit_raw(
     ct: ContentType,
     wait_for_scheduler: Duration,
 ) -> Result<SubmitReply, ClientError> {
+    let reply = request(client, SUBMIT_SUBJECT, payload, ct, wait_for_scheduler).await?;
+    decode::<SubmitReply>(reply.headers.as_ref(), &reply.payload)
+        .map(|(r, _)| r)
+        .map_err(|e| ClientError::BadReply(e.to_string()))
+}
+
+/// Submits up to [`SubmitBatch::MAX_JOBS`] jobs in one request on `qe.submit.batch`; the
+/// reply answers each job in order (or rejects the whole batch). Waits for a scheduler as
+/// [`submit`] does.
+pub async fn submit_batch(
+    client: &Client,
+    jobs: Vec<JobSpec>,
+    ct: ContentType,
+    wait_for_scheduler: Duration,
+) -> Result<SubmitBatchReply, ClientError> {
+    let payload = codec::encode(&SubmitBatch::new(jobs), ct);
+    let reply = request(
+        client,
+        SUBMIT_BATCH_SUBJECT,
+        payload,
+        ct,
+        wait_for_scheduler,
+    )
+    .await?;
+    decode::<SubmitBatchReply>(reply.headers.as_ref(), &reply.payload)
+        .map(|(r, _)| r)
+        .map_err(|e| ClientError::BadReply(e.to_string()))
+}
+
+/// A request to the schedulers, retried while none is subscribed, for up to `wait`.
+async fn request(
+    client: &Client,
+    subject: &'static str,
+    payload: Vec<u8>,
+    ct: ContentType,
+    wait: Duration,
+) -> Result<async_nats::Message, ClientError> {
     let start = Instant::now();
     let payload = bytes::Bytes::from(payload);
-    let reply = loop {
+    loop {
         match client
-            .request_with_headers(SUBMIT_SUBJECT, headers_for(ct), payload.clone())
+            .request_with_headers(subject, headers_for(ct), payload.clone())
             .await
         {
-            Ok(reply) => break reply,
+            Ok(reply) => return Ok(reply),
             Err(e)
                 if e.kind() == async_nats::client::RequestErrorKind::NoResponders
-                    && start.elapsed() < wait_for_scheduler =>
+                    && start.elapsed() < wait =>
             {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => return Err(ClientError::NoScheduler(e.to_string())),
         }
-    };
-    decode::<SubmitReply>(reply.headers.as_ref(), &reply.payload)
-        .map(|(r, _)| r)
-        .map_err(|e| ClientError::BadReply(e.to_string()))
+    }
 }
 
 /// The stored result of a job, with the encoding it was published in.

@@ -10,9 +10,12 @@ pub const SUBMISSIONS_STREAM: &str = "QE_SUBMISSIONS";
 pub const SUBMIT_QUEUE_SUBJECT: &str = "qe.submit.queue";
 /// Request/reply submission subject (core NATS, served by scheduler replicas).
 pub const SUBMIT_SUBJECT: &str = "qe.submit";
+/// Request/reply subject for several submissions in one request (`SubmitBatch`).
+pub const SUBMIT_BATCH_SUBJECT: &str = "qe.submit.batch";
 /// Request/reply subject on which local workers ask to escalate a job to the cloud pool.
 pub const ESCALATE_SUBJECT: &str = "qe.escalate";
-/// Queue group the scheduler replicas share on [`SUBMIT_SUBJECT`] and [`ESCALATE_SUBJECT`].
+/// Queue group the scheduler replicas share on [`SUBMIT_SUBJECT`], [`SUBMIT_BATCH_SUBJECT`]
+/// and [`ESCALATE_SUBJECT`].
 pub const SCHEDULER_QUEUE_GROUP: &str = "qe-scheduler";
 /// Results, one message per job id, `qe.results.<job_id>`.
 pub const RESULTS_STREAM: &str = "QE_RESULTS";

@@ -1,12 +1,15 @@
-//! `qefleet submit FILE.py`: submit a module, optionally wait for its result.
+//! `qefleet submit FILE.py`: submit a module (or, with `--each-function`, a job per
+//! function in one batch request), optionally wait for the results.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use qefleet_schemas::{now_unix_ms, ContentType, JobSpec, Pool, Strategy, SubmitReply};
-use qefleet_shared::client::{submit as submit_job, wait_for_result};
+use qefleet_schemas::{
+    now_unix_ms, ContentType, JobSpec, Pool, Strategy, SubmitBatch, SubmitBatchReply, SubmitReply,
+};
+use qefleet_shared::client::{submit as submit_job, submit_batch, wait_for_result};
 use qefleet_shared::config::parse_duration;
 use qefleet_shared::nats::NatsArgs;
 
@@ -27,8 +30,12 @@ pub struct SubmitArgs {
     #[arg(long, default_value = "default")]
     pub tenant: String,
     /// Only this function or Class.method.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "each_function")]
     pub target: Option<String>,
+    /// One job per function and method of the module, in one batch request (at most 256;
+    /// with --job-id, each job's id is `<job-id>-<function>`, dots as dashes).
+    #[arg(long)]
+    pub each_function: bool,
     /// Line coverage to aim for, 0.0-1.0.
     #[arg(long)]
     pub coverage_target: Option<f64>,
@@ -108,6 +115,9 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         ContentType::MsgPack
     };
     let client = super::client(&args.nats).await?;
+    if args.each_function {
+        return submit_each_function(&client, &job, ct, &args).await;
+    }
     match submit_job(&client, &job, ct, args.wait_for_scheduler).await? {
         SubmitReply::Accepted {
             job_id,
@@ -139,4 +149,89 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(2))
         }
     }
+}
+
+/// `--each-function`: the module's functions (as the scheduler's analysis names them), a
+/// job for each in one batch request; prints each accepted job id on stdout, and exits 2
+/// when any job was rejected.
+async fn submit_each_function(
+    client: &async_nats::Client,
+    job: &JobSpec,
+    ct: ContentType,
+    args: &SubmitArgs,
+) -> anyhow::Result<ExitCode> {
+    let functions = qefleet_scheduler::complexity::analyze(&job.source)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?
+        .functions;
+    if functions.is_empty() {
+        anyhow::bail!("{} defines no function to test", args.file.display());
+    }
+    if functions.len() > SubmitBatch::MAX_JOBS {
+        anyhow::bail!(
+            "{} defines {} functions; a batch holds at most {}: submit them with --target",
+            args.file.display(),
+            functions.len(),
+            SubmitBatch::MAX_JOBS
+        );
+    }
+    let jobs: Vec<JobSpec> = functions
+        .iter()
+        .map(|function| {
+            let mut one = job.clone();
+            one.target_function = Some(function.clone());
+            one.job_id = job
+                .job_id
+                .as_ref()
+                .map(|id| format!("{id}-{}", function.replace('.', "-")));
+            one
+        })
+        .collect();
+    let replies = match submit_batch(client, jobs, ct, args.wait_for_scheduler).await? {
+        SubmitBatchReply::Answered { replies, .. } => replies,
+        SubmitBatchReply::Rejected { error, .. } => {
+            eprintln!("batch rejected ({:?}): {}", error.code, error.message);
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let mut accepted = Vec::new();
+    for (function, reply) in functions.iter().zip(replies) {
+        match reply {
+            SubmitReply::Accepted {
+                job_id,
+                duplicate,
+                route,
+                ..
+            } => {
+                println!("{job_id}");
+                eprintln!(
+                    "{function}: {} to the {} pool ({})",
+                    if duplicate {
+                        "already submitted"
+                    } else {
+                        "queued"
+                    },
+                    route.pool,
+                    route.subject
+                );
+                accepted.push(job_id);
+            }
+            SubmitReply::Rejected { error, .. } => {
+                eprintln!("{function}: rejected ({:?}): {}", error.code, error.message);
+            }
+        }
+    }
+    if let Some(wait) = args.wait {
+        let js = async_nats::jetstream::new(client.clone());
+        let until = std::time::Instant::now() + wait;
+        for job_id in &accepted {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            let (result, _) = wait_for_result(&js, job_id, left).await?;
+            print_result(&result, false);
+        }
+    }
+    Ok(if accepted.len() == functions.len() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }

@@ -61,6 +61,80 @@ async fn backlog_replay_is_throttled_resumable_and_idempotent() {
     fleet.stop().await;
 }
 
+/// `qefleet submit --each-function`: a job per function of the module in one batch
+/// request, each targeting its function; `--wait` prints every result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_each_function_queues_a_job_per_function_in_one_batch() {
+    let mut fleet = Fleet::start().await;
+    fleet.scheduler(SchedulerArgs::default()).await;
+    let args = fleet.worker_args(PoolArg::Local);
+    fleet
+        .worker(
+            args,
+            Arc::new(qefleet_worker::engines::DoctestEngine::probe(None).await),
+        )
+        .await;
+    let module = fleet.dir.path().join("calc.py");
+    std::fs::write(&module, CALC).expect("write");
+    let mut batches = fleet
+        .client
+        .subscribe(SUBMIT_BATCH_SUBJECT)
+        .await
+        .expect("subscribes");
+    fleet.client.flush().await.expect("flush");
+    let path = module.to_str().expect("path");
+    let submitted = fleet.cli(&[
+        "submit",
+        path,
+        "--each-function",
+        "--job-id",
+        "each",
+        "--wait",
+        "60s",
+    ]);
+    let (out, err) = (
+        String::from_utf8_lossy(&submitted.stdout),
+        String::from_utf8_lossy(&submitted.stderr),
+    );
+    assert!(submitted.status.success(), "{out}\n{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..2], ["each-add", "each-half"], "{out}");
+    assert!(
+        out.contains("job each-add (calc): Succeeded")
+            && out.contains("job each-half (calc): Succeeded"),
+        "{out}"
+    );
+    assert!(
+        err.contains("add: queued") && err.contains("half: queued"),
+        "{err}"
+    );
+    let mut requests = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(
+        Duration::from_millis(200),
+        futures_util::StreamExt::next(&mut batches),
+    )
+    .await
+    {
+        requests += 1;
+    }
+    assert_eq!(requests, 1, "one batch request for both jobs");
+    // Each job tested its own function: the doctest engine took that function's examples.
+    for (id, own, other) in [
+        ("each-add", "test_calc_add", "test_calc_half"),
+        ("each-half", "test_calc_half", "test_calc_add"),
+    ] {
+        let (result, _) = fleet.result(id, Duration::from_secs(5)).await;
+        let file = result.test_file.unwrap_or_default();
+        assert!(file.contains(own) && !file.contains(other), "{id}: {file}");
+    }
+    let conflicting = fleet.cli(&["submit", path, "--each-function", "--target", "add"]);
+    assert!(
+        !conflicting.status.success(),
+        "--target with --each-function"
+    );
+    fleet.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_result_and_status_work_from_the_command_line() {
     let mut fleet = Fleet::start().await;

@@ -457,6 +457,156 @@ async fn a_redelivered_fire_and_forget_submission_of_a_known_job_is_not_queued_a
     fleet.stop().await;
 }
 
+/// A batch request (`qe.submit.batch`) answers each job in order, as if it had been
+/// submitted alone: accepted, rejected with its reason, or a duplicate; over MessagePack
+/// and JSON. The jobs are queued and run like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_submissions_is_answered_job_by_job_in_order() {
+    use qefleet_schemas::SubmitBatchReply;
+    use qefleet_shared::client::submit_batch;
+
+    let mut fleet = Fleet::start().await;
+    fleet.scheduler(SchedulerArgs::default()).await;
+    let mut chosen = job(CALC);
+    chosen.job_id = Some("bb-1".into());
+    let mut cobol = job(CALC);
+    cobol.language = "cobol".into();
+    let jobs = vec![chosen.clone(), job(CALC), cobol, chosen];
+    let reply = submit_batch(
+        &fleet.client,
+        jobs,
+        ContentType::MsgPack,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("a reply");
+    let SubmitBatchReply::Answered { replies, .. } = reply else {
+        panic!("the batch was rejected: {reply:?}")
+    };
+    assert_eq!(replies.len(), 4, "{replies:?}");
+    let accepted = |r: &SubmitReply| match r {
+        SubmitReply::Accepted {
+            job_id, duplicate, ..
+        } => (job_id.clone(), *duplicate),
+        other => panic!("not accepted: {other:?}"),
+    };
+    let (first, second, last) = (
+        accepted(&replies[0]),
+        accepted(&replies[1]),
+        accepted(&replies[3]),
+    );
+    assert_eq!((first.0.as_str(), last.0.as_str()), ("bb-1", "bb-1"));
+    assert!(
+        first.1 != last.1,
+        "one of the two bb-1 is the job, the other its duplicate: {replies:?}"
+    );
+    assert!(!second.1 && second.0 != "bb-1", "{second:?}");
+    match &replies[2] {
+        SubmitReply::Rejected { error, .. } => {
+            assert_eq!(error.code, ErrorCode::UnsupportedLanguage);
+            assert!(error.message.contains("cobol"), "{}", error.message);
+        }
+        other => panic!("cobol accepted: {other:?}"),
+    }
+    assert_eq!(fleet.stream_messages(JOBS_STREAM).await, 2, "two new jobs");
+
+    // JSON, and the jobs run like any other.
+    let mut more = job(CALC);
+    more.job_id = Some("bb-2".into());
+    let reply = submit_batch(
+        &fleet.client,
+        vec![more],
+        ContentType::Json,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("a reply");
+    assert!(
+        matches!(&reply, SubmitBatchReply::Answered { replies, .. }
+            if matches!(&replies[..], [SubmitReply::Accepted { duplicate: false, .. }])),
+        "{reply:?}"
+    );
+    let args = fleet.worker_args(PoolArg::Local);
+    fleet
+        .worker(args, Arc::new(ScriptedEngine::succeeding(Duration::ZERO)))
+        .await;
+    for id in ["bb-1", "bb-2", second.0.as_str()] {
+        let (result, _) = fleet.result(id, Duration::from_secs(20)).await;
+        assert_eq!(result.status, JobStatus::Succeeded, "{id}");
+    }
+    assert_eq!(fleet.stream_messages(RESULTS_STREAM).await, 3);
+    fleet.stop().await;
+}
+
+/// A batch that cannot be read, holds no job or more than 256 is rejected whole with
+/// the reason, and nothing of it is queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_cannot_be_taken_is_rejected_whole_and_nothing_is_queued() {
+    use qefleet_schemas::{SubmitBatch, SubmitBatchReply};
+    use qefleet_shared::client::submit_batch;
+
+    let mut fleet = Fleet::start().await;
+    fleet.scheduler(SchedulerArgs::default()).await;
+    let rejected = |reply: SubmitBatchReply| match reply {
+        SubmitBatchReply::Rejected { error, .. } => error,
+        other => panic!("not rejected: {other:?}"),
+    };
+    let too_many = vec![job(CALC); SubmitBatch::MAX_JOBS + 1];
+    let error = rejected(
+        submit_batch(
+            &fleet.client,
+            too_many,
+            ContentType::MsgPack,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("a reply"),
+    );
+    assert_eq!(error.code, ErrorCode::InvalidField);
+    assert!(error.message.contains("257"), "{}", error.message);
+    let error = rejected(
+        submit_batch(
+            &fleet.client,
+            vec![],
+            ContentType::Json,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("a reply"),
+    );
+    assert_eq!(error.code, ErrorCode::InvalidField, "{}", error.message);
+    for (body, code) in [
+        (
+            r#"{"schema_version": 1, "jobs": "calc"}"#,
+            ErrorCode::Malformed,
+        ),
+        (r#"{"jobs": []}"#, ErrorCode::UnknownSchemaVersion),
+    ] {
+        let reply = fleet
+            .client
+            .request_with_headers(
+                SUBMIT_BATCH_SUBJECT,
+                headers_for(ContentType::Json),
+                body.into(),
+            )
+            .await
+            .expect("a reply");
+        let (reply, ct) = qefleet_shared::messages::decode::<SubmitBatchReply>(
+            reply.headers.as_ref(),
+            &reply.payload,
+        )
+        .expect("decodes");
+        assert_eq!(ct, ContentType::Json, "answered in the request's encoding");
+        assert_eq!(rejected(reply).code, code, "{body}");
+    }
+    assert_eq!(
+        fleet.stream_messages(JOBS_STREAM).await,
+        0,
+        "nothing queued"
+    );
+    fleet.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_past_its_deadline_is_not_run_and_fails_with_that_reason() {
     let mut fleet = Fleet::start().await;
