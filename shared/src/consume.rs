@@ -23,24 +23,37 @@ pub async fn for_each_message<F, Fut>(
     Fut: Future<Output = ()>,
 {
     while !shutdown.is_triggered() {
-        let fetched = consumer
-            .batch()
-            .max_messages(batch)
-            .expires(Duration::from_secs(1))
-            .messages()
-            .await;
-        let mut messages = match fetched {
-            Ok(messages) => messages,
-            Err(e) => {
-                tracing::debug!(error = %e, "fetch failed; NATS unavailable?");
-                tokio::select! {
-                    _ = shutdown.wait() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                }
-            }
+        let Some(mut messages) = pull(consumer, batch, &mut shutdown).await else {
+            continue;
         };
         while let Some(Ok(message)) = messages.next().await {
             handle(message).await;
+        }
+    }
+}
+
+/// One pull request for up to `n` messages. When it cannot be made (NATS unavailable),
+/// `None` after half a second, or sooner once shutdown begins.
+async fn pull(
+    consumer: &PullConsumer,
+    n: usize,
+    shutdown: &mut Shutdown,
+) -> Option<async_nats::jetstream::consumer::pull::Batch> {
+    let fetched = consumer
+        .batch()
+        .max_messages(n)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await;
+    match fetched {
+        Ok(messages) => Some(messages),
+        Err(e) => {
+            tracing::debug!(error = %e, "fetch failed; NATS unavailable?");
+            tokio::select! {
+                _ = shutdown.wait() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            None
         }
     }
 }
@@ -69,21 +82,8 @@ pub async fn for_each_message_concurrently<F, Fut>(
         let Ok(first) = first else { break };
         let free = slots.available_permits() + 1;
         drop(first);
-        let fetched = consumer
-            .batch()
-            .max_messages(free)
-            .expires(Duration::from_secs(1))
-            .messages()
-            .await;
-        let mut messages = match fetched {
-            Ok(messages) => messages,
-            Err(e) => {
-                tracing::debug!(error = %e, "fetch failed; NATS unavailable?");
-                tokio::select! {
-                    _ = shutdown.wait() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                }
-            }
+        let Some(mut messages) = pull(consumer, free, &mut shutdown).await else {
+            continue;
         };
         while let Some(Ok(message)) = messages.next().await {
             // The request asked for no more than the free slots: this wait is short.

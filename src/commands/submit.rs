@@ -70,6 +70,14 @@ pub struct SubmitArgs {
     pub wait: Option<Duration>,
 }
 
+fn queued_or_known(duplicate: bool) -> &'static str {
+    if duplicate {
+        "already submitted"
+    } else {
+        "queued"
+    }
+}
+
 fn parse_strategy(s: &str) -> Result<Strategy, String> {
     serde_json::from_value(serde_json::Value::String(s.to_string()))
         .map_err(|_| "one of cost, quality, privacy-first, balanced".to_string())
@@ -128,11 +136,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
             println!("{job_id}");
             eprintln!(
                 "{} to the {} pool ({}): {}",
-                if duplicate {
-                    "already submitted"
-                } else {
-                    "queued"
-                },
+                queued_or_known(duplicate),
                 route.pool,
                 route.subject,
                 route.reasons.join("; ")
@@ -205,11 +209,7 @@ async fn submit_each_function(
                 println!("{job_id}");
                 eprintln!(
                     "{function}: {} to the {} pool ({})",
-                    if duplicate {
-                        "already submitted"
-                    } else {
-                        "queued"
-                    },
+                    queued_or_known(duplicate),
                     route.pool,
                     route.subject
                 );

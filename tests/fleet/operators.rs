@@ -108,16 +108,11 @@ async fn submit_each_function_queues_a_job_per_function_in_one_batch() {
         err.contains("add: queued") && err.contains("half: queued"),
         "{err}"
     );
-    let mut requests = 0;
-    while let Ok(Some(_)) = tokio::time::timeout(
-        Duration::from_millis(200),
-        futures_util::StreamExt::next(&mut batches),
-    )
-    .await
-    {
-        requests += 1;
-    }
-    assert_eq!(requests, 1, "one batch request for both jobs");
+    assert_eq!(
+        arrivals(&mut batches).await,
+        1,
+        "one batch request for both jobs"
+    );
     // Each job tested its own function: the doctest engine took that function's examples.
     for (id, own, other) in [
         ("each-add", "test_calc_add", "test_calc_half"),

@@ -220,17 +220,7 @@ async fn fire_and_forget_submissions_are_queued_or_dead_lettered_with_the_reason
     let mut bad = job(CALC);
     bad.language = "cobol".into();
     for spec in [&good, &bad] {
-        fleet
-            .js
-            .publish_with_headers(
-                SUBMIT_QUEUE_SUBJECT,
-                headers_for(ContentType::Json),
-                codec::encode(spec, ContentType::Json).into(),
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("stored");
+        queue_submission(&fleet, spec, ContentType::Json).await;
     }
     fleet.result("batch-1", Duration::from_secs(20)).await;
     let letter = fleet
@@ -254,17 +244,7 @@ async fn fire_and_forget_submissions_are_queued_or_dead_lettered_with_the_reason
 async fn a_fire_and_forget_submission_without_an_id_gets_one_from_its_place_in_the_stream() {
     let mut fleet = Fleet::start().await;
     // Queued before any scheduler runs, so the stored message can be read back.
-    let ack = fleet
-        .js
-        .publish_with_headers(
-            SUBMIT_QUEUE_SUBJECT,
-            headers_for(ContentType::Json),
-            codec::encode(&job(CALC), ContentType::Json).into(),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("stored");
+    let ack = queue_submission(&fleet, &job(CALC), ContentType::Json).await;
     let stored = fleet
         .js
         .get_stream(SUBMISSIONS_STREAM)
@@ -295,27 +275,12 @@ async fn a_fire_and_forget_submission_without_an_id_gets_one_from_its_place_in_t
 /// A submission without an id, on its first delivery, is new: no record is read for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fire_and_forget_submissions_are_handled_together_and_each_queued_once() {
-    use futures_util::StreamExt;
     use qefleet_shared::commit::Batching;
 
     let mut fleet = Fleet::start().await;
     // Waiting in the stream before any scheduler runs, as a batch producer leaves them.
-    let mut acks = Vec::new();
     for _ in 0..200 {
-        acks.push(
-            fleet
-                .js
-                .publish_with_headers(
-                    SUBMIT_QUEUE_SUBJECT,
-                    headers_for(ContentType::MsgPack),
-                    codec::encode(&job(CALC), ContentType::MsgPack).into(),
-                )
-                .await
-                .expect("publish"),
-        );
-    }
-    for ack in acks {
-        ack.await.expect("stored");
+        queue_submission(&fleet, &job(CALC), ContentType::MsgPack).await;
     }
     let mut reads = fleet
         .client
@@ -329,15 +294,7 @@ async fn fire_and_forget_submissions_are_handled_together_and_each_queued_once()
             ..SchedulerArgs::default()
         })
         .await;
-    let until = std::time::Instant::now() + Duration::from_secs(30);
-    while fleet.stream_messages(SUBMISSIONS_STREAM).await > 0 && std::time::Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        fleet.stream_messages(SUBMISSIONS_STREAM).await,
-        0,
-        "every submission handled and acknowledged"
-    );
+    submissions_handled(&fleet, Duration::from_secs(30)).await;
     assert_eq!(
         fleet.stream_messages(JOBS_STREAM).await,
         200,
@@ -355,11 +312,11 @@ async fn fire_and_forget_submissions_are_handled_together_and_each_queued_once()
         batched > 0.0,
         "no two submissions were queued together:\n{text}"
     );
-    let mut read = 0;
-    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), reads.next()).await {
-        read += 1;
-    }
-    assert_eq!(read, 0, "job records read for submissions that are new");
+    assert_eq!(
+        arrivals(&mut reads).await,
+        0,
+        "job records read for submissions that are new"
+    );
     fleet.stop().await;
 }
 
@@ -373,17 +330,7 @@ async fn a_redelivered_fire_and_forget_submission_of_a_known_job_is_not_queued_a
     use qefleet_schemas::{JobPhase, JobState, RouteDecision, Strategy, SCHEMA_VERSION};
 
     let mut fleet = Fleet::start().await;
-    let ack = fleet
-        .js
-        .publish_with_headers(
-            SUBMIT_QUEUE_SUBJECT,
-            headers_for(ContentType::Json),
-            codec::encode(&job(CALC), ContentType::Json).into(),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("stored");
+    let ack = queue_submission(&fleet, &job(CALC), ContentType::Json).await;
     // A scheduler that took it and died: delivered once, never acknowledged.
     let consumer = qefleet_shared::provision::ensure_consumer(
         &fleet.js,
@@ -440,15 +387,7 @@ async fn a_redelivered_fire_and_forget_submission_of_a_known_job_is_not_queued_a
         .expect("handed back");
 
     fleet.scheduler(SchedulerArgs::default()).await;
-    let until = std::time::Instant::now() + Duration::from_secs(20);
-    while fleet.stream_messages(SUBMISSIONS_STREAM).await > 0 && std::time::Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        fleet.stream_messages(SUBMISSIONS_STREAM).await,
-        0,
-        "the redelivery was handled and acknowledged"
-    );
+    submissions_handled(&fleet, Duration::from_secs(20)).await;
     assert_eq!(
         fleet.stream_messages(JOBS_STREAM).await,
         0,
@@ -828,4 +767,37 @@ async fn submit_together(fleet: &Fleet, prefix: &str, n: u32) -> Vec<(u32, bool)
     let mut out = all.join_all().await;
     out.sort_by_key(|(i, _)| *i);
     out
+}
+
+/// Publishes a fire-and-forget submission and waits until JetStream has stored it.
+async fn queue_submission(
+    fleet: &Fleet,
+    spec: &qefleet_schemas::JobSpec,
+    ct: ContentType,
+) -> async_nats::jetstream::publish::PublishAck {
+    fleet
+        .js
+        .publish_with_headers(
+            SUBMIT_QUEUE_SUBJECT,
+            headers_for(ct),
+            codec::encode(spec, ct).into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored")
+}
+
+/// Waits until the schedulers have handled and acknowledged every fire-and-forget
+/// submission, for up to `within`.
+async fn submissions_handled(fleet: &Fleet, within: Duration) {
+    let until = std::time::Instant::now() + within;
+    while fleet.stream_messages(SUBMISSIONS_STREAM).await > 0 && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        fleet.stream_messages(SUBMISSIONS_STREAM).await,
+        0,
+        "every submission handled and acknowledged"
+    );
 }

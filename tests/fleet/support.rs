@@ -440,3 +440,15 @@ pub async fn try_http_get(port: u16, path: &str) -> std::io::Result<String> {
     socket.read_to_string(&mut body).await?;
     Ok(body)
 }
+
+/// How many messages `subscription` receives until 200 ms pass without one.
+pub async fn arrivals(subscription: &mut async_nats::Subscriber) -> usize {
+    use futures_util::StreamExt;
+    let mut n = 0;
+    while let Ok(Some(_)) =
+        tokio::time::timeout(Duration::from_millis(200), subscription.next()).await
+    {
+        n += 1;
+    }
+    n
+}
