@@ -11,7 +11,8 @@
 //!
 //! Run: `cargo bench --bench throughput` (env BENCH_JOBS per round, BENCH_ROUNDS,
 //! BENCH_RATE, BENCH_SECONDS, BENCH_RESULT_BATCHES: the workers' `--result-batches`,
-//! default auto; BENCH_SYNC=always or default: that mode only; BENCH_STAGES=1: where
+//! default auto; BENCH_CONCURRENCY: the draining worker's, default 64; BENCH_SYNC=always
+//! or default: that mode only; BENCH_STAGES=1: where
 //! qefleet's latency goes, from when its jobs, events and results pass the server).
 
 mod support;
@@ -892,7 +893,7 @@ async fn measure(default_sync: bool) -> Figures {
         let (trigger, mut tasks) = start_fleet(
             &url,
             dir.path().join(format!("consume-{round}")),
-            64,
+            env_or::<u32>("BENCH_CONCURRENCY", 64),
             Some(metrics_addr),
         )
         .await;
