@@ -18,30 +18,42 @@ pub enum SourceError {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-enum Tok {
-    Name(String),
+enum Tok<'a> {
+    Name(&'a str),
     Str,
-    Op(char),
+    Op(u8),
 }
 
 #[derive(Debug, Clone)]
-struct Token {
-    tok: Tok,
+struct Token<'a> {
+    tok: Tok<'a>,
     line: u32,
     /// Indentation column when this token starts a logical line.
     starts_line_at: Option<usize>,
 }
 
-fn tokenize(src: &str) -> Result<Vec<Token>, SourceError> {
-    let chars: Vec<char> = src.chars().collect();
-    let mut out = Vec::new();
+/// The character at byte `i` of `src` and its length in bytes (ASCII without decoding).
+fn char_at(src: &str, i: usize) -> (char, usize) {
+    let b = src.as_bytes()[i];
+    if b.is_ascii() {
+        return (b as char, 1);
+    }
+    let c = src[i..].chars().next().unwrap_or('\u{fffd}');
+    (c, c.len_utf8())
+}
+
+/// Splits `src` into names, strings and operator characters, scanning bytes (Python's
+/// syntax is ASCII; only identifiers may hold other letters, decoded where they occur).
+fn tokenize(src: &str) -> Result<Vec<Token<'_>>, SourceError> {
+    let bytes = src.as_bytes();
+    let mut out = Vec::with_capacity(src.len() / 4);
     let (mut i, mut line, mut depth) = (0usize, 1u32, 0u32);
     let mut at_line_start = true;
     let mut col = 0usize;
-    while i < chars.len() {
-        let c = chars[i];
-        match c {
-            '\n' => {
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'\n' => {
                 line += 1;
                 i += 1;
                 col = 0;
@@ -50,18 +62,18 @@ fn tokenize(src: &str) -> Result<Vec<Token>, SourceError> {
                 }
                 continue;
             }
-            ' ' | '\t' | '\x0c' | '\r' => {
-                col += if c == '\t' { 8 - col % 8 } else { 1 };
+            b' ' | b'\t' | b'\x0c' | b'\r' => {
+                col += if b == b'\t' { 8 - col % 8 } else { 1 };
                 i += 1;
                 continue;
             }
-            '#' => {
-                while i < chars.len() && chars[i] != '\n' {
+            b'#' => {
+                while i < bytes.len() && bytes[i] != b'\n' {
                     i += 1;
                 }
                 continue;
             }
-            '\\' if chars.get(i + 1) == Some(&'\n') => {
+            b'\\' if bytes.get(i + 1) == Some(&b'\n') => {
                 i += 2;
                 line += 1;
                 continue;
@@ -75,14 +87,21 @@ fn tokenize(src: &str) -> Result<Vec<Token>, SourceError> {
             None
         };
         let start_line = line;
+        let (c, width) = char_at(src, i);
         if c.is_alphabetic() || c == '_' {
             let start = i;
-            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
-                i += 1;
+            let mut chars = 0;
+            while i < bytes.len() {
+                let (c, width) = char_at(src, i);
+                if !(c.is_alphanumeric() || c == '_') {
+                    break;
+                }
+                i += width;
+                chars += 1;
             }
-            let word: String = chars[start..i].iter().collect();
-            if matches!(chars.get(i), Some('\'' | '"')) && is_string_prefix(&word) {
-                line = skip_string(&chars, &mut i, line)?;
+            let word = &src[start..i];
+            if matches!(bytes.get(i), Some(b'\'' | b'"')) && is_string_prefix(word) {
+                line = skip_string(bytes, &mut i, line)?;
                 out.push(Token {
                     tok: Tok::Str,
                     line: start_line,
@@ -95,11 +114,11 @@ fn tokenize(src: &str) -> Result<Vec<Token>, SourceError> {
                     starts_line_at,
                 });
             }
-            col += i - start;
+            col += chars;
             continue;
         }
-        if c == '\'' || c == '"' {
-            line = skip_string(&chars, &mut i, line)?;
+        if b == b'\'' || b == b'"' {
+            line = skip_string(bytes, &mut i, line)?;
             out.push(Token {
                 tok: Tok::Str,
                 line: start_line,
@@ -107,17 +126,17 @@ fn tokenize(src: &str) -> Result<Vec<Token>, SourceError> {
             });
             continue;
         }
-        match c {
-            '(' | '[' | '{' => depth += 1,
-            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+        match b {
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
         out.push(Token {
-            tok: Tok::Op(c),
+            tok: Tok::Op(b),
             line: start_line,
             starts_line_at,
         });
-        i += 1;
+        i += width;
         col += 1;
     }
     if depth > 0 {
@@ -127,28 +146,29 @@ fn tokenize(src: &str) -> Result<Vec<Token>, SourceError> {
 }
 
 fn is_string_prefix(word: &str) -> bool {
-    matches!(
-        word.to_ascii_lowercase().as_str(),
-        "r" | "u" | "b" | "f" | "br" | "rb" | "fr" | "rf" | "t" | "tr" | "rt"
-    )
+    word.len() <= 2
+        && matches!(
+            word.to_ascii_lowercase().as_str(),
+            "r" | "u" | "b" | "f" | "br" | "rb" | "fr" | "rf" | "t" | "tr" | "rt"
+        )
 }
 
-/// Advances `i` past the string literal starting at `chars[i]`; returns the line after it.
-fn skip_string(chars: &[char], i: &mut usize, mut line: u32) -> Result<u32, SourceError> {
+/// Advances `i` past the string literal starting at `bytes[i]`; returns the line after it.
+fn skip_string(bytes: &[u8], i: &mut usize, mut line: u32) -> Result<u32, SourceError> {
     let start_line = line;
-    let quote = chars[*i];
-    let triple = chars.get(*i + 1) == Some(&quote) && chars.get(*i + 2) == Some(&quote);
+    let quote = bytes[*i];
+    let triple = bytes.get(*i + 1) == Some(&quote) && bytes.get(*i + 2) == Some(&quote);
     *i += if triple { 3 } else { 1 };
-    while *i < chars.len() {
-        let c = chars[*i];
-        if c == '\\' {
-            if chars.get(*i + 1) == Some(&'\n') {
+    while *i < bytes.len() {
+        let c = bytes[*i];
+        if c == b'\\' {
+            if bytes.get(*i + 1) == Some(&b'\n') {
                 line += 1;
             }
             *i += 2;
             continue;
         }
-        if c == '\n' {
+        if c == b'\n' {
             if !triple {
                 return Err(SourceError::UnterminatedString(start_line));
             }
@@ -159,7 +179,7 @@ fn skip_string(chars: &[char], i: &mut usize, mut line: u32) -> Result<u32, Sour
                 *i += 1;
                 return Ok(line);
             }
-            if chars.get(*i + 1) == Some(&quote) && chars.get(*i + 2) == Some(&quote) {
+            if bytes.get(*i + 1) == Some(&quote) && bytes.get(*i + 2) == Some(&quote) {
                 *i += 3;
                 return Ok(line);
             }
@@ -194,11 +214,15 @@ pub fn analyze(src: &str) -> Result<Analysis, SourceError> {
     let mut function_decisions: Vec<u32> = Vec::new();
     let mut functions = Vec::new();
     let (mut module_decisions, mut classes, mut async_functions, mut imports) = (0u32, 0, 0, 0);
-    let mut code_lines = std::collections::BTreeSet::new();
+    // Tokens come in line order: a line holds code when a token starts on it.
+    let (mut code_lines, mut last_line) = (0u32, 0u32);
     for (n, token) in tokens.iter().enumerate() {
-        code_lines.insert(token.line);
-        let name = match &token.tok {
-            Tok::Name(name) => name.as_str(),
+        if token.line != last_line {
+            code_lines += 1;
+            last_line = token.line;
+        }
+        let name = match token.tok {
+            Tok::Name(name) => name,
             _ => continue,
         };
         if let Some(indent) = token.starts_line_at {
@@ -206,19 +230,19 @@ pub fn analyze(src: &str) -> Result<Analysis, SourceError> {
                 scopes.pop();
             }
             let next_name = |k: usize| match tokens.get(n + k).map(|t| &t.tok) {
-                Some(Tok::Name(s)) => Some(s.clone()),
+                Some(Tok::Name(s)) => Some(*s),
                 _ => None,
             };
             let (is_def, is_async) = match name {
                 "def" => (true, false),
-                "async" if next_name(1).as_deref() == Some("def") => (true, true),
+                "async" if next_name(1) == Some("def") => (true, true),
                 _ => (false, false),
             };
             if is_def {
                 let fname = next_name(if is_async { 2 } else { 1 }).unwrap_or_default();
                 let qualified = match scopes.last() {
                     Some(s) if s.function.is_none() => format!("{}.{fname}", s.name),
-                    _ => fname.clone(),
+                    _ => fname.to_string(),
                 };
                 if is_async {
                     async_functions += 1;
@@ -239,7 +263,7 @@ pub fn analyze(src: &str) -> Result<Analysis, SourceError> {
                 classes += 1;
                 scopes.push(Scope {
                     indent,
-                    name: next_name(1).unwrap_or_default(),
+                    name: next_name(1).unwrap_or_default().to_string(),
                     function: None,
                 });
                 continue;
@@ -260,7 +284,6 @@ pub fn analyze(src: &str) -> Result<Analysis, SourceError> {
     let function_count = function_decisions.len() as u32;
     let cyclomatic = function_count.max(1) + branches;
     let max_function_cyclomatic = function_decisions.iter().map(|d| d + 1).max().unwrap_or(1);
-    let code_lines = code_lines.len() as u32;
     let score = 0.5 * f64::from(cyclomatic)
         + 1.5 * f64::from(max_function_cyclomatic)
         + f64::from(code_lines) / 20.0
@@ -339,6 +362,15 @@ def total(xs: List[int]) -> int:
         let a = analyze(src).expect("tokenizes");
         assert_eq!(a.report.branches, 0);
         assert_eq!(a.functions, vec!["f"]);
+    }
+
+    #[test]
+    fn identifiers_and_strings_beyond_ascii_are_read_whole() {
+        let src = "class Größe:\n\tdef maß(self, x):  # ü\n\t\tif x: return 'ünïcode if'\n\t\treturn x\n\ndef naïve(): return 1\n";
+        let a = analyze(src).expect("tokenizes");
+        assert_eq!(a.functions, vec!["Größe.maß", "naïve"]);
+        assert_eq!(a.report.branches, 1);
+        assert_eq!(a.report.code_lines, 5);
     }
 
     #[test]
