@@ -14,8 +14,11 @@ use crate::subjects::{result_subject, RESULTS_STREAM, SUBMIT_BATCH_SUBJECT, SUBM
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("no scheduler answered on {SUBMIT_SUBJECT}: is `qefleet scheduler` (or `qefleet up`) running against this NATS? ({0})")]
-    NoScheduler(String),
+    #[error("no scheduler answered on {subject}: is `qefleet scheduler` (or `qefleet up`) running against this NATS{}? ({detail})", if *subject == SUBMIT_BATCH_SUBJECT { ", in a version that serves batch requests" } else { "" })]
+    NoScheduler {
+        subject: &'static str,
+        detail: String,
+    },
     #[error("unreadable reply: {0}")]
     BadReply(String),
     #[error("no result for job {job_id} within {waited:?}")]
@@ -93,7 +96,12 @@ async fn request(
             {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(e) => return Err(ClientError::NoScheduler(e.to_string())),
+            Err(e) => {
+                return Err(ClientError::NoScheduler {
+                    subject,
+                    detail: e.to_string(),
+                })
+            }
         }
     }
 }

@@ -546,6 +546,36 @@ async fn a_batch_that_cannot_be_taken_is_rejected_whole_and_nothing_is_queued() 
     fleet.stop().await;
 }
 
+/// With no scheduler serving, a submission fails after the wait with a message that
+/// names the subject and says what to check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_nobody_serves_says_which_subject_went_unanswered() {
+    let fleet = Fleet::start().await;
+    let wait = Duration::from_millis(200);
+    let single =
+        qefleet_shared::client::submit(&fleet.client, &job(CALC), ContentType::MsgPack, wait)
+            .await
+            .expect_err("no scheduler");
+    let batch = qefleet_shared::client::submit_batch(
+        &fleet.client,
+        vec![job(CALC)],
+        ContentType::MsgPack,
+        wait,
+    )
+    .await
+    .expect_err("no scheduler");
+    let (single, batch) = (single.to_string(), batch.to_string());
+    assert!(
+        single.contains("no scheduler answered on qe.submit:") && single.contains("qefleet up"),
+        "{single}"
+    );
+    assert!(
+        batch.contains("qe.submit.batch") && batch.contains("serves batch requests"),
+        "{batch}"
+    );
+    fleet.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_past_its_deadline_is_not_run_and_fails_with_that_reason() {
     let mut fleet = Fleet::start().await;
