@@ -19,6 +19,14 @@ pub enum ClientError {
         subject: &'static str,
         detail: String,
     },
+    #[error("the request on {subject} is {bytes} bytes, more than the server's max_payload ({max}): send fewer or smaller modules at once (submit_many splits batches to fit), or raise max_payload")]
+    TooLarge {
+        subject: &'static str,
+        bytes: usize,
+        max: usize,
+    },
+    #[error("no reply on {subject} in time: a scheduler stopped mid-request or is overloaded, or none serves the subject while something else listens on it (which keeps the server from answering `no responders`); submitting again is safe with a job id")]
+    NoReply { subject: &'static str },
     #[error("unreadable reply: {0}")]
     BadReply(String),
     #[error("no result for job {job_id} within {waited:?}")]
@@ -97,13 +105,117 @@ async fn request(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => {
-                return Err(ClientError::NoScheduler {
-                    subject,
-                    detail: e.to_string(),
-                })
+                use async_nats::client::RequestErrorKind as Kind;
+                return Err(match e.kind() {
+                    Kind::NoResponders => ClientError::NoScheduler {
+                        subject,
+                        detail: e.to_string(),
+                    },
+                    Kind::MaxPayloadExceeded => ClientError::TooLarge {
+                        subject,
+                        bytes: payload.len(),
+                        max: client.server_info().max_payload,
+                    },
+                    Kind::TimedOut => ClientError::NoReply { subject },
+                    _ => ClientError::Nats(e.to_string()),
+                });
             }
         }
     }
+}
+
+/// Room a batch request leaves below the server's `max_payload` for its headers and the
+/// batch's own fields.
+const BATCH_HEADROOM: usize = 8 * 1024;
+
+/// Submits any number of jobs in as few batch requests as fit: at most
+/// [`SubmitBatch::MAX_JOBS`] each, and no larger than the server's `max_payload` (every
+/// job carries its module's source, so a module split into a job per function multiplies
+/// it). Returns a reply per job in order; a job too large to send at all, or a batch
+/// rejected whole, is answered `Rejected` for its jobs while the others go on.
+pub async fn submit_many(
+    client: &Client,
+    jobs: Vec<JobSpec>,
+    ct: ContentType,
+    wait_for_scheduler: Duration,
+) -> Result<Vec<SubmitReply>, ClientError> {
+    let budget = client
+        .server_info()
+        .max_payload
+        .saturating_sub(BATCH_HEADROOM)
+        .max(1);
+    let mut replies = Vec::with_capacity(jobs.len());
+    let mut batch: Vec<JobSpec> = Vec::new();
+    let mut size = 0;
+    let mut jobs = jobs.into_iter().peekable();
+    while let Some(job) = jobs.next() {
+        let bytes = codec::encode(&job, ct).len();
+        if !batch.is_empty() && (size + bytes > budget || batch.len() == SubmitBatch::MAX_JOBS) {
+            send_batch(
+                client,
+                std::mem::take(&mut batch),
+                ct,
+                wait_for_scheduler,
+                &mut replies,
+            )
+            .await?;
+            size = 0;
+        }
+        batch.push(job);
+        size += bytes;
+        if jobs.peek().is_none() {
+            send_batch(
+                client,
+                std::mem::take(&mut batch),
+                ct,
+                wait_for_scheduler,
+                &mut replies,
+            )
+            .await?;
+        }
+    }
+    Ok(replies)
+}
+
+/// One batch of [`submit_many`], its replies appended to `replies`.
+async fn send_batch(
+    client: &Client,
+    batch: Vec<JobSpec>,
+    ct: ContentType,
+    wait_for_scheduler: Duration,
+    replies: &mut Vec<SubmitReply>,
+) -> Result<(), ClientError> {
+    let n = batch.len();
+    let whole = |error: qefleet_schemas::ErrorReply| {
+        (0..n).map(move |_| SubmitReply::Rejected {
+            schema_version: qefleet_schemas::SCHEMA_VERSION,
+            error: error.clone(),
+        })
+    };
+    match submit_batch(client, batch, ct, wait_for_scheduler).await {
+        Ok(SubmitBatchReply::Answered {
+            replies: answered, ..
+        }) if answered.len() == n => {
+            replies.extend(answered);
+        }
+        Ok(SubmitBatchReply::Answered {
+            replies: answered, ..
+        }) => {
+            return Err(ClientError::BadReply(format!(
+                "{} replies for a batch of {n} jobs",
+                answered.len()
+            )))
+        }
+        Ok(SubmitBatchReply::Rejected { error, .. }) => replies.extend(whole(error)),
+        Err(e @ ClientError::TooLarge { .. }) => {
+            replies.extend(whole(qefleet_schemas::ErrorReply {
+                code: qefleet_schemas::ErrorCode::SourceTooLarge,
+                message: e.to_string(),
+            }))
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(())
 }
 
 /// The stored result of a job, with the encoding it was published in.

@@ -124,12 +124,24 @@ pub async fn connect(args: &NatsArgs, client_name: &str) -> Result<Client, Conne
         .name(client_name)
         .connection_timeout(args.nats_connect_timeout)
         .max_reconnects(args.nats_max_reconnects)
-        .event_callback(|event| async move {
-            match event {
-                Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
-                Event::Connected => tracing::info!("NATS connection (re)established"),
-                Event::ServerError(e) => tracing::warn!(error = %e, "NATS server error"),
-                other => tracing::debug!(event = %other, "NATS client event"),
+        .event_callback({
+            let connection = client_name.to_string();
+            move |event| {
+                let connection = connection.clone();
+                async move {
+                    match event {
+                        Event::Disconnected => {
+                            tracing::warn!(connection, "NATS connection lost; reconnecting")
+                        }
+                        Event::Connected => {
+                            tracing::info!(connection, "NATS connection (re)established")
+                        }
+                        Event::ServerError(e) => {
+                            tracing::warn!(connection, error = %e, "NATS server error")
+                        }
+                        other => tracing::debug!(connection, event = %other, "NATS client event"),
+                    }
+                }
             }
         });
     if let Some(path) = &args.nats_creds {

@@ -6,10 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use qefleet_schemas::{
-    now_unix_ms, ContentType, JobSpec, Pool, Strategy, SubmitBatch, SubmitBatchReply, SubmitReply,
-};
-use qefleet_shared::client::{submit as submit_job, submit_batch, wait_for_result};
+use qefleet_schemas::{now_unix_ms, ContentType, JobSpec, Pool, Strategy, SubmitReply};
+use qefleet_shared::client::{submit as submit_job, submit_many, wait_for_result};
 use qefleet_shared::config::parse_duration;
 use qefleet_shared::nats::NatsArgs;
 
@@ -32,8 +30,9 @@ pub struct SubmitArgs {
     /// Only this function or Class.method.
     #[arg(long, conflicts_with = "each_function")]
     pub target: Option<String>,
-    /// One job per function and method of the module, in one batch request (at most 256;
-    /// with --job-id, each job's id is `<job-id>-<function>`, dots as dashes).
+    /// One job per function and method of the module, in as few batch requests as fit
+    /// (256 jobs and the server's max_payload each; with --job-id, each job's id is
+    /// `<job-id>-<function>`, dots as dashes).
     #[arg(long)]
     pub each_function: bool,
     /// Line coverage to aim for, 0.0-1.0.
@@ -156,8 +155,8 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `--each-function`: the module's functions (as the scheduler's analysis names them), a
-/// job for each in one batch request; prints each accepted job id on stdout, and exits 2
-/// when any job was rejected.
+/// job for each in as few batch requests as fit; prints each accepted job id on stdout,
+/// and exits 2 when any job was rejected.
 async fn submit_each_function(
     client: &async_nats::Client,
     job: &JobSpec,
@@ -169,14 +168,6 @@ async fn submit_each_function(
         .functions;
     if functions.is_empty() {
         anyhow::bail!("{} defines no function to test", args.file.display());
-    }
-    if functions.len() > SubmitBatch::MAX_JOBS {
-        anyhow::bail!(
-            "{} defines {} functions; a batch holds at most {}: submit them with --target",
-            args.file.display(),
-            functions.len(),
-            SubmitBatch::MAX_JOBS
-        );
     }
     let jobs: Vec<JobSpec> = functions
         .iter()
@@ -190,13 +181,7 @@ async fn submit_each_function(
             one
         })
         .collect();
-    let replies = match submit_batch(client, jobs, ct, args.wait_for_scheduler).await? {
-        SubmitBatchReply::Answered { replies, .. } => replies,
-        SubmitBatchReply::Rejected { error, .. } => {
-            eprintln!("batch rejected ({:?}): {}", error.code, error.message);
-            return Ok(ExitCode::from(2));
-        }
-    };
+    let replies = submit_many(client, jobs, ct, args.wait_for_scheduler).await?;
     let mut accepted = Vec::new();
     for (function, reply) in functions.iter().zip(replies) {
         match reply {

@@ -76,6 +76,8 @@ async fn submit_each_function_queues_a_job_per_function_in_one_batch() {
         .await;
     let module = fleet.dir.path().join("calc.py");
     std::fs::write(&module, CALC).expect("write");
+    // Served before the requests are counted (see `serving_batches`).
+    crate::submission::serving_batches(&fleet).await;
     let mut batches = fleet
         .client
         .subscribe(SUBMIT_BATCH_SUBJECT)

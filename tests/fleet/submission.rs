@@ -546,6 +546,72 @@ async fn a_batch_that_cannot_be_taken_is_rejected_whole_and_nothing_is_queued() 
     fleet.stop().await;
 }
 
+/// Every job carries its module's source, so a large module split into a job per
+/// function can outgrow one NATS message: `submit_many` sends as many batch requests as
+/// fit the server's max_payload, and a batch that does not fit says so (it used to be
+/// reported as no scheduler answering).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_split_into_many_jobs_goes_in_as_many_batches_as_fit() {
+    use qefleet_shared::client::{submit_batch, submit_many, ClientError};
+
+    let mut fleet = Fleet::start().await;
+    fleet.scheduler(SchedulerArgs::default()).await;
+    // 12 functions in a module of about 480 KB (the scheduler takes up to 512 KiB): 5.8 MB
+    // as 12 jobs, above the embedded server's max_payload of 4 MiB (1 MiB by default).
+    let padding = "x".repeat(40_000);
+    let source: String = (0..12)
+        .map(|i| format!("def f{i}(x):\n    \"\"\"{padding}\"\"\"\n    return x + {i}\n\n"))
+        .collect();
+    let jobs: Vec<_> = (0..12)
+        .map(|i| {
+            let mut spec = job(&source);
+            spec.job_id = Some(format!("big-f{i}"));
+            spec.target_function = Some(format!("f{i}"));
+            spec
+        })
+        .collect();
+    let refused = submit_batch(
+        &fleet.client,
+        jobs.clone(),
+        ContentType::MsgPack,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect_err("too large for one message");
+    assert!(
+        matches!(refused, ClientError::TooLarge { max, .. } if max > 0)
+            && refused.to_string().contains("max_payload"),
+        "{refused}"
+    );
+    // Served before the requests are counted: a subscriber on the subject (the counter)
+    // keeps the server from answering `no responders` while the scheduler subscribes.
+    serving_batches(&fleet).await;
+    let mut batches = fleet
+        .client
+        .subscribe(SUBMIT_BATCH_SUBJECT)
+        .await
+        .expect("subscribes");
+    fleet.client.flush().await.expect("flush");
+    let replies = submit_many(
+        &fleet.client,
+        jobs,
+        ContentType::MsgPack,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("submitted");
+    assert_eq!(replies.len(), 12);
+    for (i, reply) in replies.iter().enumerate() {
+        assert!(
+            matches!(reply, SubmitReply::Accepted { job_id, duplicate: false, .. } if *job_id == format!("big-f{i}")),
+            "{reply:?}"
+        );
+    }
+    assert_eq!(arrivals(&mut batches).await, 2, "two batch requests");
+    assert_eq!(fleet.stream_messages(JOBS_STREAM).await, 1 + 12);
+    fleet.stop().await;
+}
+
 /// With no scheduler serving, a submission fails after the wait with a message that
 /// names the subject and says what to check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -829,5 +895,21 @@ async fn submissions_handled(fleet: &Fleet, within: Duration) {
         fleet.stream_messages(SUBMISSIONS_STREAM).await,
         0,
         "every submission handled and acknowledged"
+    );
+}
+
+/// Waits until a scheduler answers batch requests (one job, queued).
+pub(crate) async fn serving_batches(fleet: &Fleet) {
+    let reply = qefleet_shared::client::submit_batch(
+        &fleet.client,
+        vec![job(CALC)],
+        ContentType::MsgPack,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("a scheduler serves batches");
+    assert!(
+        matches!(reply, qefleet_schemas::SubmitBatchReply::Answered { .. }),
+        "{reply:?}"
     );
 }
