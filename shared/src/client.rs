@@ -145,34 +145,23 @@ pub async fn submit_many(
         .saturating_sub(BATCH_HEADROOM)
         .max(1);
     let mut replies = Vec::with_capacity(jobs.len());
-    let mut batch: Vec<JobSpec> = Vec::new();
+    let mut batches: Vec<Vec<JobSpec>> = Vec::new();
     let mut size = 0;
-    let mut jobs = jobs.into_iter().peekable();
-    while let Some(job) = jobs.next() {
+    for job in jobs {
         let bytes = codec::encode(&job, ct).len();
-        if !batch.is_empty() && (size + bytes > budget || batch.len() == SubmitBatch::MAX_JOBS) {
-            send_batch(
-                client,
-                std::mem::take(&mut batch),
-                ct,
-                wait_for_scheduler,
-                &mut replies,
-            )
-            .await?;
-            size = 0;
+        match batches.last_mut() {
+            Some(last) if size + bytes <= budget && last.len() < SubmitBatch::MAX_JOBS => {
+                last.push(job);
+                size += bytes;
+            }
+            _ => {
+                batches.push(vec![job]);
+                size = bytes;
+            }
         }
-        batch.push(job);
-        size += bytes;
-        if jobs.peek().is_none() {
-            send_batch(
-                client,
-                std::mem::take(&mut batch),
-                ct,
-                wait_for_scheduler,
-                &mut replies,
-            )
-            .await?;
-        }
+    }
+    for batch in batches {
+        send_batch(client, batch, ct, wait_for_scheduler, &mut replies).await?;
     }
     Ok(replies)
 }
