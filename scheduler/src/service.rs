@@ -10,10 +10,10 @@ use async_nats::{Client, HeaderMap};
 use futures_util::StreamExt;
 use qefleet_schemas::{codec, Strategy, SubmitReply};
 use qefleet_shared::commit::{Batching, Counts, GroupPublisher};
-use qefleet_shared::consume::for_each_message_concurrently;
 use qefleet_shared::messages::headers_for;
 use qefleet_shared::metrics::{self, Metrics};
 use qefleet_shared::provision::{self, bucket, ensure_consumer};
+use qefleet_shared::pull::pull_concurrently;
 use qefleet_shared::shutdown::Shutdown;
 use qefleet_shared::subjects::*;
 use qefleet_shared::trace::{self, TraceContext};
@@ -399,58 +399,60 @@ async fn drain_submission_stream(js: jetstream::Context, submitter: Submitter, s
             return;
         }
     };
-    for_each_message_concurrently(&consumer, SUBMISSIONS_IN_FLIGHT, shutdown, |message| {
-        let js = js.clone();
-        let submitter = submitter.clone();
-        traced(message.headers.clone(), async move {
-            let default_id = message.info().ok().map(|info| crate::submit::DefaultId {
-                id: crate::submit::queued_submission_id(
-                    info.published.unix_timestamp_nanos(),
-                    info.stream_sequence,
-                ),
-                first_delivery: info.delivered == 1,
-            });
-            let (reply, _) = submitter
-                .submit_raw_as(message.headers.as_ref(), &message.payload, default_id)
-                .await;
-            match reply {
-                SubmitReply::Accepted { .. } => {
-                    let _ = message.ack().await;
-                }
-                SubmitReply::Rejected { error, .. }
-                    if error.code == qefleet_schemas::ErrorCode::Unavailable =>
-                {
-                    let _ = message
-                        .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
-                        .await;
-                }
-                SubmitReply::Rejected { error, .. } => {
-                    let mut headers = message.headers.clone().unwrap_or_else(HeaderMap::new);
-                    headers.insert(HEADER_DLQ_REASON, error.message.as_str());
-                    headers.insert(HEADER_DLQ_SUBJECT, message.subject.as_str());
-                    let stored = match js
-                        .publish_with_headers(
-                            dlq_subject("submit"),
-                            headers,
-                            message.payload.clone(),
-                        )
-                        .await
-                    {
-                        Ok(ack) => ack.await.is_ok(),
-                        Err(_) => false,
-                    };
-                    if stored {
+    let mut in_flight =
+        pull_concurrently(consumer, SUBMISSIONS_IN_FLIGHT, shutdown, move |message| {
+            let js = js.clone();
+            let submitter = submitter.clone();
+            traced(message.headers.clone(), async move {
+                let default_id = message.info().ok().map(|info| crate::submit::DefaultId {
+                    id: crate::submit::queued_submission_id(
+                        info.published.unix_timestamp_nanos(),
+                        info.stream_sequence,
+                    ),
+                    first_delivery: info.delivered == 1,
+                });
+                let (reply, _) = submitter
+                    .submit_raw_as(message.headers.as_ref(), &message.payload, default_id)
+                    .await;
+                match reply {
+                    SubmitReply::Accepted { .. } => {
                         let _ = message.ack().await;
-                    } else {
+                    }
+                    SubmitReply::Rejected { error, .. }
+                        if error.code == qefleet_schemas::ErrorCode::Unavailable =>
+                    {
                         let _ = message
                             .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
                             .await;
                     }
+                    SubmitReply::Rejected { error, .. } => {
+                        let mut headers = message.headers.clone().unwrap_or_else(HeaderMap::new);
+                        headers.insert(HEADER_DLQ_REASON, error.message.as_str());
+                        headers.insert(HEADER_DLQ_SUBJECT, message.subject.as_str());
+                        let stored = match js
+                            .publish_with_headers(
+                                dlq_subject("submit"),
+                                headers,
+                                message.payload.clone(),
+                            )
+                            .await
+                        {
+                            Ok(ack) => ack.await.is_ok(),
+                            Err(_) => false,
+                        };
+                        if stored {
+                            let _ = message.ack().await;
+                        } else {
+                            let _ = message
+                                .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
+                                .await;
+                        }
+                    }
                 }
-            }
+            })
         })
-    })
-    .await;
+        .await;
+    while in_flight.join_next().await.is_some() {}
 }
 
 /// Runs `work` in the trace its request carries (or a new one) and in its `job` span, so

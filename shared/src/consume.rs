@@ -58,49 +58,6 @@ async fn pull(
     }
 }
 
-/// As [`for_each_message`], with up to `limit` messages handled at once: each pull asks
-/// for as many messages as there are free slots (so none waits locally while its
-/// `ack_wait` runs), and each message is handled in a task of its own. Returns once
-/// shutdown has begun and every message taken has been handled.
-pub async fn for_each_message_concurrently<F, Fut>(
-    consumer: &PullConsumer,
-    limit: usize,
-    mut shutdown: Shutdown,
-    handle: F,
-) where
-    F: Fn(Message) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limit.max(1)));
-    let mut in_flight = tokio::task::JoinSet::new();
-    while !shutdown.is_triggered() {
-        // At least one free slot before asking, then all that are free.
-        let first = tokio::select! {
-            _ = shutdown.wait() => break,
-            slot = slots.clone().acquire_owned() => slot,
-        };
-        let Ok(first) = first else { break };
-        let free = slots.available_permits() + 1;
-        drop(first);
-        let Some(mut messages) = pull(consumer, free, &mut shutdown).await else {
-            continue;
-        };
-        while let Some(Ok(message)) = messages.next().await {
-            // The request asked for no more than the free slots: this wait is short.
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                break;
-            };
-            let work = handle(message);
-            in_flight.spawn(async move {
-                work.await;
-                drop(slot);
-            });
-            while in_flight.try_join_next().is_some() {}
-        }
-    }
-    while in_flight.join_next().await.is_some() {}
-}
-
 /// Calls `apply` with a key's current value at start and with every value put since,
 /// until shutdown. Deletes are skipped; watch errors are logged with `what`.
 pub async fn watch_key(

@@ -12,6 +12,7 @@ pub mod messages;
 pub mod metrics;
 pub mod nats;
 pub mod provision;
+pub mod pull;
 pub mod queues;
 pub mod retry;
 pub mod shutdown;

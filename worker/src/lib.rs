@@ -8,7 +8,6 @@ pub mod engine;
 pub mod engines;
 pub mod memory;
 pub mod outbox;
-mod pull;
 mod registry;
 pub mod results;
 pub mod runtime;

@@ -23,8 +23,6 @@ use qefleet_shared::subjects::*;
 use qefleet_shared::trace::{self, TraceContext};
 
 use crate::memory::{Memory, Recall};
-use crate::pull::{Pulled, Puller};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::args::WorkerArgs;
@@ -86,7 +84,7 @@ pub async fn run(
     args: WorkerArgs,
     engine: Arc<dyn Engine>,
     consolidator: Arc<dyn Consolidator>,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) -> Result<(), WorkerError> {
     let js = jetstream::new(client.clone());
     provision::ensure_all(&js).await?;
@@ -237,48 +235,19 @@ pub async fn run(
     ));
 
     tracing::info!(worker_id, %pool, engine = ctx.engine.name(), "worker ready");
-    let permits = Arc::new(Semaphore::new(args.concurrency as usize));
-    // Signalled when a job gives its permit back: more may be asked for.
-    let freed = Arc::new(tokio::sync::Notify::new());
-    let mut in_flight = JoinSet::new();
-    let mut puller = Puller::new(consumer);
-    while !shutdown.is_triggered() {
-        puller.top_up(permits.available_permits());
-        let pulled = tokio::select! {
-            _ = shutdown.wait() => break,
-            _ = freed.notified() => continue,
-            pulled = puller.next() => pulled,
-        };
-        let Pulled::Job(message) = pulled else {
-            continue;
-        };
-        if shutdown.is_triggered() {
-            hand_back(&message).await;
-            break;
-        }
-        // Only as many jobs are asked for as permits are free, and only here are they
-        // taken: this does not wait.
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
-        };
-        let (ctx, freed) = (ctx.clone(), freed.clone());
-        in_flight.spawn(async move {
-            handle(&ctx, *message).await;
-            drop(permit);
-            freed.notify_one();
-        });
-        while in_flight.try_join_next().is_some() {}
-    }
-    // Jobs the requests still deliver (they run to their expiry) go straight back, for
-    // another worker instead of starting them here.
-    let handing_back = tokio::time::Instant::now() + Duration::from_secs(10);
-    while puller.outstanding() > 0 {
-        match tokio::time::timeout_at(handing_back, puller.next()).await {
-            Ok(Pulled::Job(message)) => hand_back(&message).await,
-            Ok(Pulled::Ended) => {}
-            Err(_) => break,
-        }
-    }
+    let mut in_flight = {
+        let ctx = ctx.clone();
+        qefleet_shared::pull::pull_concurrently(
+            consumer,
+            args.concurrency as usize,
+            shutdown,
+            move |message| {
+                let ctx = ctx.clone();
+                async move { handle(&ctx, message).await }
+            },
+        )
+        .await
+    };
     tracing::info!(in_flight = in_flight.len(), "draining");
     let drained = tokio::time::timeout(args.drain_timeout, async {
         while in_flight.join_next().await.is_some() {}
@@ -297,13 +266,6 @@ pub async fn run(
     let _ = client.flush().await;
     tracing::info!(worker_id, "worker stopped");
     Ok(())
-}
-
-/// Hands a job delivered after the shutdown began straight back, unstarted.
-async fn hand_back(message: &Message) {
-    if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
-        tracing::debug!(error = %e, "nak during shutdown failed; redelivered after ack_wait");
-    }
 }
 
 /// Queue wait (first deliveries) and redeliveries, by the subject's pool and class.
